@@ -1,0 +1,37 @@
+// What upcase-server was asked to do, as parsed from its command line (see DESIGN.md).
+// Backends receive a copy at construction and never read flags themselves.
+#ifndef UPCASE_SERVER_CONFIG_H_
+#define UPCASE_SERVER_CONFIG_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/time/time.h"
+#include "common/net.h"
+
+namespace upcase {
+
+// Defaults, documented in the README's "Limits and failure behaviour" table.
+inline constexpr std::size_t kDefaultMaxConns = 10'000;
+inline constexpr std::size_t kDefaultConnBuffer = 256 * 1024;
+inline constexpr absl::Duration kDefaultGrace = absl::Seconds(5);
+// Largest UDP payload over IPv4 (65535 - 8 byte UDP header - 20 byte IP header).
+inline constexpr std::size_t kMaxDatagram = 65507;
+
+struct ServerConfig {
+  std::string backend;  // empty: the best available
+  SocketAddress bind;   // address and port (0: the kernel picks a free port)
+  bool tcp = true;
+  bool udp = true;
+  int shards = 1;  // reactor threads, for backends that shard
+  bool pin = false;
+  std::size_t max_conns = kDefaultMaxConns;
+  std::size_t conn_buffer = kDefaultConnBuffer;
+  absl::Duration grace = kDefaultGrace;  // how long shutdown may spend delivering output
+  bool sqpoll = false;                   // io_uring only: kernel-side submission polling
+};
+
+}  // namespace upcase
+
+#endif  // UPCASE_SERVER_CONFIG_H_

@@ -1,0 +1,233 @@
+// upcase-server: the uppercase service over TCP and UDP with a choice of I/O model.
+//
+//   upcase-server 5050                     # the lab's server, best backend, TCP+UDP on 5050
+//   upcase-server --backend=threads 0      # port 0: the "ready" line tells the chosen port
+//
+// main() parses flags, opens the backend's sockets, prints the ready line, then waits for
+// SIGINT/SIGTERM (through a signalfd, so no code runs in signal context) and asks the backend
+// to shut down gracefully.
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/flags.h"
+#include "common/net.h"
+#include "common/sys.h"
+#include "nlohmann/json.hpp"
+#include "server/backend.h"
+#include "server/config.h"
+
+namespace upcase {
+namespace {
+
+constexpr char kProgram[] = "upcase-server";
+// Beyond the backend's own grace period, how long main waits before declaring shutdown stuck.
+constexpr absl::Duration kShutdownWatchdogSlack = absl::Seconds(3);
+
+std::string UsageText() {
+  std::string backends;
+  for (const BackendInfo& b : Backends()) {
+    absl::Status available = b.available();
+    absl::StrAppend(&backends, "  ", b.name, std::string(10 - b.name.size(), ' '), b.summary,
+                    available.ok() ? "" : absl::StrCat(" [unavailable: ", available.message(), "]"),
+                    "\n");
+  }
+  return absl::StrCat(
+      "usage: upcase-server [flags] PORT\n\n"
+      "Serves the uppercase service (a..z -> A..Z, every other byte unchanged) over TCP and UDP\n"
+      "on PORT (0 = pick a free port). Prints one line when ready, e.g.\n"
+      "  ready backend=epoll shards=2 tcp=0.0.0.0:5050 udp=0.0.0.0:5050\n"
+      "and exits 0 on SIGINT/SIGTERM after delivering the output it has produced.\n\n"
+      "Backends (I/O models):\n",
+      backends);
+}
+
+struct Options {
+  std::string backend;
+  std::int64_t shards = 0;
+  std::string proto = "both";
+  std::string bind = "0.0.0.0";
+  bool pin = false;
+  std::int64_t max_conns = kDefaultMaxConns;
+  std::uint64_t conn_buffer = kDefaultConnBuffer;
+  std::string stats_json;
+  absl::Duration grace = kDefaultGrace;
+  bool sqpoll = false;
+};
+
+std::vector<std::string> ParseFlags(int argc, char** argv, Options& o) {
+  FlagSet flags(kProgram, UsageText());
+  std::vector<std::string> names;
+  for (const BackendInfo& b : Backends()) names.emplace_back(b.name);
+  flags.String("backend", &o.backend, "I/O model; default: best available (uring, else epoll)",
+               names);
+  flags.Int("shards", &o.shards, 0, 1024, "reactor threads for epoll/uring; 0 = online CPUs");
+  flags.String("proto", &o.proto, "protocols to serve", {"tcp", "udp", "both"});
+  flags.String("bind", &o.bind, "local address, IPv4 or IPv6 (e.g. ::1)");
+  flags.Bool("pin", &o.pin, "pin shard i to CPU i (epoll/uring)");
+  flags.Int("max-conns", &o.max_conns, 1, 10'000'000,
+            "TCP connections served at once; over it new ones are closed at once");
+  flags.Bytes("conn-buffer", &o.conn_buffer,
+              "cap on unsent output per connection; above it the server stops reading it");
+  flags.String("stats-json", &o.stats_json, "write the per-shard counters to FILE at exit");
+  flags.Duration("grace", &o.grace, "at shutdown, how long to spend delivering pending output");
+  flags.Bool("sqpoll", &o.sqpoll, "uring: let a kernel thread poll the submission queue");
+  return flags.ParseOrExit(argc, argv);
+}
+
+ServerConfig BuildConfig(const Options& o, const std::vector<std::string>& args) {
+  if (args.size() != 1) {
+    DieIfError(kProgram, absl::InvalidArgumentError(
+                             args.empty() ? "missing PORT (see --help)"
+                                          : absl::StrCat("expected one PORT, got '",
+                                                         absl::StrJoin(args, " "), "'")));
+  }
+  absl::StatusOr<std::uint16_t> port = ParsePort(args[0]);
+  DieIfError(kProgram, port.status());
+  absl::StatusOr<SocketAddress> bind = ParseIpAddress(o.bind, *port);
+  DieIfError(kProgram, bind.status());
+  if (o.conn_buffer < 1024) {
+    DieIfError(kProgram, absl::InvalidArgumentError("--conn-buffer must be at least 1024 bytes"));
+  }
+  ServerConfig config;
+  config.backend = o.backend;
+  config.bind = *bind;
+  config.tcp = o.proto != "udp";
+  config.udp = o.proto != "tcp";
+  config.pin = o.pin;
+  config.max_conns = static_cast<std::size_t>(o.max_conns);
+  config.conn_buffer = o.conn_buffer;
+  config.grace = o.grace;
+  config.sqpoll = o.sqpoll;
+  config.shards = o.shards > 0 ? static_cast<int>(o.shards) : OnlineCpus();
+  return config;
+}
+
+const BackendInfo& ChooseBackend(const ServerConfig& config) {
+  if (!config.backend.empty()) {
+    absl::StatusOr<const BackendInfo*> found = FindBackend(config.backend);
+    DieIfError(kProgram, found.status());
+    return **found;
+  }
+  std::string notice;
+  const BackendInfo& chosen = DefaultBackend(&notice);
+  if (!notice.empty()) std::fprintf(stderr, "%s: %s\n", kProgram, notice.c_str());
+  return chosen;
+}
+
+std::string ReadyLine(const BackendInfo& info, int shards, const Endpoints& endpoints) {
+  std::string line = absl::StrCat("ready backend=", info.name, " shards=", shards);
+  if (endpoints.tcp) absl::StrAppend(&line, " tcp=", endpoints.tcp->ToString());
+  if (endpoints.udp) absl::StrAppend(&line, " udp=", endpoints.udp->ToString());
+  return line;
+}
+
+// Waits until SIGINT/SIGTERM arrives (returns true) or `done_fd` becomes readable (false).
+bool WaitForSignalOrDone(int signal_fd, int done_fd) {
+  pollfd fds[2] = {{signal_fd, POLLIN, 0}, {done_fd, POLLIN, 0}};
+  while (true) {
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      DieIfError(kProgram, ErrnoError("poll", errno));
+    }
+    if (fds[0].revents & POLLIN) {
+      signalfd_siginfo info;
+      if (read(signal_fd, &info, sizeof info) != sizeof info) {
+        DieIfError(kProgram, ErrnoError("read signalfd", errno));
+      }
+      return true;
+    }
+    if (fds[1].revents & POLLIN) return false;
+  }
+}
+
+bool WaitReadable(int fd, absl::Duration timeout) {
+  pollfd p{fd, POLLIN, 0};
+  const int ms = static_cast<int>(absl::ToInt64Milliseconds(timeout));
+  int rc;
+  do {
+    rc = poll(&p, 1, ms);
+  } while (rc < 0 && errno == EINTR);
+  return rc > 0;
+}
+
+int Main(int argc, char** argv) {
+  Options options;
+  std::vector<std::string> args = ParseFlags(argc, argv, options);
+  ServerConfig config = BuildConfig(options, args);
+  const BackendInfo& info = ChooseBackend(config);
+  if (!info.sharded) {
+    if (options.shards > 1 || options.pin) {
+      std::fprintf(stderr, "%s: note: --shards and --pin apply to epoll and uring; %s runs one "
+                   "acceptor\n", kProgram, std::string(info.name).c_str());
+    }
+    config.shards = 1;
+  }
+  config.backend = std::string(info.name);
+
+  // Signals are taken synchronously through a signalfd; every thread inherits this mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  if (pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr) != 0) {
+    DieIfError(kProgram, ErrnoError("pthread_sigmask", errno));
+  }
+  Fd signal_fd(signalfd(-1, &stop_signals, SFD_CLOEXEC));
+  if (!signal_fd.valid()) DieIfError(kProgram, ErrnoError("signalfd", errno));
+  Fd done_fd(eventfd(0, EFD_CLOEXEC));
+  if (!done_fd.valid()) DieIfError(kProgram, ErrnoError("eventfd", errno));
+  signal(SIGPIPE, SIG_IGN);  // a vanished peer is an EPIPE to handle, not a reason to die
+  RaiseFdLimit();
+
+  std::unique_ptr<Backend> backend = info.create(config);
+  absl::StatusOr<Endpoints> endpoints = backend->Open();
+  DieIfError(kProgram, endpoints.status());
+  std::printf("%s\n", ReadyLine(info, config.shards, *endpoints).c_str());
+  std::fflush(stdout);
+
+  absl::Status run_status;
+  std::thread runner([&] {
+    run_status = backend->Run();
+    const std::uint64_t one = 1;
+    if (write(done_fd.get(), &one, sizeof one) != sizeof one) std::abort();
+  });
+  if (WaitForSignalOrDone(signal_fd.get(), done_fd.get())) {
+    backend->Stop();
+    if (!WaitReadable(done_fd.get(), config.grace + kShutdownWatchdogSlack)) {
+      std::fprintf(stderr, "%s: shutdown did not finish within the grace period (%s); exiting\n",
+                   kProgram, absl::FormatDuration(config.grace).c_str());
+      std::fflush(stderr);
+      _exit(1);
+    }
+  }
+  runner.join();
+
+  const std::vector<ShardStats> stats = backend->Stats();
+  for (size_t i = 0; i < stats.size(); ++i) {
+    std::fprintf(stderr, "%s\n", FormatShardStats(static_cast<int>(i), stats[i]).c_str());
+  }
+  if (!options.stats_json.empty()) {
+    std::ofstream out(options.stats_json);
+    out << StatsToJson(config.backend, stats).dump(2) << "\n";
+    if (!out) {
+      DieIfError(kProgram, absl::UnavailableError(
+                               absl::StrCat("cannot write --stats-json=", options.stats_json)));
+    }
+  }
+  DieIfError(kProgram, run_status);
+  return 0;
+}
+
+}  // namespace
+}  // namespace upcase
+
+int main(int argc, char** argv) { return upcase::Main(argc, argv); }

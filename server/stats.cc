@@ -1,0 +1,54 @@
+#include "server/stats.h"
+
+#include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
+
+namespace upcase {
+
+ShardStats& ShardStats::operator+=(const ShardStats& o) {
+  accepted += o.accepted;
+  closed += o.closed;
+  rejected += o.rejected;
+  accept_errors += o.accept_errors;
+  bytes_in += o.bytes_in;
+  bytes_out += o.bytes_out;
+  datagrams_in += o.datagrams_in;
+  datagrams_out += o.datagrams_out;
+  udp_drops += o.udp_drops;
+  conn_resets += o.conn_resets;
+  return *this;
+}
+
+std::string FormatShardStats(int shard, const ShardStats& s) {
+  return absl::StrFormat(
+      "shard %d: accepted=%d active=%d closed=%d rejected=%d accept_errors=%d resets=%d "
+      "bytes_in=%d bytes_out=%d datagrams_in=%d datagrams_out=%d udp_drops=%d",
+      shard, s.accepted, s.active(), s.closed, s.rejected, s.accept_errors, s.conn_resets,
+      s.bytes_in, s.bytes_out, s.datagrams_in, s.datagrams_out, s.udp_drops);
+}
+
+namespace {
+nlohmann::json ToJson(const ShardStats& s) {
+  return {{"accepted", s.accepted},         {"active", s.active()},
+          {"closed", s.closed},             {"rejected", s.rejected},
+          {"accept_errors", s.accept_errors}, {"conn_resets", s.conn_resets},
+          {"bytes_in", s.bytes_in},         {"bytes_out", s.bytes_out},
+          {"datagrams_in", s.datagrams_in}, {"datagrams_out", s.datagrams_out},
+          {"udp_drops", s.udp_drops}};
+}
+}  // namespace
+
+nlohmann::json StatsToJson(const std::string& backend, const std::vector<ShardStats>& shards) {
+  nlohmann::json j;
+  j["backend"] = backend;
+  ShardStats total;
+  j["shards"] = nlohmann::json::array();
+  for (const ShardStats& s : shards) {
+    j["shards"].push_back(ToJson(s));
+    total += s;
+  }
+  j["total"] = ToJson(total);
+  return j;
+}
+
+}  // namespace upcase

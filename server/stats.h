@@ -1,0 +1,38 @@
+// Per-shard counters. Each shard (or thread) owns one ShardStats and bumps plain integers on the
+// request path; they are read only after the owning thread has finished, so no atomics.
+#ifndef UPCASE_SERVER_STATS_H_
+#define UPCASE_SERVER_STATS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json_fwd.hpp"
+
+namespace upcase {
+
+struct ShardStats {
+  std::uint64_t accepted = 0;       // TCP connections taken into service
+  std::uint64_t closed = 0;         // of those, ended
+  std::uint64_t rejected = 0;       // over --max-conns: accepted and closed at once
+  std::uint64_t accept_errors = 0;  // accept failures other than EAGAIN (EMFILE, ENFILE, ...)
+  std::uint64_t bytes_in = 0;       // TCP payload bytes read
+  std::uint64_t bytes_out = 0;      // TCP payload bytes written
+  std::uint64_t datagrams_in = 0;
+  std::uint64_t datagrams_out = 0;
+  std::uint64_t udp_drops = 0;   // replies not sent (socket buffer full or send error)
+  std::uint64_t conn_resets = 0;  // connections ended by ECONNRESET / EPIPE
+
+  std::uint64_t active() const { return accepted - closed; }
+  ShardStats& operator+=(const ShardStats& other);
+};
+
+// "shard 0: accepted=.. active=.. ..." (the line printed per shard at exit).
+std::string FormatShardStats(int shard, const ShardStats& stats);
+
+// {"backend":..., "shards":[{...}], "total":{...}}
+nlohmann::json StatsToJson(const std::string& backend, const std::vector<ShardStats>& shards);
+
+}  // namespace upcase
+
+#endif  // UPCASE_SERVER_STATS_H_
