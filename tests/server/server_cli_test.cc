@@ -1,0 +1,187 @@
+// upcase-server's command line contract: the ready line, signals, and one clear stderr line with a
+// non-zero exit for every kind of bad input.
+#include <sys/wait.h>
+
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/support/test_util.h"
+
+namespace upcase {
+namespace {
+
+using testing::BinaryPath;
+using testing::StartServer;
+using testing::Subprocess;
+
+struct Outcome {
+  int exit_code = -1;
+  std::string stdout_text;
+  std::string stderr_text;
+};
+
+Outcome RunServer(const std::vector<std::string>& args) {
+  Subprocess p;
+  std::vector<std::string> argv = {BinaryPath("upcase-server")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  Outcome out;
+  if (!p.Start(argv).ok()) return out;
+  out.stdout_text = p.ReadAll().value_or("");
+  absl::StatusOr<int> status = p.Wait();
+  if (status.ok() && WIFEXITED(*status)) out.exit_code = WEXITSTATUS(*status);
+  out.stderr_text = p.Stderr();
+  return out;
+}
+
+void ExpectOneLineError(const Outcome& o, const std::string& needle) {
+  EXPECT_NE(o.exit_code, 0);
+  EXPECT_NE(o.exit_code, -1) << "did not exit by itself";
+  EXPECT_NE(o.stderr_text.find(needle), std::string::npos) << o.stderr_text;
+  EXPECT_EQ(std::count(o.stderr_text.begin(), o.stderr_text.end(), '\n'), 1) << o.stderr_text;
+  EXPECT_EQ(o.stdout_text, "");
+}
+
+TEST(ServerCliTest, HelpExitsZeroAndListsBackends) {
+  Outcome o = RunServer({"--help"});
+  EXPECT_EQ(o.exit_code, 0);
+  EXPECT_NE(o.stdout_text.find("usage: upcase-server"), std::string::npos);
+  EXPECT_NE(o.stdout_text.find("iterative"), std::string::npos);
+  EXPECT_NE(o.stdout_text.find("--conn-buffer"), std::string::npos);
+}
+
+TEST(ServerCliTest, BadInputGivesOneLineAndNonZeroExit) {
+  ExpectOneLineError(RunServer({"70000"}), "invalid port '70000'");
+  ExpectOneLineError(RunServer({"http"}), "invalid port 'http'");
+  ExpectOneLineError(RunServer({}), "missing PORT");
+  ExpectOneLineError(RunServer({"--backend=select", "0"}), "--backend=select");
+  ExpectOneLineError(RunServer({"--frobnicate", "0"}), "unknown flag '--frobnicate'");
+  ExpectOneLineError(RunServer({"--bind=999.1.1.1", "0"}), "invalid address '999.1.1.1'");
+  ExpectOneLineError(RunServer({"--shards=-1", "0"}), "--shards=-1");
+}
+
+TEST(ServerCliTest, PortInUseIsReportedForEveryBackend) {
+  absl::StatusOr<testing::ServerProcess> first = StartServer({"--backend=threads"});
+  ASSERT_TRUE(first.ok()) << first.status();
+  for (absl::string_view backend : {"iterative", "threads"}) {
+    ExpectOneLineError(
+        RunServer({absl::StrCat("--backend=", backend), absl::StrCat(first->tcp_port)}),
+        "Address already in use");
+  }
+  ASSERT_TRUE(first->Stop().ok());
+}
+
+TEST(ServerCliTest, SigintAndSigtermExitZeroForEveryBackend) {
+  for (const char* backend : {"iterative", "threads"}) {
+    for (int sig : {SIGINT, SIGTERM}) {
+      absl::StatusOr<testing::ServerProcess> server =
+          StartServer({absl::StrCat("--backend=", backend)});
+      ASSERT_TRUE(server.ok()) << server.status();
+      server->process.Signal(sig);
+      absl::StatusOr<int> status = server->process.Wait();
+      ASSERT_TRUE(status.ok()) << backend << " ignored signal " << sig;
+      EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
+          << backend << " " << sig << " " << server->process.Stderr();
+    }
+  }
+}
+
+TEST(ServerCliTest, Ipv6BindServesBothProtocols) {
+  absl::StatusOr<testing::ServerProcess> server = StartServer({"--backend=threads", "--bind=::1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_NE(server->ready_line.find("tcp=[::1]:"), std::string::npos) << server->ready_line;
+  absl::StatusOr<Fd> tcp = testing::ConnectTcp(server->tcp_port, "::1");
+  ASSERT_TRUE(tcp.ok()) << tcp.status();
+  EXPECT_EQ(testing::RoundTrip(tcp->get(), "over ipv6\n").value_or(""), "OVER IPV6\n");
+  absl::StatusOr<Fd> udp = testing::ConnectUdp(server->udp_port, "::1");
+  ASSERT_TRUE(udp.ok());
+  ASSERT_EQ(::send(udp->get(), "v6 datagram", 11, 0), 11);
+  char buf[64];
+  ASSERT_EQ(::recv(udp->get(), buf, sizeof buf, 0), 11);
+  EXPECT_EQ(std::string(buf, 11), "V6 DATAGRAM");
+  ASSERT_TRUE(server->Stop().ok());
+}
+
+TEST(ServerCliTest, ProtoSelectsTheReadyFields) {
+  absl::StatusOr<testing::ServerProcess> udp_only =
+      StartServer({"--backend=iterative", "--proto=udp"});
+  ASSERT_TRUE(udp_only.ok()) << udp_only.status();
+  EXPECT_EQ(udp_only->ready_line.find("tcp="), std::string::npos) << udp_only->ready_line;
+  EXPECT_NE(udp_only->udp_port, 0);
+  ASSERT_TRUE(udp_only->Stop().ok());
+}
+
+TEST(ServerCliTest, StatsJsonCountsTheTraffic) {
+  const std::string path = ::testing::TempDir() + "/upcase-stats.json";
+  absl::StatusOr<testing::ServerProcess> server =
+      StartServer({"--backend=threads", absl::StrCat("--stats-json=", path)});
+  ASSERT_TRUE(server.ok());
+  {
+    absl::StatusOr<Fd> tcp = testing::ConnectTcp(server->tcp_port);
+    ASSERT_TRUE(tcp.ok());
+    ASSERT_EQ(testing::RoundTrip(tcp->get(), "twelve bytes").value_or(""), "TWELVE BYTES");
+  }
+  absl::StatusOr<int> status = server->Stop();
+  ASSERT_TRUE(status.ok() && WIFEXITED(*status) && WEXITSTATUS(*status) == 0);
+  std::ifstream in(path);
+  nlohmann::json stats = nlohmann::json::parse(in);
+  EXPECT_EQ(stats["backend"], "threads");
+  EXPECT_EQ(stats["total"]["accepted"], 1);
+  EXPECT_EQ(stats["total"]["bytes_in"], 12);
+  EXPECT_EQ(stats["total"]["bytes_out"], 12);
+  EXPECT_NE(server->process.Stderr().find("shard 0: accepted=1"), std::string::npos);
+}
+
+TEST(ClientCliTest, ServerNotThereIsAClearError) {
+  // Find a port nobody listens on: bind one, note it, close it.
+  absl::StatusOr<SocketAddress> any = ParseIpAddress("127.0.0.1", 0);
+  absl::StatusOr<Fd> probe = ListenTcp(*any, {});
+  ASSERT_TRUE(probe.ok());
+  const std::uint16_t port = LocalAddress(probe->get())->port();
+  probe->reset();
+  for (const char* proto : {"tcp", "udp"}) {
+    Subprocess client;
+    ASSERT_TRUE(client
+                    .Start({BinaryPath("upcase-client"), "--timeout=2s", proto, "127.0.0.1",
+                            absl::StrCat(port)},
+                           /*pipe_stdin=*/true)
+                    .ok());
+    ASSERT_TRUE(client.WriteStdin("hello\n").ok());
+    client.CloseStdin();
+    absl::StatusOr<int> status = client.Wait();
+    ASSERT_TRUE(status.ok()) << proto << " client hung";
+    EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) != 0);
+    const std::string err = client.Stderr();
+    EXPECT_TRUE(err.find("Connection refused") != std::string::npos ||
+                err.find("no UDP server") != std::string::npos ||
+                err.find("no reply") != std::string::npos)
+        << proto << ": " << err;
+  }
+}
+
+TEST(ClientCliTest, BindPortSetsTheLocalPort) {
+  absl::StatusOr<testing::ServerProcess> server = StartServer({"--backend=threads"});
+  ASSERT_TRUE(server.ok());
+  // A free UDP port to bind the client to.
+  absl::StatusOr<Fd> probe = BindUdp(*ParseIpAddress("0.0.0.0", 0), {});
+  ASSERT_TRUE(probe.ok());
+  const std::uint16_t port = LocalAddress(probe->get())->port();
+  probe->reset();
+  Subprocess client;
+  ASSERT_TRUE(client
+                  .Start({BinaryPath("upcase-client"), absl::StrCat("--bind-port=", port), "udp",
+                          "localhost", absl::StrCat(server->udp_port)},
+                         true)
+                  .ok());
+  ASSERT_TRUE(client.WriteStdin("abc\n").ok());
+  client.CloseStdin();
+  std::string out = client.ReadAll().value_or("");
+  EXPECT_NE(out.find(absl::StrCat("Local address: 127.0.0.1:", port)), std::string::npos) << out;
+  EXPECT_NE(out.find("Return text from the server: ABC"), std::string::npos) << out;
+  ASSERT_TRUE(server->Stop().ok());
+}
+
+}  // namespace
+}  // namespace upcase

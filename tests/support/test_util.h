@@ -1,0 +1,105 @@
+// Test support: real server processes on ephemeral ports, and socket helpers whose every
+// blocking call is bounded by a timeout, so a broken server fails a test instead of hanging it.
+#ifndef UPCASE_TESTS_SUPPORT_TEST_UTIL_H_
+#define UPCASE_TESTS_SUPPORT_TEST_UTIL_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/net.h"
+
+namespace upcase::testing {
+
+// Default bound on any single blocking step of a test.
+inline constexpr absl::Duration kIoTimeout = absl::Seconds(20);
+
+// Path of a binary built next to the tests (build/<preset>/bin/NAME).
+std::string BinaryPath(const std::string& name);
+
+// A child process with pipes on stdin/stdout and stderr captured to a file.
+class Subprocess {
+ public:
+  Subprocess() = default;
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
+  Subprocess(Subprocess&& other) noexcept;
+  ~Subprocess();  // SIGKILLs and reaps a child still running
+
+  // Starts argv[0] (looked up in PATH unless it contains a slash) with the arguments. stdin is a
+  // pipe when `pipe_stdin`, else /dev/null.
+  absl::Status Start(const std::vector<std::string>& argv, bool pipe_stdin = false);
+
+  // Reads one line from stdout (without the newline) within `timeout`.
+  absl::StatusOr<std::string> ReadLine(absl::Duration timeout = kIoTimeout);
+  // Reads stdout until EOF within `timeout`.
+  absl::StatusOr<std::string> ReadAll(absl::Duration timeout = kIoTimeout);
+  absl::Status WriteStdin(const std::string& data);
+  void CloseStdin();
+
+  void Signal(int sig);
+  // Waits for exit within `timeout`; returns the wait status (use WIFEXITED etc.).
+  absl::StatusOr<int> Wait(absl::Duration timeout = kIoTimeout);
+  std::string Stderr() const;  // what the child wrote to stderr so far
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  Fd stdin_;
+  Fd stdout_;
+  std::string stdout_buffer_;
+  std::string stderr_path_;
+};
+
+// An upcase-server child process started with PORT 0, parsed from its ready line.
+struct ServerProcess {
+  Subprocess process;
+  std::string ready_line;
+  std::uint16_t tcp_port = 0;
+  std::uint16_t udp_port = 0;
+  std::string backend;
+  int shards = 0;
+
+  // SIGTERM, then the exit status within the timeout.
+  absl::StatusOr<int> Stop(absl::Duration timeout = kIoTimeout);
+};
+
+// Starts upcase-server with `flags` plus the port argument "0"; waits for its ready line.
+// `prefix` runs it under a wrapper command (e.g. prlimit).
+absl::StatusOr<ServerProcess> StartServer(const std::vector<std::string>& flags,
+                                          const std::vector<std::string>& prefix = {});
+
+// TCP/UDP sockets connected to 127.0.0.1:port (or `host`), with SO_RCVTIMEO/SO_SNDTIMEO set.
+absl::StatusOr<Fd> ConnectTcp(std::uint16_t port, const std::string& host = "127.0.0.1",
+                              absl::Duration timeout = kIoTimeout);
+absl::StatusOr<Fd> ConnectUdp(std::uint16_t port, const std::string& host = "127.0.0.1",
+                              absl::Duration timeout = kIoTimeout);
+
+// Reads exactly n bytes (fails on EOF, error or the socket timeout).
+absl::StatusOr<std::string> RecvExactly(int fd, std::size_t n);
+// Reads until EOF (fails on error or the socket timeout).
+absl::StatusOr<std::string> RecvUntilEof(int fd);
+// Sends `request` and reads back as many bytes; the reply to a round trip.
+absl::StatusOr<std::string> RoundTrip(int fd, const std::string& request);
+
+// The service's contract written independently of common/uppercase (which the servers use), so a
+// bug in the kernel cannot hide by appearing on both sides of a comparison.
+std::string Expected(absl::string_view request);
+
+// Random bytes covering all 256 values; deterministic for a seed.
+std::string RandomBytes(std::size_t n, std::uint32_t seed);
+
+// Current number of open file descriptors of a process (/proc/PID/fd), and its resident set size.
+absl::StatusOr<int> OpenFdCount(pid_t pid);
+absl::StatusOr<std::uint64_t> RssBytes(pid_t pid);
+
+}  // namespace upcase::testing
+
+#endif  // UPCASE_TESTS_SUPPORT_TEST_UTIL_H_
