@@ -64,8 +64,7 @@ BENCHMARK(BM_UppercaseInPlace) UPCASE_SIZES;
 const bool kRegistered = [] {
   for (const UppercaseImpl& impl : AvailableUppercaseImpls()) {
     benchmark::RegisterBenchmark((std::string("BM_Uppercase/") + impl.name).c_str(), BM_Uppercase,
-                                 impl.fn)
-        UPCASE_SIZES;
+                                 impl.fn) UPCASE_SIZES;
   }
   return true;
 }();

@@ -3,12 +3,13 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "absl/strings/string_view.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "common/quote.h"
 
 namespace upcase {
 
@@ -33,7 +34,7 @@ void FlagSet::Bool(std::string name, bool* target, std::string help) {
            *target = false;
          } else {
            return absl::InvalidArgumentError(
-               absl::StrCat("--", name, "=", v, ": expected true or false"));
+               absl::StrCat("--", name, "=", Quoted(v), ": expected true or false"));
          }
          return absl::OkStatus();
        }});
@@ -45,9 +46,8 @@ void FlagSet::Int(std::string name, std::int64_t* target, std::int64_t min, std:
        [name, target, min, max](absl::string_view v) -> absl::Status {
          std::int64_t value;
          if (!absl::SimpleAtoi(v, &value) || value < min || value > max) {
-           return absl::InvalidArgumentError(absl::StrCat("--", name, "=", v,
-                                                          ": expected an integer from ", min,
-                                                          " to ", max));
+           return absl::InvalidArgumentError(absl::StrCat(
+               "--", name, "=", Quoted(v), ": expected an integer from ", min, " to ", max));
          }
          *target = value;
          return absl::OkStatus();
@@ -59,17 +59,24 @@ absl::StatusOr<std::uint64_t> ParseBytes(absl::string_view text) {
   absl::string_view digits = text;
   if (!digits.empty()) {
     switch (absl::ascii_toupper(digits.back())) {
-      case 'K': scale = 1ULL << 10; break;
-      case 'M': scale = 1ULL << 20; break;
-      case 'G': scale = 1ULL << 30; break;
-      default: break;
+      case 'K':
+        scale = 1ULL << 10;
+        break;
+      case 'M':
+        scale = 1ULL << 20;
+        break;
+      case 'G':
+        scale = 1ULL << 30;
+        break;
+      default:
+        break;
     }
     if (scale != 1) digits.remove_suffix(1);
   }
   std::uint64_t value;
   if (!absl::SimpleAtoi(digits, &value) || value > UINT64_MAX / scale) {
     return absl::InvalidArgumentError(
-        absl::StrCat("'", text, "': expected a byte count such as 65536, 64K or 1M"));
+        absl::StrCat(Quoted(text), ": expected a byte count such as 65536, 64K or 1M"));
   }
   return value * scale;
 }
@@ -79,7 +86,8 @@ void FlagSet::Bytes(std::string name, std::uint64_t* target, std::string help) {
        [name, target](absl::string_view v) -> absl::Status {
          absl::StatusOr<std::uint64_t> value = ParseBytes(v);
          if (!value.ok()) {
-           return absl::InvalidArgumentError(absl::StrCat("--", name, "=", value.status().message()));
+           return absl::InvalidArgumentError(
+               absl::StrCat("--", name, "=", value.status().message()));
          }
          *target = *value;
          return absl::OkStatus();
@@ -91,8 +99,8 @@ void FlagSet::Double(std::string name, double* target, double min, double max, s
        [name, target, min, max](absl::string_view v) -> absl::Status {
          double value;
          if (!absl::SimpleAtod(v, &value) || !(value >= min && value <= max)) {
-           return absl::InvalidArgumentError(
-               absl::StrCat("--", name, "=", v, ": expected a number from ", min, " to ", max));
+           return absl::InvalidArgumentError(absl::StrCat(
+               "--", name, "=", Quoted(v), ": expected a number from ", min, " to ", max));
          }
          *target = value;
          return absl::OkStatus();
@@ -105,8 +113,8 @@ void FlagSet::String(std::string name, std::string* target, std::string help,
   Add({name, std::move(help), target->empty() ? "" : *target, false,
        [name, target, choices](absl::string_view v) -> absl::Status {
          if (!choices.empty() && std::find(choices.begin(), choices.end(), v) == choices.end()) {
-           return absl::InvalidArgumentError(absl::StrCat("--", name, "=", v, ": expected one of ",
-                                                          absl::StrJoin(choices, ", ")));
+           return absl::InvalidArgumentError(absl::StrCat(
+               "--", name, "=", Quoted(v), ": expected one of ", absl::StrJoin(choices, ", ")));
          }
          *target = std::string(v);
          return absl::OkStatus();
@@ -121,8 +129,8 @@ void FlagSet::Duration(std::string name, absl::Duration* target, std::string hel
          if (absl::SimpleAtod(v, &seconds) && seconds >= 0) {
            d = absl::Seconds(seconds);
          } else if (!absl::ParseDuration(v, &d) || d < absl::ZeroDuration()) {
-           return absl::InvalidArgumentError(
-               absl::StrCat("--", name, "=", v, ": expected a duration such as 10s or 500ms"));
+           return absl::InvalidArgumentError(absl::StrCat(
+               "--", name, "=", Quoted(v), ": expected a duration such as 10s or 500ms"));
          }
          *target = d;
          return absl::OkStatus();
@@ -163,7 +171,8 @@ absl::StatusOr<std::vector<std::string>> FlagSet::Parse(int argc, char** argv) {
       }
     }
     if (flag == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag '", arg, "' (see --help)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag ", Quoted(arg), " (see --help)"));
     }
     if (!has_value) {
       if (flag->is_bool) {
@@ -171,7 +180,8 @@ absl::StatusOr<std::vector<std::string>> FlagSet::Parse(int argc, char** argv) {
       } else if (i + 1 < argc) {
         value = argv[++i];
       } else {
-        return absl::InvalidArgumentError(absl::StrCat("flag '--", name, "' needs a value"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("flag ", Quoted(absl::StrCat("--", name)), " needs a value"));
       }
     }
     if (absl::Status s = flag->set(value); !s.ok()) return s;

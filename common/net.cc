@@ -9,12 +9,12 @@
 #include <charconv>
 #include <cstring>
 
-
-#include "absl/strings/string_view.h"
 #include "absl/strings/cord.h"
-#include "absl/types/optional.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/optional.h"
+#include "common/quote.h"
 
 namespace upcase {
 
@@ -75,7 +75,7 @@ absl::StatusOr<std::uint16_t> ParsePort(absl::string_view text) {
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (text.empty() || ec != std::errc() || end != text.data() + text.size() || value > 65535) {
     return absl::InvalidArgumentError(
-        absl::StrCat("invalid port '", text, "': expected a number from 0 to 65535"));
+        absl::StrCat("invalid port ", Quoted(text), ": expected a number from 0 to 65535"));
   }
   return static_cast<std::uint16_t>(value);
 }
@@ -99,7 +99,7 @@ absl::StatusOr<SocketAddress> ParseIpAddress(absl::string_view ip, std::uint16_t
     return SocketAddress(reinterpret_cast<sockaddr*>(&v6), sizeof v6);
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("invalid address '", ip, "': expected an IPv4 or IPv6 address"));
+      absl::StrCat("invalid address ", Quoted(ip), ": expected an IPv4 or IPv6 address"));
 }
 
 absl::StatusOr<std::vector<SocketAddress>> Resolve(absl::string_view host, std::uint16_t port,
@@ -114,7 +114,8 @@ absl::StatusOr<std::vector<SocketAddress>> Resolve(absl::string_view host, std::
   const std::string host_str(host);
   const std::string port_str = std::to_string(port);
   if (int rc = getaddrinfo(host_str.c_str(), port_str.c_str(), &hints, &list); rc != 0) {
-    return absl::NotFoundError(absl::StrCat("cannot resolve '", host, "': ", gai_strerror(rc)));
+    return absl::NotFoundError(
+        absl::StrCat("cannot resolve ", Quoted(host), ": ", gai_strerror(rc)));
   }
   std::vector<SocketAddress> out;
   for (addrinfo* ai = list; ai != nullptr; ai = ai->ai_next) {
@@ -155,8 +156,7 @@ absl::StatusOr<Fd> BoundSocket(const SocketAddress& addr, Transport transport,
       setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) {
     return ErrnoError(absl::StrCat("setsockopt SO_REUSEADDR ", where), errno);
   }
-  if (options.reuse_port &&
-      setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+  if (options.reuse_port && setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
     return ErrnoError(absl::StrCat("setsockopt SO_REUSEPORT ", where), errno);
   }
   if (addr.family() == AF_INET6 &&

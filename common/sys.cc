@@ -6,11 +6,12 @@
 
 #include <cerrno>
 
-#include "absl/strings/string_view.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "common/net.h"
+#include "common/quote.h"
 
 namespace upcase {
 
@@ -45,7 +46,7 @@ absl::StatusOr<std::vector<int>> ParseCpuList(absl::string_view text) {
         !absl::SimpleAtoi(range.size() == 2 ? range[1] : range[0], &hi) || lo < 0 || hi < lo ||
         hi >= CPU_SETSIZE) {
       return absl::InvalidArgumentError(
-          absl::StrCat("invalid CPU list '", text, "': expected e.g. 0 or 1,3 or 0-3"));
+          absl::StrCat("invalid CPU list ", Quoted(text), ": expected e.g. 0 or 1,3 or 0-3"));
     }
     for (int c = lo; c <= hi; ++c) cpus.push_back(c);
   }

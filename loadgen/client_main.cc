@@ -131,8 +131,7 @@ int Main(int argc, char** argv) {
   flags.Duration("timeout", &timeout, "UDP: how long to wait for each reply");
   std::vector<std::string> args = flags.ParseOrExit(argc, argv);
   if (args.size() != 3 || (args[0] != "tcp" && args[0] != "udp")) {
-    DieIfError(kProgram,
-               absl::InvalidArgumentError("expected: tcp|udp HOST PORT (see --help)"));
+    DieIfError(kProgram, absl::InvalidArgumentError("expected: tcp|udp HOST PORT (see --help)"));
   }
   const Transport transport = args[0] == "tcp" ? Transport::kTcp : Transport::kUdp;
   absl::StatusOr<std::uint16_t> port = ParsePort(args[2]);

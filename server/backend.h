@@ -13,11 +13,11 @@
 
 #include <memory>
 #include <optional>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "common/net.h"
 #include "server/config.h"
 #include "server/stats.h"
@@ -47,7 +47,7 @@ class Backend {
 struct BackendInfo {
   absl::string_view name;
   absl::string_view summary;  // one line for --help
-  bool sharded;              // honours --shards and --pin
+  bool sharded;               // honours --shards and --pin
   // OK when this build and kernel can run the backend; otherwise says why not.
   absl::Status (*available)();
   std::unique_ptr<Backend> (*create)(const ServerConfig& config);

@@ -37,8 +37,8 @@ class IterativeBackend : public Backend {
   absl::Status Run() override {
     std::thread udp_thread;
     if (!listeners_.udp.empty()) {
-      udp_thread = std::thread(
-          [this] { ServeBlockingUdp(listeners_.udp[0].get(), stopping_, udp_stats_); });
+      udp_thread =
+          std::thread([this] { ServeBlockingUdp(listeners_.udp[0].get(), stopping_, udp_stats_); });
     }
     absl::Status status = listeners_.tcp.empty() ? absl::OkStatus() : AcceptLoop();
     if (udp_thread.joinable()) udp_thread.join();

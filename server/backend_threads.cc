@@ -39,8 +39,8 @@ class ThreadsBackend : public Backend {
   absl::Status Run() override {
     std::thread udp_thread;
     if (!listeners_.udp.empty()) {
-      udp_thread = std::thread(
-          [this] { ServeBlockingUdp(listeners_.udp[0].get(), stopping_, udp_stats_); });
+      udp_thread =
+          std::thread([this] { ServeBlockingUdp(listeners_.udp[0].get(), stopping_, udp_stats_); });
     }
     absl::Status status = listeners_.tcp.empty() ? absl::OkStatus() : AcceptLoop();
     if (!status.ok()) Stop();  // the listener failed: wind the connections down as for a signal

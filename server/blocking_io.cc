@@ -84,7 +84,8 @@ void GraceTimer::Arm(absl::Duration grace, std::function<void()> on_expire) {
   if (thread_.joinable() || cancelled_) return;
   thread_ = std::thread([this, grace, on_expire = std::move(on_expire)] {
     std::unique_lock<std::mutex> timer_lock(mu_);
-    if (!cv_.wait_for(timer_lock, absl::ToChronoNanoseconds(grace), [this] { return cancelled_; })) {
+    if (!cv_.wait_for(timer_lock, absl::ToChronoNanoseconds(grace),
+                      [this] { return cancelled_; })) {
       timer_lock.unlock();
       on_expire();
     }

@@ -13,8 +13,8 @@ constexpr int kPortZeroAttempts = 16;
 // SO_REUSEPORT lets any process of the same user join a group, so a second server on a busy port
 // would silently share its traffic instead of failing. A plain bind first proves the port free.
 absl::Status ProbePortFree(const SocketAddress& addr, Transport transport) {
-  absl::StatusOr<Fd> probe = transport == Transport::kTcp ? ListenTcp(addr, {.backlog = 1})
-                                                          : BindUdp(addr, {});
+  absl::StatusOr<Fd> probe =
+      transport == Transport::kTcp ? ListenTcp(addr, {.backlog = 1}) : BindUdp(addr, {});
   return probe.status();
 }
 

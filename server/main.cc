@@ -166,8 +166,10 @@ int Main(int argc, char** argv) {
   const BackendInfo& info = ChooseBackend(config);
   if (!info.sharded) {
     if (options.shards > 1 || options.pin) {
-      std::fprintf(stderr, "%s: note: --shards and --pin apply to epoll and uring; %s runs one "
-                   "acceptor\n", kProgram, std::string(info.name).c_str());
+      std::fprintf(stderr,
+                   "%s: note: --shards and --pin apply to epoll and uring; %s runs one "
+                   "acceptor\n",
+                   kProgram, std::string(info.name).c_str());
     }
     config.shards = 1;
   }

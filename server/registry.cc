@@ -1,7 +1,7 @@
 // The run-time backend registry. A new I/O model adds one line here.
-#include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "server/backend.h"
 
 namespace upcase {
@@ -23,15 +23,15 @@ absl::StatusOr<const BackendInfo*> FindBackend(absl::string_view name) {
   for (const BackendInfo& info : Backends()) {
     if (info.name == name) {
       if (absl::Status s = info.available(); !s.ok()) {
-        return absl::Status(s.code(), absl::StrCat("backend '", name, "' unavailable: ",
-                                                   s.message()));
+        return absl::Status(s.code(),
+                            absl::StrCat("backend '", name, "' unavailable: ", s.message()));
       }
       return &info;
     }
     names.push_back(info.name);
   }
-  return absl::NotFoundError(absl::StrCat("unknown backend '", name, "' (available: ",
-                                          absl::StrJoin(names, ", "), ")"));
+  return absl::NotFoundError(
+      absl::StrCat("unknown backend '", name, "' (available: ", absl::StrJoin(names, ", "), ")"));
 }
 
 const BackendInfo& DefaultBackend(std::string* notice) {

@@ -29,11 +29,16 @@ std::string FormatShardStats(int shard, const ShardStats& s) {
 
 namespace {
 nlohmann::json ToJson(const ShardStats& s) {
-  return {{"accepted", s.accepted},         {"active", s.active()},
-          {"closed", s.closed},             {"rejected", s.rejected},
-          {"accept_errors", s.accept_errors}, {"conn_resets", s.conn_resets},
-          {"bytes_in", s.bytes_in},         {"bytes_out", s.bytes_out},
-          {"datagrams_in", s.datagrams_in}, {"datagrams_out", s.datagrams_out},
+  return {{"accepted", s.accepted},
+          {"active", s.active()},
+          {"closed", s.closed},
+          {"rejected", s.rejected},
+          {"accept_errors", s.accept_errors},
+          {"conn_resets", s.conn_resets},
+          {"bytes_in", s.bytes_in},
+          {"bytes_out", s.bytes_out},
+          {"datagrams_in", s.datagrams_in},
+          {"datagrams_out", s.datagrams_out},
           {"udp_drops", s.udp_drops}};
 }
 }  // namespace

@@ -20,7 +20,7 @@ struct ShardStats {
   std::uint64_t bytes_out = 0;      // TCP payload bytes written
   std::uint64_t datagrams_in = 0;
   std::uint64_t datagrams_out = 0;
-  std::uint64_t udp_drops = 0;   // replies not sent (socket buffer full or send error)
+  std::uint64_t udp_drops = 0;    // replies not sent (socket buffer full or send error)
   std::uint64_t conn_resets = 0;  // connections ended by ECONNRESET / EPIPE
 
   std::uint64_t active() const { return accepted - closed; }

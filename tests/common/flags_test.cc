@@ -1,5 +1,6 @@
 #include "common/flags.h"
 
+#include "common/net.h"
 #include "gtest/gtest.h"
 
 namespace upcase {
@@ -47,18 +48,33 @@ TEST(FlagSetTest, RejectsBadInputWithTheFlagName) {
   FlagSet flags("prog", "usage");
   flags.Int("shards", &shards, 0, 64, "");
   flags.String("proto", &proto, "", {"tcp", "udp"});
-  for (const auto& [arg, needle] : std::vector<std::pair<std::string, std::string>>{
-           {"--shards=65", "--shards=65"},
-           {"--shards=x", "--shards=x"},
-           {"--proto=sctp", "tcp, udp"},
-           {"--nope", "unknown flag '--nope'"},
-           {"--shards", "needs a value"}}) {
+  for (const auto& [arg, needle] :
+       std::vector<std::pair<std::string, std::string>>{{"--shards=65", "--shards='65'"},
+                                                        {"--shards=x", "--shards='x'"},
+                                                        {"--proto=sctp", "tcp, udp"},
+                                                        {"--nope", "unknown flag '--nope'"},
+                                                        {"--shards", "needs a value"}}) {
     Args args({arg});
     auto result = flags.Parse(args.argc(), args.argv.data());
     ASSERT_FALSE(result.ok()) << arg;
     EXPECT_NE(result.status().message().find(needle), absl::string_view::npos)
         << result.status().message();
   }
+}
+
+TEST(FlagSetTest, ErrorsStayOneLineWhateverTheInput) {
+  // Found by tests/fuzz/parsers_fuzz: an argument with a newline used to be echoed verbatim.
+  std::int64_t shards = 0;
+  FlagSet flags("prog", "usage");
+  flags.Int("shards", &shards, 0, 64, "");
+  for (std::string arg : {"--shards=1\nfake second line", "--bad\r\nflag", "--shards=\x01"}) {
+    Args args({arg});
+    auto result = flags.Parse(args.argc(), args.argv.data());
+    ASSERT_FALSE(result.ok());
+    EXPECT_EQ(result.status().message().find_first_of("\r\n"), absl::string_view::npos)
+        << result.status().message();
+  }
+  EXPECT_EQ(ParsePort("50\n50").status().message().find('\n'), absl::string_view::npos);
 }
 
 TEST(ParseBytesTest, Suffixes) {

@@ -143,7 +143,8 @@ TEST_P(ConformanceTest, FiftyConcurrentClientsAllComplete) {
         const std::string request = absl::StrCat("client ", c, " request ", r, " xyz\n");
         absl::StatusOr<std::string> reply = RoundTrip(fd->get(), request);
         if (!reply.ok() || *reply != testing::Expected(request)) {
-          failures[c] = reply.ok() ? "wrong reply: " + *reply : std::string(reply.status().message());
+          failures[c] =
+              reply.ok() ? "wrong reply: " + *reply : std::string(reply.status().message());
           return;
         }
       }

@@ -27,9 +27,7 @@ extern char** environ;
 
 namespace upcase::testing {
 
-std::string BinaryPath(const std::string& name) {
-  return absl::StrCat(UPCASE_BIN_DIR, "/", name);
-}
+std::string BinaryPath(const std::string& name) { return absl::StrCat(UPCASE_BIN_DIR, "/", name); }
 
 Subprocess::Subprocess(Subprocess&& other) noexcept
     : pid_(std::exchange(other.pid_, -1)),
@@ -106,9 +104,8 @@ absl::StatusOr<std::string> Subprocess::ReadLine(absl::Duration timeout) {
       return line;
     }
     if (!WaitReadable(stdout_.get(), deadline)) {
-      return absl::DeadlineExceededError(absl::StrCat("no line on stdout within ",
-                                                      absl::FormatDuration(timeout),
-                                                      "; stderr: ", Stderr()));
+      return absl::DeadlineExceededError(absl::StrCat(
+          "no line on stdout within ", absl::FormatDuration(timeout), "; stderr: ", Stderr()));
     }
     char buf[4096];
     const ssize_t n = ::read(stdout_.get(), buf, sizeof buf);
@@ -236,13 +233,11 @@ absl::StatusOr<Fd> Connect(std::uint16_t port, const std::string& host, Transpor
 }
 }  // namespace
 
-absl::StatusOr<Fd> ConnectTcp(std::uint16_t port, const std::string& host,
-                              absl::Duration timeout) {
+absl::StatusOr<Fd> ConnectTcp(std::uint16_t port, const std::string& host, absl::Duration timeout) {
   return Connect(port, host, Transport::kTcp, timeout);
 }
 
-absl::StatusOr<Fd> ConnectUdp(std::uint16_t port, const std::string& host,
-                              absl::Duration timeout) {
+absl::StatusOr<Fd> ConnectUdp(std::uint16_t port, const std::string& host, absl::Duration timeout) {
   return Connect(port, host, Transport::kUdp, timeout);
 }
 
