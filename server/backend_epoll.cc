@@ -1,0 +1,676 @@
+// epoll: the multi-reactor server. N shards, each one thread with its own epoll instance.
+//
+// The model: every shard owns a non-blocking TCP listener and a UDP socket, all bound to the same
+// port with SO_REUSEPORT, so the kernel spreads new connections and datagrams across the shards by
+// a hash of the address 4-tuple; a connection then lives on the shard that accepted it. A shard
+// sleeps in epoll_wait() until any of its sockets is ready and serves it without ever blocking,
+// so one thread carries thousands of connections, and shards share no lock, counter or buffer.
+//
+// The trade-off against `threads`: no thread and no context switch per connection, but every
+// wait, read and write is still a system call of its own (epoll_wait + recv + send per request
+// at best), a slow client's state must be kept by hand (the pending output below), and the
+// kernel's hash, not the load, picks the shard, so one shard can end up busier than the others.
+//
+// Level-triggered, not edge-triggered. A connection that used up its fairness budget with data
+// still unread is simply reported again by the next epoll_wait(), so no private "still ready"
+// list is needed and no read has to be repeated until EAGAIN just to re-arm an edge. The price is
+// an epoll_ctl() whenever a connection's interest changes (a short write, backpressure), which
+// happens on the slow path only.
+//
+// Limits: --max-conns is per server and split across the shards so they need no shared counter:
+// each shard admits ceil(max-conns / shards), so the server as a whole may admit up to
+// shards - 1 more. --conn-buffer caps each connection's unsent output; at the cap the shard stops
+// reading that connection until the client drains it, so a client that never reads costs at most
+// that much memory here (the rest waits in the kernel's socket buffers, then in the client).
+//
+// Kernel needs: Linux >= 3.9 (SO_REUSEPORT), with recvmmsg (2.6.33) and sendmmsg (3.0).
+// Try it: upcase-server --backend=epoll --shards=2 5050, then `nc 127.0.0.1 5050` in a few
+// terminals and `nc -u 127.0.0.1 5050`; the per-shard counters at exit show who served whom.
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/net.h"
+#include "common/sys.h"
+#include "common/uppercase.h"
+#include "server/backend.h"
+#include "server/listeners.h"
+
+namespace upcase {
+namespace {
+
+// Events taken from one epoll_wait(). More ready sockets are reported by the next call.
+constexpr int kMaxEvents = 256;
+// Largest single recv() on a connection; also the size of each shard's shared read buffer.
+constexpr std::size_t kReadChunk = 64 * 1024;
+// Fairness budget: per connection and loop iteration, at most this many reads (so at most
+// kReadsPerWakeup * kReadChunk bytes) before the shard moves on to the next ready socket.
+constexpr int kReadsPerWakeup = 4;
+// Connections accepted per wake-up of the listener, so a connection storm cannot starve I/O.
+constexpr int kAcceptsPerWakeup = 64;
+// Datagrams per recvmmsg()/sendmmsg() call, and calls per wake-up of the UDP socket.
+constexpr int kUdpBatch = 32;
+constexpr int kUdpBatchesPerWakeup = 4;
+// Out of descriptors and the spare one could not help: stop polling the listener this long.
+constexpr absl::Duration kAcceptPause = absl::Milliseconds(100);
+
+// What became ready, in epoll_event.data.u64. Encoded and decoded only here:
+//
+//    63            32 31             0
+//   +----------------+----------------+
+//   |     Source     |  descriptor    |
+//   +----------------+----------------+
+//
+// Connections are found by descriptor (Shard::conns_ is indexed by it), never by pointer: an event
+// for a connection closed earlier in the same batch then finds nothing, and one for a descriptor
+// number already reused by a new connection costs at most a read that returns EAGAIN, because
+// handlers act on what recv()/send() say, never on EPOLLERR/EPOLLHUP alone.
+enum class Source : std::uint32_t { kWake, kListener, kUdp, kConnection };
+
+std::uint64_t EncodeTag(Source source, int fd) {
+  return (static_cast<std::uint64_t>(source) << 32) | static_cast<std::uint32_t>(fd);
+}
+Source SourceOf(std::uint64_t tag) { return static_cast<Source>(tag >> 32); }
+int FdOf(std::uint64_t tag) { return static_cast<int>(tag & 0xFFFF'FFFFu); }
+
+// The three-way result of one recv()/send() (as in wrk): EAGAIN is handled the same everywhere.
+enum class IoStatus { kOk, kWouldBlock, kEof, kError };
+struct IoResult {
+  IoStatus status;
+  std::size_t bytes = 0;  // kOk: how many
+  int err = 0;            // kError: the errno
+};
+
+IoResult Recv(int fd, char* buf, std::size_t n) {
+  while (true) {
+    const ssize_t r = ::recv(fd, buf, n, 0);
+    if (r > 0) return {IoStatus::kOk, static_cast<std::size_t>(r)};
+    if (r == 0) return {IoStatus::kEof};
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return {IoStatus::kWouldBlock};
+    return {IoStatus::kError, 0, errno};
+  }
+}
+
+IoResult Send(int fd, const char* buf, std::size_t n) {
+  while (true) {
+    const ssize_t r = ::send(fd, buf, n, MSG_NOSIGNAL);
+    if (r >= 0) return {IoStatus::kOk, static_cast<std::size_t>(r)};
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return {IoStatus::kWouldBlock};
+    return {IoStatus::kError, 0, errno};
+  }
+}
+
+// Output the kernel did not take yet, in order. Storage (--conn-buffer bytes) exists only while
+// something is pending: taken when a write first comes up short, given back when it drains, so an
+// idle or keeping-up connection holds no buffer. Invariant: begin_ <= end_ <= the capacity passed
+// to Append(), and buf_ is set iff begin_ < end_.
+class PendingOutput {
+ public:
+  bool empty() const { return begin_ == end_; }
+  std::size_t size() const { return end_ - begin_; }
+  const char* data() const { return buf_.get() + begin_; }
+
+  // The caller guarantees size() + n <= capacity.
+  void Append(const char* p, std::size_t n, std::size_t capacity) {
+    if (n == 0) return;
+    if (buf_ == nullptr)
+      buf_.reset(new char[capacity]);  // uninitialised: untouched pages stay
+                                       // out of the resident set
+    if (end_ + n > capacity) {  // slide what is left to the front; it is at most capacity - n
+      std::memmove(buf_.get(), data(), size());
+      end_ = size();
+      begin_ = 0;
+    }
+    std::memcpy(buf_.get() + end_, p, n);
+    end_ += n;
+  }
+
+  void Consume(std::size_t n) {
+    begin_ += n;
+    if (begin_ == end_) {
+      buf_.reset();
+      begin_ = end_ = 0;
+    }
+  }
+
+ private:
+  std::unique_ptr<char[]> buf_;
+  std::size_t begin_ = 0;
+  std::size_t end_ = 0;
+};
+
+// One TCP connection, owned by the shard that accepted it.
+struct Connection {
+  Fd fd;
+  PendingOutput pending;       // size() <= config.conn_buffer
+  bool read_closed = false;    // recv() returned 0: the client half-closed, or we did (shutdown)
+  std::uint32_t interest = 0;  // the events epoll watches for fd right now
+};
+
+// What a handler decided about its connection.
+enum class Verdict { kKeep, kClose, kReset };
+
+Verdict VerdictForError(int err) {
+  return err == ECONNRESET || err == EPIPE ? Verdict::kReset : Verdict::kClose;
+}
+
+// One reactor: a thread's whole world. Everything here is touched by that thread only, except
+// Wake(), which Stop() calls from another thread.
+class Shard {
+ public:
+  Shard(int index, const ServerConfig& config, std::size_t max_conns)
+      : index_(index), config_(config), max_conns_(max_conns) {}
+
+  // Creates the epoll instance and registers the sockets (either may be invalid: not served).
+  absl::Status Init(Fd listener, Fd udp) {
+    epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+    if (!epoll_.valid()) return ErrnoError("epoll_create1", errno);
+    wake_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    if (!wake_.valid()) return ErrnoError("eventfd", errno);
+    if (absl::Status s = Watch(wake_.get(), EPOLLIN, Source::kWake); !s.ok()) return s;
+    listener_ = std::move(listener);
+    if (listener_.valid()) {
+      if (absl::Status s = Watch(listener_.get(), EPOLLIN, Source::kListener); !s.ok()) return s;
+      spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+      if (!spare_.valid()) return ErrnoError("open /dev/null (spare descriptor)", errno);
+    }
+    udp_ = std::move(udp);
+    if (udp_.valid()) {
+      if (absl::Status s = Watch(udp_.get(), EPOLLIN, Source::kUdp); !s.ok()) return s;
+      udp_buf_.reset(new char[kUdpBatch * kMaxDatagram]);
+    }
+    read_buf_.reset(new char[kReadChunk]);
+    return absl::OkStatus();
+  }
+
+  // Thread-safe: asks the shard to shut down gracefully.
+  void Wake() {
+    const std::uint64_t one = 1;
+    // Cannot fail: the descriptor lives as long as the shard, and the counter would need 2^64
+    // calls to overflow. A failure would leave the shard running forever, so do not go on.
+    if (::write(wake_.get(), &one, sizeof one) != sizeof one) std::abort();
+  }
+
+  const ShardStats& stats() const { return stats_; }
+
+  // The event loop. Returns when shutdown has finished, or with an error when serving cannot go on.
+  absl::Status Run() {
+    if (config_.pin) {
+      if (absl::Status s = PinCurrentThread(index_ % OnlineCpus()); !s.ok()) return s;
+    }
+    std::array<epoll_event, kMaxEvents> events;
+    while (!draining_ || open_conns_ > 0) {
+      const int n = ::epoll_wait(epoll_.get(), events.data(), kMaxEvents, TimeoutMs());
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoError("epoll_wait", errno);
+      }
+      for (int i = 0; i < n; ++i) {
+        const std::uint64_t tag = events[i].data.u64;
+        absl::Status status;
+        switch (SourceOf(tag)) {
+          case Source::kWake:
+            status = HandleWake();
+            break;
+          case Source::kListener:
+            status = HandleListener();
+            break;
+          case Source::kUdp:
+            status = HandleUdp();
+            break;
+          case Source::kConnection:
+            HandleConnection(FdOf(tag), events[i].events);
+            break;
+        }
+        if (!status.ok()) return status;
+      }
+      if (absl::Status s = HandleTimers(); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  // ---- setup helpers ----
+
+  absl::Status Watch(int fd, std::uint32_t events, Source source) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = EncodeTag(source, fd);
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+      return ErrnoError(absl::StrCat("epoll_ctl add fd ", fd), errno);
+    }
+    return absl::OkStatus();
+  }
+
+  Connection* Find(int fd) {
+    return static_cast<std::size_t>(fd) < conns_.size() ? conns_[fd].get() : nullptr;
+  }
+
+  // ---- TCP: accepting ----
+
+  absl::Status HandleListener() {
+    if (!listener_.valid() || accept_paused_) return absl::OkStatus();  // closed earlier in batch
+    for (int i = 0; i < kAcceptsPerWakeup; ++i) {
+      Fd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+      if (!conn.valid()) {
+        switch (errno) {
+          case EAGAIN:
+            return absl::OkStatus();
+          case EINTR:
+          case ECONNABORTED:  // the client gave up while queued
+          case EPROTO:
+          case EPERM:  // refused by a firewall rule
+            continue;
+          case EMFILE:
+          case ENFILE:
+          case ENOBUFS:
+          case ENOMEM:
+            ++stats_.accept_errors;
+            if (!ShedOnePending()) return PauseAccepting();
+            continue;
+          default:
+            return ErrnoError("accept4", errno);
+        }
+      }
+      if (open_conns_ >= max_conns_) {
+        ++stats_.rejected;  // closed at once as `conn` goes out of scope
+        continue;
+      }
+      Admit(std::move(conn));
+    }
+    return absl::OkStatus();
+  }
+
+  void Admit(Fd fd) {
+    // TCP_NODELAY and the epoll registration fail only for a connection the client already reset,
+    // or when the kernel is out of memory; either way, turn it away and keep serving the others.
+    if (!SetNoDelay(fd.get()).ok() || !Watch(fd.get(), EPOLLIN, Source::kConnection).ok()) {
+      ++stats_.accept_errors;
+      return;
+    }
+    const int n = fd.get();
+    if (static_cast<std::size_t>(n) >= conns_.size()) conns_.resize(n + 1);
+    conns_[n] = std::make_unique<Connection>();
+    conns_[n]->fd = std::move(fd);
+    conns_[n]->interest = EPOLLIN;
+    ++open_conns_;
+    ++stats_.accepted;
+  }
+
+  // Out of descriptors, the pending connection stays queued and the listener stays readable, so a
+  // level-triggered loop would spin on it. Give the spare descriptor up for a moment to accept the
+  // oldest queued connection and close it at once (its client sees a clean close instead of a
+  // hang), then take the spare back. False when that did not work, e.g. because another shard or
+  // thread took the freed slot first.
+  bool ShedOnePending() {
+    if (!spare_.valid()) return false;
+    spare_.reset();
+    Fd shed(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    const bool accepted = shed.valid() || errno == EAGAIN;
+    shed.reset();
+    spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    return accepted && spare_.valid();
+  }
+
+  // Stops polling the listener for kAcceptPause; HandleTimers() resumes it. Connected clients are
+  // served meanwhile, and new ones wait in the listen backlog.
+  absl::Status PauseAccepting() {
+    epoll_event ev{};
+    ev.data.u64 = EncodeTag(Source::kListener, listener_.get());
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev) != 0) {
+      return ErrnoError("epoll_ctl pause listener", errno);
+    }
+    accept_paused_ = true;
+    accept_resume_ns_ = MonotonicNanos() + absl::ToInt64Nanoseconds(kAcceptPause);
+    return absl::OkStatus();
+  }
+
+  absl::Status ResumeAccepting() {
+    accept_paused_ = false;
+    if (!spare_.valid()) spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (!listener_.valid()) return absl::OkStatus();
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = EncodeTag(Source::kListener, listener_.get());
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev) != 0) {
+      return ErrnoError("epoll_ctl resume listener", errno);
+    }
+    return absl::OkStatus();
+  }
+
+  // ---- TCP: serving a connection ----
+
+  void HandleConnection(int fd, std::uint32_t events) {
+    Connection* c = Find(fd);
+    if (c == nullptr) return;  // closed earlier in this batch
+    Verdict verdict = Verdict::kKeep;
+    if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && !c->pending.empty()) verdict = Flush(*c);
+    if (verdict == Verdict::kKeep && (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) &&
+        (c->interest & EPOLLIN)) {
+      verdict = ReadSome(*c);
+    }
+    Settle(*c, verdict);
+  }
+
+  // Reads up to the fairness budget, answering each chunk before reading the next, so the shared
+  // read buffer is free again after every step. Stops early at the backpressure cap.
+  Verdict ReadSome(Connection& c) {
+    for (int i = 0; i < kReadsPerWakeup; ++i) {
+      // Never read more than pending output can still take: it stays <= the cap, exactly.
+      const std::size_t room = config_.conn_buffer - c.pending.size();
+      if (room == 0) return Verdict::kKeep;
+      const IoResult r = Recv(c.fd.get(), read_buf_.get(), std::min(kReadChunk, room));
+      switch (r.status) {
+        case IoStatus::kWouldBlock:
+          return Verdict::kKeep;
+        case IoStatus::kEof:
+          c.read_closed = true;
+          return Verdict::kKeep;
+        case IoStatus::kError:
+          return VerdictForError(r.err);
+        case IoStatus::kOk:
+          break;
+      }
+      stats_.bytes_in += r.bytes;
+      UppercaseInPlace(read_buf_.get(), r.bytes);
+      if (Verdict v = Reply(c, read_buf_.get(), r.bytes); v != Verdict::kKeep) return v;
+    }
+    return Verdict::kKeep;
+  }
+
+  // Sends a reply straight from the read buffer; what the kernel does not take goes to pending.
+  Verdict Reply(Connection& c, const char* data, std::size_t n) {
+    if (!c.pending.empty()) {  // older output first
+      c.pending.Append(data, n, config_.conn_buffer);
+      return Flush(c);
+    }
+    const IoResult r = Send(c.fd.get(), data, n);
+    if (r.status == IoStatus::kError) return VerdictForError(r.err);
+    const std::size_t sent = r.status == IoStatus::kOk ? r.bytes : 0;
+    stats_.bytes_out += sent;
+    c.pending.Append(data + sent, n - sent, config_.conn_buffer);
+    return Verdict::kKeep;
+  }
+
+  // One send() of pending output. A short one means the socket buffer is full: wait for EPOLLOUT.
+  Verdict Flush(Connection& c) {
+    const IoResult r = Send(c.fd.get(), c.pending.data(), c.pending.size());
+    if (r.status == IoStatus::kError) return VerdictForError(r.err);
+    if (r.status == IoStatus::kOk) {
+      stats_.bytes_out += r.bytes;
+      c.pending.Consume(r.bytes);
+    }
+    return Verdict::kKeep;
+  }
+
+  // Closes a connection that is finished, else makes epoll watch what it needs next: readable
+  // unless read-closed or at the cap, writable while output is pending.
+  void Settle(Connection& c, Verdict verdict) {
+    if (verdict == Verdict::kReset) ++stats_.conn_resets;
+    if (verdict != Verdict::kKeep || (c.read_closed && c.pending.empty())) {
+      Close(c);
+      return;
+    }
+    const bool can_read = !c.read_closed && c.pending.size() < config_.conn_buffer;
+    const std::uint32_t wanted = (can_read ? EPOLLIN : 0u) | (c.pending.empty() ? 0u : EPOLLOUT);
+    if (wanted == c.interest) return;
+    epoll_event ev{};
+    ev.events = wanted;
+    ev.data.u64 = EncodeTag(Source::kConnection, c.fd.get());
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev) != 0) {
+      Close(c);  // ENOMEM: this connection can no longer be driven; the others can
+      return;
+    }
+    c.interest = wanted;
+  }
+
+  void Close(Connection& c) {
+    const int fd = c.fd.get();
+    conns_[fd].reset();  // closing the descriptor also removes it from the epoll set
+    --open_conns_;
+    ++stats_.closed;
+  }
+
+  // ---- UDP ----
+
+  // Receives datagrams in batches and answers each batch with one sendmmsg(), every reply to its
+  // source. A reply the socket cannot take now is dropped and counted: UDP promises nothing more,
+  // and a queue would grow without bound under a flood.
+  absl::Status HandleUdp() {
+    if (!udp_.valid()) return absl::OkStatus();  // closed earlier in this batch
+    for (int batch = 0; batch < kUdpBatchesPerWakeup; ++batch) {
+      for (int i = 0; i < kUdpBatch; ++i) {
+        udp_iov_[i] = {udp_buf_.get() + i * kMaxDatagram, kMaxDatagram};
+        udp_in_[i] = {};
+        udp_in_[i].msg_hdr.msg_name = &udp_peers_[i];
+        udp_in_[i].msg_hdr.msg_namelen = sizeof udp_peers_[i];
+        udp_in_[i].msg_hdr.msg_iov = &udp_iov_[i];
+        udp_in_[i].msg_hdr.msg_iovlen = 1;
+      }
+      const int n = ::recvmmsg(udp_.get(), udp_in_.data(), kUdpBatch, MSG_DONTWAIT, nullptr);
+      if (n < 0) {
+        switch (errno) {
+          case EAGAIN:
+            return absl::OkStatus();
+          case EBADF:
+          case EFAULT:
+          case EINVAL:
+          case ENOTSOCK:
+            return ErrnoError("recvmmsg", errno);
+          default:  // EINTR, or an ICMP error queued for an earlier reply: consumed, carry on
+            continue;
+        }
+      }
+      int replies = 0;
+      for (int i = 0; i < n; ++i) {
+        ++stats_.datagrams_in;
+        if (udp_in_[i].msg_hdr.msg_flags & MSG_TRUNC) {
+          ++stats_.udp_drops;  // larger than any reply we may send (IPv6 allows 65527 bytes)
+          continue;
+        }
+        udp_iov_[i].iov_len = udp_in_[i].msg_len;
+        UppercaseInPlace(static_cast<char*>(udp_iov_[i].iov_base), udp_in_[i].msg_len);
+        udp_out_[replies] = {};
+        udp_out_[replies].msg_hdr.msg_name = &udp_peers_[i];
+        udp_out_[replies].msg_hdr.msg_namelen = udp_in_[i].msg_hdr.msg_namelen;
+        udp_out_[replies].msg_hdr.msg_iov = &udp_iov_[i];
+        udp_out_[replies].msg_hdr.msg_iovlen = 1;
+        ++replies;
+      }
+      SendReplies(replies);
+      if (n < kUdpBatch) return absl::OkStatus();  // the queue is empty
+    }
+    return absl::OkStatus();
+  }
+
+  void SendReplies(int count) {
+    int done = 0;
+    while (done < count) {
+      const int r = ::sendmmsg(udp_.get(), udp_out_.data() + done, count - done, MSG_DONTWAIT);
+      if (r > 0) {
+        stats_.datagrams_out += r;
+        done += r;
+        continue;
+      }
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && (errno == EAGAIN || errno == ENOBUFS)) {
+        stats_.udp_drops += count - done;  // socket buffer full: drop the rest, never queue
+        return;
+      }
+      ++stats_.udp_drops;  // this reply failed on its own (e.g. EPERM, EMSGSIZE): skip it
+      ++done;
+    }
+  }
+
+  // ---- shutdown and timers ----
+
+  absl::Status HandleWake() {
+    std::uint64_t count;
+    if (::read(wake_.get(), &count, sizeof count) < 0 && errno != EAGAIN) {
+      return ErrnoError("read eventfd", errno);
+    }
+    if (draining_) return absl::OkStatus();
+    // Stop accepting. What is still in this listener's backlog is reset by the kernel.
+    draining_ = true;
+    grace_deadline_ns_ = MonotonicNanos() + absl::ToInt64Nanoseconds(config_.grace);
+    listener_.reset();
+    spare_.reset();
+    if (udp_.valid()) {
+      absl::Status s = HandleUdp();  // answer what is already queued, then stop
+      udp_.reset();
+      if (!s.ok()) return s;
+    }
+    // Turn every connection into a half-close: data the kernel already received is still read
+    // and answered by the normal loop, then recv() returns 0 and the connection closes once its
+    // output is delivered.
+    for (std::unique_ptr<Connection>& c : conns_) {
+      if (c == nullptr || c->read_closed) continue;
+      if (::shutdown(c->fd.get(), SHUT_RD) != 0) {
+        c->read_closed = true;  // ENOTCONN: the client is already gone
+        Settle(*c, Verdict::kKeep);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // epoll_wait's timeout: until the next deadline (accept pause, grace period), or forever.
+  int TimeoutMs() const {
+    std::int64_t deadline = INT64_MAX;
+    if (accept_paused_) deadline = accept_resume_ns_;
+    if (draining_) deadline = std::min(deadline, grace_deadline_ns_);
+    if (deadline == INT64_MAX) return -1;
+    const std::int64_t left = deadline - MonotonicNanos();
+    return left <= 0 ? 0 : static_cast<int>((left + 999'999) / 1'000'000);
+  }
+
+  absl::Status HandleTimers() {
+    if (!accept_paused_ && !draining_) return absl::OkStatus();
+    const std::int64_t now = MonotonicNanos();
+    if (accept_paused_ && now >= accept_resume_ns_) {
+      if (absl::Status s = ResumeAccepting(); !s.ok()) return s;
+    }
+    if (draining_ && now >= grace_deadline_ns_) {
+      for (std::unique_ptr<Connection>& c : conns_) {  // grace is over: clients that never read
+        if (c != nullptr) Close(*c);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  const int index_;
+  const ServerConfig& config_;
+  const std::size_t max_conns_;  // this shard's share of --max-conns
+
+  Fd epoll_;
+  Fd wake_;      // eventfd; Stop() writes it
+  Fd listener_;  // invalid when TCP is not served, and after shutdown began
+  Fd spare_;     // a reserved descriptor, given up to shed connections when out of them
+  Fd udp_;       // invalid when UDP is not served, and after shutdown began
+
+  std::vector<std::unique_ptr<Connection>> conns_;  // indexed by descriptor; null: not ours
+  std::size_t open_conns_ = 0;
+  // Shared by all of this shard's connections: a chunk is read, uppercased and sent (or copied to
+  // pending) before the next read, so one buffer serves them all.
+  std::unique_ptr<char[]> read_buf_;
+
+  // recvmmsg/sendmmsg state; a reply is uppercased in place in its request's slot of udp_buf_.
+  std::unique_ptr<char[]> udp_buf_;  // kUdpBatch slots of kMaxDatagram bytes
+  std::array<iovec, kUdpBatch> udp_iov_;
+  std::array<sockaddr_storage, kUdpBatch> udp_peers_;
+  std::array<mmsghdr, kUdpBatch> udp_in_;
+  std::array<mmsghdr, kUdpBatch> udp_out_;
+
+  bool accept_paused_ = false;  // the listener is out of the epoll set until accept_resume_ns_
+  std::int64_t accept_resume_ns_ = 0;
+  bool draining_ = false;  // Stop() was seen; connections close by grace_deadline_ns_
+  std::int64_t grace_deadline_ns_ = 0;
+
+  ShardStats stats_;
+};
+
+class EpollBackend : public Backend {
+ public:
+  explicit EpollBackend(const ServerConfig& config) : config_(config) {}
+
+  absl::StatusOr<Endpoints> Open() override {
+    const int count = std::max(config_.shards, 1);
+    absl::StatusOr<Listeners> listeners = OpenListeners(config_, count, /*non_blocking=*/true);
+    if (!listeners.ok()) return listeners.status();
+    const std::size_t per_shard = (config_.max_conns + count - 1) / count;
+    for (int i = 0; i < count; ++i) {
+      auto shard = std::make_unique<Shard>(i, config_, per_shard);
+      Fd tcp = listeners->tcp.empty() ? Fd() : std::move(listeners->tcp[i]);
+      Fd udp = listeners->udp.empty() ? Fd() : std::move(listeners->udp[i]);
+      if (absl::Status s = shard->Init(std::move(tcp), std::move(udp)); !s.ok()) return s;
+      shards_.push_back(std::move(shard));
+    }
+    return listeners->endpoints;
+  }
+
+  absl::Status Run() override {
+    std::vector<absl::Status> results(shards_.size());
+    std::vector<std::thread> threads;
+    auto run_shard = [this, &results](std::size_t i) {
+      results[i] = shards_[i]->Run();
+      if (!results[i].ok()) Stop();  // wind the other shards down as for a signal
+    };
+    for (std::size_t i = 1; i < shards_.size(); ++i) {
+      try {
+        threads.emplace_back(run_shard, i);
+      } catch (const std::system_error& e) {
+        results[i] = absl::ResourceExhaustedError(
+            absl::StrCat("cannot start thread for shard ", i, ": ", e.what()));
+        Stop();
+        break;
+      }
+    }
+    if (!shards_.empty()) run_shard(0);  // shard 0 runs on the calling thread
+    for (std::thread& t : threads) t.join();
+    for (const absl::Status& s : results) {
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  void Stop() override {
+    for (const std::unique_ptr<Shard>& shard : shards_) shard->Wake();
+  }
+
+  std::vector<ShardStats> Stats() const override {
+    std::vector<ShardStats> out;
+    for (const std::unique_ptr<Shard>& shard : shards_) out.push_back(shard->stats());
+    return out;
+  }
+
+ private:
+  const ServerConfig config_;
+  std::vector<std::unique_ptr<Shard>> shards_;  // fixed once Open() returned
+};
+
+}  // namespace
+
+BackendInfo EpollBackendInfo() {
+  return {"epoll", "multi-reactor: one epoll loop per shard, SO_REUSEPORT listeners",
+          /*sharded=*/true, [] { return absl::OkStatus(); },
+          [](const ServerConfig& c) -> std::unique_ptr<Backend> {
+            return std::make_unique<EpollBackend>(c);
+          }};
+}
+
+}  // namespace upcase
