@@ -9,11 +9,13 @@ namespace upcase {
 // Defined in each backend's file.
 BackendInfo IterativeBackendInfo();
 BackendInfo ThreadsBackendInfo();
+BackendInfo EpollBackendInfo();
 
 const std::vector<BackendInfo>& Backends() {
   static const std::vector<BackendInfo> backends = {
       IterativeBackendInfo(),
       ThreadsBackendInfo(),
+      EpollBackendInfo(),
   };
   return backends;
 }
