@@ -10,12 +10,14 @@ namespace upcase {
 BackendInfo IterativeBackendInfo();
 BackendInfo ThreadsBackendInfo();
 BackendInfo EpollBackendInfo();
+BackendInfo UringBackendInfo();
 
 const std::vector<BackendInfo>& Backends() {
   static const std::vector<BackendInfo> backends = {
       IterativeBackendInfo(),
       ThreadsBackendInfo(),
       EpollBackendInfo(),
+      UringBackendInfo(),
   };
   return backends;
 }

@@ -1,0 +1,1132 @@
+// uring: the multi-reactor server on io_uring. N shards, each one thread with its own ring.
+//
+// The model is epoll's (backend_epoll.cc): every shard owns a TCP listener and a UDP socket bound
+// to the same port with SO_REUSEPORT, and a connection lives on the shard that accepted it. What
+// changes is how a shard talks to the kernel. Instead of asking "what is ready?" and then making
+// one system call per read and per write, a shard posts long-lived requests once and collects
+// their results from a shared completion queue:
+//
+//   - one multishot accept per listener: every new connection is a completion, no accept4() call;
+//   - one multishot recv per connection, into a ring of provided buffers the kernel picks from,
+//     so no buffer is reserved for an idle connection and no recv() call is made per request;
+//   - sends are queued as submissions; everything a loop iteration produced (sends, re-arms,
+//     cancels, closes) goes to the kernel in the same io_uring_submit_and_wait() that waits for
+//     the next completions: one system call per loop iteration, whatever the number of requests;
+//   - UDP: one multishot recvmsg, and a sendmsg per datagram back to its source.
+//
+// With IORING_SETUP_DEFER_TASKRUN the kernel does the deferred work of a request (copying the
+// data of a recv that became ready, posting its completion) only inside our io_uring_enter(),
+// on this thread: no interrupts of the loop, better cache locality, and batches as large as the
+// load makes them. The trade-off against epoll is a more involved life cycle per connection
+// (requests still in flight must complete before a connection's slot can be reused) and memory
+// registered per shard (the provided buffers) instead of one read buffer.
+//
+// Ordering and backpressure: at most one send is in flight per connection, so bytes leave in the
+// order they arrived, and a short send is simply resubmitted for the rest. Output that cannot be
+// sent yet waits in the connection's queue, capped by --conn-buffer as in epoll: a multishot recv
+// stays armed only while the queue has room for the largest burst the kernel may deliver before
+// it sees a cancel (kMultishotBurst buffers); nearer the cap the shard switches to single-shot
+// recvs no larger than the room left, and at the cap it stops receiving until the queue drains.
+//
+// Setup flags, richest first, falling back when the kernel answers EINVAL:
+//   SINGLE_ISSUER | DEFER_TASKRUN (6.1) -> COOP_TASKRUN (5.19) -> none;
+//   with --sqpoll: SQPOLL | SINGLE_ISSUER -> SQPOLL (a kernel thread polls the submission queue,
+//   trading a busy CPU for fewer system calls; DEFER_TASKRUN cannot be combined with it).
+// Rings are created disabled in Open() and enabled by the shard's own thread, which SINGLE_ISSUER
+// then binds them to; that thread also registers the ring fd, which spares the kernel a file
+// table lookup in every io_uring_enter().
+//
+// Kernel needs: Linux >= 6.0 (multishot recv and recvmsg, provided buffer rings, cancel by fd);
+// 6.1 for DEFER_TASKRUN. BackendInfo::available() probes all of it at run time and says what is
+// missing; without it the default backend falls back to epoll.
+// Try it: upcase-server --backend=uring --shards=2 5050, then `nc 127.0.0.1 5050` and
+// `nc -u 127.0.0.1 5050`; `strace -c -f` on the server shows almost nothing but io_uring_enter.
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/net.h"
+#include "common/sys.h"
+#include "common/uppercase.h"
+#include "server/backend.h"
+#include "server/listeners.h"
+
+#ifdef UPCASE_HAVE_URING
+#include <liburing.h>
+#endif
+
+namespace upcase {
+
+#ifdef UPCASE_HAVE_URING
+namespace {
+
+// ---- Tunables ----
+
+// Submission queue entries; when it fills mid-batch, it is submitted early (GetSqe).
+constexpr unsigned kSqEntries = 1024;
+// Completion queue entries. Multishot requests post many completions per submission, so the CQ
+// is much larger than the SQ; the kernel keeps any overflow (IORING_FEAT_NODROP), only slower.
+constexpr unsigned kCqEntries = 16 * 1024;
+// --sqpoll: how long the kernel's polling thread spins on an empty queue before it sleeps.
+constexpr unsigned kSqThreadIdleMs = 50;
+
+// TCP receive buffers, shared by all connections of a shard and handed back as soon as their
+// bytes are copied into the connection's output queue. 1024 covers one completion per connection
+// per loop iteration at the 512-connection benchmark point without ENOBUFS.
+constexpr std::uint32_t kRecvBufferSize = 4096;
+constexpr std::uint32_t kRecvBuffers = 1024;  // a power of two, as the buffer ring requires
+// A multishot recv takes up to this many buffers from one wake-up of its socket before the kernel
+// yields (MULTISHOT_MAX_RETRY, Linux >= 6.8), so a cancel decided now lands after at most this
+// much more data. Older kernels loop until the socket is empty: the bound is looser there.
+constexpr std::size_t kMultishotBurst = 32;
+constexpr std::size_t kMultishotHeadroom = kMultishotBurst * kRecvBufferSize;
+
+// UDP buffers hold what multishot recvmsg writes: its header, the source address and the
+// payload, which is uppercased in place and sent back from the same buffer. So their number is
+// also the bound on replies in flight.
+constexpr std::uint32_t kUdpBuffers = 64;  // a power of two
+constexpr std::size_t kUdpPayloadRoom = kMaxDatagram;
+constexpr std::uint32_t kUdpBufferSize =
+    (sizeof(io_uring_recvmsg_out) + sizeof(sockaddr_storage) + kUdpPayloadRoom + 4095) & ~4095u;
+
+constexpr std::uint16_t kTcpBufferGroup = 0;
+constexpr std::uint16_t kUdpBufferGroup = 1;
+
+// Out of descriptors or memory in accept: wait this long before accepting again, so the loop
+// neither spins on a listener it cannot serve nor stops serving connected clients.
+constexpr absl::Duration kAcceptBackoff = absl::Milliseconds(20);
+// At exit, how long to wait for the kernel to confirm that every cancelled request is gone.
+constexpr absl::Duration kTeardownTimeout = absl::Seconds(1);
+// A closed connection's output queues are kept for the next one on the slot unless they grew
+// beyond this (a bulk transfer), so steady request/response traffic allocates nothing.
+constexpr std::size_t kKeepQueueCapacity = 64 * 1024;
+
+// ---- user_data: the one place it is encoded and decoded ----
+//
+// Every submission carries a 64-bit user_data that comes back in its completions:
+//
+//    63        56 55                  32 31                                  0
+//   +------------+----------------------+-------------------------------------+
+//   |   Op (8)   |  generation (24)     |  connection slot, or UDP buffer id  |
+//   +------------+----------------------+-------------------------------------+
+//
+// The generation is the slot's reuse count: a slot is reused only after all its requests have
+// completed (Conn::ops == 0), so a mismatch would be a bug here; it is checked, not relied on.
+// Op values start at 1, so a zero user_data (e.g. from a forgotten set_data) is never valid.
+enum class Op : std::uint8_t {
+  kStop = 1,      // poll on the stop eventfd fired
+  kAccept,        // multishot accept on the listener
+  kAcceptResume,  // timeout before accepting again after EMFILE/ENFILE
+  kGrace,         // timeout: the grace period after Stop() is over
+  kRecv,          // recv (multi- or single-shot) on a connection
+  kSend,          // send on a connection
+  kConnCancel,    // cancel of a connection's recv, or of all its requests
+  kClose,         // close of a connection's descriptor
+  kUdpRecv,       // multishot recvmsg on the UDP socket
+  kUdpSend,       // sendmsg of one reply; index = the buffer it is sent from
+  kCancel,        // any other cancel (accept, UDP recv, everything at exit)
+};
+
+struct Tag {
+  Op op;
+  std::uint32_t gen;    // 24 bits used
+  std::uint32_t index;  // connection slot or UDP buffer id
+};
+
+constexpr std::uint32_t kGenMask = 0xFF'FFFF;
+
+constexpr std::uint64_t Encode(Op op, std::uint32_t gen = 0, std::uint32_t index = 0) {
+  return (static_cast<std::uint64_t>(op) << 56) |
+         (static_cast<std::uint64_t>(gen & kGenMask) << 32) | index;
+}
+
+constexpr Tag Decode(std::uint64_t data) {
+  return {static_cast<Op>(data >> 56), static_cast<std::uint32_t>(data >> 32) & kGenMask,
+          static_cast<std::uint32_t>(data)};
+}
+
+// ---- Run-time probing ----
+
+// kernel.io_uring_disabled (Linux 6.6): 0 allowed, 1 only for kernel.io_uring_group, 2 nobody.
+int IoUringDisabledSysctl() {
+  std::ifstream in("/proc/sys/kernel/io_uring_disabled");
+  int value = -1;
+  if (!(in >> value)) return -1;  // older kernel without the knob
+  return value;
+}
+
+// io_uring_setup failed with `err`: name the call and, where the errno alone is cryptic, why.
+absl::Status SetupError(int err) {
+  std::string why;
+  switch (err) {
+    case ENOSYS:
+      why = " (this kernel has no io_uring, or a seccomp filter hides it)";
+      break;
+    case EPERM:
+      switch (IoUringDisabledSysctl()) {
+        case 2:
+          why = " (sysctl kernel.io_uring_disabled=2)";
+          break;
+        case 1:
+          why =
+              " (sysctl kernel.io_uring_disabled=1 and this user is not in "
+              "kernel.io_uring_group)";
+          break;
+        default:
+          why = " (refused by a security policy, e.g. seccomp or a container runtime)";
+      }
+      break;
+    case ENOMEM:
+      why = " (RLIMIT_MEMLOCK too low for this kernel's ring accounting?)";
+      break;
+    default:
+      break;
+  }
+  const absl::Status s = ErrnoError("io_uring_setup", err);
+  return absl::Status(s.code(), absl::StrCat(s.message(), why));
+}
+
+struct RequiredOp {
+  int op;
+  const char* name;
+};
+constexpr RequiredOp kRequiredOps[] = {
+    {IORING_OP_ACCEPT, "ACCEPT"},   {IORING_OP_RECV, "RECV"},
+    {IORING_OP_SEND, "SEND"},       {IORING_OP_RECVMSG, "RECVMSG"},
+    {IORING_OP_SENDMSG, "SENDMSG"}, {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
+    {IORING_OP_TIMEOUT, "TIMEOUT"}, {IORING_OP_POLL_ADD, "POLL_ADD"},
+    {IORING_OP_CLOSE, "CLOSE"},
+};
+
+// A provided-buffer ring: `count` buffers of `size` bytes the kernel picks from for requests with
+// IOSQE_BUFFER_SELECT in group `group`. liburing 2.3 has no io_uring_setup_buf_ring, so the ring
+// is mmap'ed (it must be page aligned) and registered here. Returned buffers become visible to
+// the kernel at Commit(), once per loop iteration.
+class BufferRing {
+ public:
+  BufferRing() = default;
+  BufferRing(const BufferRing&) = delete;
+  BufferRing& operator=(const BufferRing&) = delete;
+  ~BufferRing() {
+    // The ring must be gone (io_uring_queue_exit) first: the kernel holds these pages pinned.
+    if (ring_ != nullptr) ::munmap(ring_, ring_bytes_);
+    if (buffers_ != nullptr) ::munmap(buffers_, buffer_bytes_);
+  }
+
+  absl::Status Init(io_uring* uring, std::uint16_t group, std::uint32_t count, std::uint32_t size) {
+    count_ = count;
+    size_ = size;
+    ring_bytes_ = (count * sizeof(io_uring_buf) + 4095) & ~std::size_t{4095};
+    void* ring =
+        ::mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ring == MAP_FAILED) return ErrnoError("mmap provided-buffer ring", errno);
+    ring_ = static_cast<io_uring_buf_ring*>(ring);
+    // Untouched buffer pages stay out of the resident set until the kernel first fills them.
+    buffer_bytes_ = std::size_t{count} * size;
+    void* buffers =
+        ::mmap(nullptr, buffer_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (buffers == MAP_FAILED) return ErrnoError("mmap provided buffers", errno);
+    buffers_ = static_cast<char*>(buffers);
+
+    io_uring_buf_ring_init(ring_);
+    io_uring_buf_reg reg{};
+    reg.ring_addr = reinterpret_cast<std::uint64_t>(ring_);
+    reg.ring_entries = count;
+    reg.bgid = group;
+    if (int ret = io_uring_register_buf_ring(uring, &reg, 0); ret < 0) {
+      return ErrnoError("io_uring_register_buf_ring", -ret);
+    }
+    for (std::uint32_t bid = 0; bid < count; ++bid) Return(static_cast<std::uint16_t>(bid));
+    Commit();
+    return absl::OkStatus();
+  }
+
+  char* Buffer(std::uint16_t bid) const { return buffers_ + std::size_t{bid} * size_; }
+  std::uint32_t size() const { return size_; }
+
+  void Return(std::uint16_t bid) {
+    io_uring_buf_ring_add(ring_, Buffer(bid), size_, bid, io_uring_buf_ring_mask(count_),
+                          returned_++);
+  }
+  void Commit() {
+    if (returned_ == 0) return;
+    io_uring_buf_ring_advance(ring_, returned_);
+    returned_ = 0;
+  }
+
+ private:
+  io_uring_buf_ring* ring_ = nullptr;
+  std::size_t ring_bytes_ = 0;
+  char* buffers_ = nullptr;
+  std::size_t buffer_bytes_ = 0;
+  std::uint32_t count_ = 0;
+  std::uint32_t size_ = 0;
+  int returned_ = 0;  // added since the last Commit()
+};
+
+// Multishot recv (Linux 6.0) has no feature bit or opcode of its own: try it on a socket pair.
+// Multishot accept (5.19) and recvmsg (6.0) come with it.
+absl::Status ProbeMultishotRecv(io_uring* ring) {
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+    return ErrnoError("socketpair (io_uring probe)", errno);
+  }
+  Fd a(pair[0]), b(pair[1]);
+  BufferRing buffers;
+  if (absl::Status s = buffers.Init(ring, 0, 2, 64); !s.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat(s.message(), " (provided buffer rings need Linux 5.19)"));
+  }
+  io_uring_sqe* sqe = io_uring_get_sqe(ring);
+  io_uring_prep_recv_multishot(sqe, a.get(), nullptr, 0, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = 0;
+  if (::write(b.get(), "x", 1) != 1) return ErrnoError("write (io_uring probe)", errno);
+  io_uring_cqe* cqe = nullptr;
+  if (int ret = io_uring_submit_and_wait(ring, 1); ret < 0) {
+    return ErrnoError("io_uring_enter (io_uring probe)", -ret);
+  }
+  if (int ret = io_uring_peek_cqe(ring, &cqe); ret < 0) {
+    return ErrnoError("io_uring_peek_cqe (io_uring probe)", -ret);
+  }
+  const int res = cqe->res;
+  const bool more = cqe->flags & IORING_CQE_F_MORE;
+  io_uring_cqe_seen(ring, cqe);
+  if (res == -EINVAL || (res == 1 && !more)) {
+    return absl::UnavailableError("kernel lacks multishot recv (needs Linux 6.0)");
+  }
+  if (res < 0) return ErrnoError("multishot recv (io_uring probe)", -res);
+  // The probe ring is torn down by the caller; that cancels the still-armed recv.
+  return absl::OkStatus();
+}
+
+absl::Status ProbeKernel() {
+  io_uring ring;
+  if (int ret = io_uring_queue_init(8, &ring, 0); ret < 0) return SetupError(-ret);
+  absl::Status status;
+  if (io_uring_probe* probe = io_uring_get_probe_ring(&ring); probe == nullptr) {
+    status = absl::UnavailableError("io_uring_register(PROBE) failed (kernel too old: needs 6.0)");
+  } else {
+    std::vector<std::string> missing;
+    for (const RequiredOp& op : kRequiredOps) {
+      if (!io_uring_opcode_supported(probe, op.op)) missing.push_back(op.name);
+    }
+    io_uring_free_probe(probe);
+    if (!missing.empty()) {
+      status = absl::UnavailableError(absl::StrCat(
+          "kernel lacks io_uring opcodes ", absl::StrJoin(missing, ", "), " (needs Linux 6.0)"));
+    }
+  }
+  if (status.ok()) status = ProbeMultishotRecv(&ring);
+  io_uring_queue_exit(&ring);
+  return status;
+}
+
+absl::Status UringAvailable() {
+  static const absl::Status status = ProbeKernel();  // the kernel does not change under us
+  return status;
+}
+
+// Creates a disabled ring with the richest flags this kernel accepts; see the file comment.
+absl::Status CreateRing(io_uring* ring, bool sqpoll) {
+  const unsigned chain_plain[] = {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+                                  IORING_SETUP_COOP_TASKRUN, 0};
+  const unsigned chain_sqpoll[] = {IORING_SETUP_SQPOLL | IORING_SETUP_SINGLE_ISSUER,
+                                   IORING_SETUP_SQPOLL};
+  std::vector<unsigned> chain;
+  if (sqpoll) {
+    chain.assign(std::begin(chain_sqpoll), std::end(chain_sqpoll));
+  } else {
+    chain.assign(std::begin(chain_plain), std::end(chain_plain));
+  }
+  int ret = -EINVAL;
+  for (unsigned flags : chain) {
+    io_uring_params params{};
+    params.flags = flags | IORING_SETUP_R_DISABLED | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE |
+                   IORING_SETUP_CLAMP;
+    params.cq_entries = kCqEntries;
+    params.sq_thread_idle = kSqThreadIdleMs;
+    ret = io_uring_queue_init_params(kSqEntries, ring, &params);
+    if (ret == 0) return absl::OkStatus();
+    if (ret != -EINVAL) break;  // EINVAL: an unknown flag, try the next set; else a real error
+  }
+  return SetupError(-ret);
+}
+
+// liburing 2.3 declares io_uring_enable_rings() but its shared library does not export it (the
+// symbol is missing from its version map), so make the register call directly.
+int EnableRing(io_uring* ring) {
+  const long ret =
+      ::syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
+  return ret < 0 ? -errno : 0;
+}
+
+// ---- Connection state ----
+
+// Output bytes; grows without zero-filling, keeps its capacity across clear().
+class Bytes {
+ public:
+  char* data() { return data_.get(); }
+  std::size_t size() const { return size_; }
+  std::size_t capacity() const { return capacity_; }
+  void clear() { size_ = 0; }
+  void Release() {
+    data_.reset();
+    size_ = capacity_ = 0;
+  }
+  // Appends n bytes and returns where to write them.
+  char* Extend(std::size_t n) {
+    if (size_ + n > capacity_) {
+      const std::size_t capacity = std::max({size_ + n, capacity_ * 2, std::size_t{256}});
+      auto grown = std::make_unique_for_overwrite<char[]>(capacity);
+      if (size_ > 0) std::memcpy(grown.get(), data_.get(), size_);
+      data_ = std::move(grown);
+      capacity_ = capacity;
+    }
+    char* out = data_.get() + size_;
+    size_ += n;
+    return out;
+  }
+
+ private:
+  std::unique_ptr<char[]> data_;
+  std::size_t size_ = 0;
+  std::size_t capacity_ = 0;
+};
+
+// One TCP connection, owned by the shard that accepted it. Slots are reused; `ops` counts the
+// requests of this connection the kernel still holds, and a slot is freed only when it is 0.
+struct Conn {
+  int fd = -1;  // -1: the slot is free
+  std::uint32_t index = 0;
+  std::uint32_t gen = 0;
+  std::uint32_t ops = 0;        // submitted requests whose final completion has not arrived
+  bool recv_armed = false;      // a recv is in the kernel (until a completion without F_MORE)
+  bool recv_multishot = false;  // ... and it is multishot
+  bool recv_cancelling = false;
+  bool send_inflight = false;
+  bool input_closed = false;     // recv returned 0: the client's FIN, or our SHUT_RD at shutdown
+  bool closing = false;          // no more I/O: close once ops == 0
+  bool cancel_all_sent = false;  // every request on fd has been asked to stop
+  // Output in order: `sending` is what the in-flight send reads from, so it is never resized
+  // while send_inflight; new output goes to `pending` and takes its place when it is done.
+  Bytes sending;
+  std::size_t sent = 0;  // prefix of `sending` already taken by the kernel
+  Bytes pending;
+
+  std::size_t Unsent() const { return sending.size() - sent + pending.size(); }
+};
+
+struct UdpReply {
+  msghdr msg;
+  iovec iov;
+};
+
+// ---- The shard ----
+
+// One reactor: a thread's whole world. Everything here is touched by that thread only; Stop()
+// reaches it through the eventfd the backend owns.
+class Shard {
+ public:
+  Shard(int index, const ServerConfig& config, std::size_t max_conns, int stop_fd)
+      : index_(index), config_(config), max_conns_(max_conns), stop_fd_(stop_fd) {}
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+  ~Shard() {
+    if (ring_open_) io_uring_queue_exit(&ring_);  // Run() never ran; before the buffers go
+  }
+
+  // In Open(): creates the ring (disabled until Run) and the buffer rings, so that any resource
+  // problem is reported before the ready line.
+  absl::Status Init(Fd listener, Fd udp) {
+    if (absl::Status s = CreateRing(&ring_, config_.sqpoll); !s.ok()) return s;
+    ring_open_ = true;
+    listener_ = std::move(listener);
+    udp_ = std::move(udp);
+    if (listener_.valid()) {
+      // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per connection.
+      if (absl::Status s = SetNoDelay(listener_.get()); !s.ok()) return s;
+      absl::Status s = tcp_buffers_.Init(&ring_, kTcpBufferGroup, kRecvBuffers, kRecvBufferSize);
+      if (!s.ok()) return s;
+    }
+    if (udp_.valid()) {
+      absl::Status s = udp_buffers_.Init(&ring_, kUdpBufferGroup, kUdpBuffers, kUdpBufferSize);
+      if (!s.ok()) return s;
+      udp_replies_.resize(kUdpBuffers);
+      udp_recv_msg_.msg_namelen = sizeof(sockaddr_storage);
+    }
+    return absl::OkStatus();
+  }
+
+  const ShardStats& stats() const { return stats_; }
+
+  absl::Status Run() {
+    if (config_.pin) {
+      if (absl::Status s = PinCurrentThread(index_ % OnlineCpus()); !s.ok()) return s;
+    }
+    // SINGLE_ISSUER binds the ring to the thread that enables it: this one.
+    if (int ret = EnableRing(&ring_); ret < 0) {
+      return ErrnoError("io_uring_register(ENABLE_RINGS)", -ret);
+    }
+    if (io_uring_register_ring_fd(&ring_) < 0) {
+      // Linux < 5.18, or the per-thread table is full. An optimization only: every enter then
+      // looks the ring fd up in the file table, as without registration.
+    }
+    AddStopPoll();
+    if (listener_.valid()) AddAccept();
+    if (udp_.valid()) AddUdpRecv();
+    absl::Status status = Loop();
+    Teardown();
+    return status;
+  }
+
+ private:
+  // ---- Submitters: add_* in the liburing examples. Each counts what it leaves in flight. ----
+
+  io_uring_sqe* GetSqe() {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    for (int attempt = 0; sqe == nullptr; ++attempt) {
+      // The SQ is full mid-batch: hand it to the kernel now. With SQPOLL, wait for its thread.
+      const int ret = io_uring_submit(&ring_);
+      if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+        Die(ErrnoError("io_uring_submit", -ret));
+      }
+      if (config_.sqpoll) io_uring_sqring_wait(&ring_);
+      sqe = io_uring_get_sqe(&ring_);
+      if (sqe == nullptr && attempt > 1000) {
+        Die(absl::ResourceExhaustedError("io_uring submission queue stays full"));
+      }
+    }
+    ++inflight_;
+    return sqe;
+  }
+
+  // The ring is broken beyond what a shard can recover from, in the middle of a handler.
+  [[noreturn]] static void Die(const absl::Status& status) {
+    std::fprintf(stderr, "upcase-server: uring: %s\n", std::string(status.message()).c_str());
+    std::abort();
+  }
+
+  void AddStopPoll() {
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_poll_add(sqe, stop_fd_, POLLIN);
+    io_uring_sqe_set_data64(sqe, Encode(Op::kStop));
+  }
+
+  void AddAccept() {
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_multishot_accept(sqe, listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, Encode(Op::kAccept));
+    accept_armed_ = true;
+  }
+
+  void AddTimeout(Op op, __kernel_timespec* ts, absl::Duration d) {
+    ts->tv_sec = absl::ToInt64Seconds(d);
+    ts->tv_nsec = absl::ToInt64Nanoseconds(d - absl::Seconds(ts->tv_sec));
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_timeout(sqe, ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, Encode(op));
+  }
+
+  void AddCancel(std::uint64_t target) {
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_cancel64(sqe, target, 0);
+    io_uring_sqe_set_data64(sqe, Encode(Op::kCancel));
+  }
+
+  void AddRecv(Conn& c, bool multishot) {
+    io_uring_sqe* sqe = GetSqe();
+    if (multishot) {
+      io_uring_prep_recv_multishot(sqe, c.fd, nullptr, 0, 0);
+    } else {
+      // Never more than the queue can still take: it stays within --conn-buffer exactly.
+      const std::size_t room =
+          std::min<std::size_t>(kRecvBufferSize, config_.conn_buffer - c.Unsent());
+      io_uring_prep_recv(sqe, c.fd, nullptr, room, 0);
+    }
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = kTcpBufferGroup;
+    io_uring_sqe_set_data64(sqe, Encode(Op::kRecv, c.gen, c.index));
+    c.recv_armed = true;
+    c.recv_multishot = multishot;
+    ++c.ops;
+  }
+
+  void AddSend(Conn& c) {
+    if (c.sent == c.sending.size()) {  // all of `sending` went out: the pending bytes are next
+      c.sending.clear();
+      c.sent = 0;
+      std::swap(c.sending, c.pending);
+    }
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_send(sqe, c.fd, c.sending.data() + c.sent, c.sending.size() - c.sent,
+                       MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, Encode(Op::kSend, c.gen, c.index));
+    c.send_inflight = true;
+    ++c.ops;
+  }
+
+  void AddCancelRecv(Conn& c) {
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_cancel64(sqe, Encode(Op::kRecv, c.gen, c.index), 0);
+    io_uring_sqe_set_data64(sqe, Encode(Op::kConnCancel, c.gen, c.index));
+    c.recv_cancelling = true;
+    ++c.ops;
+  }
+
+  void AddCancelAll(Conn& c) {
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_cancel_fd(sqe, c.fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, Encode(Op::kConnCancel, c.gen, c.index));
+    c.cancel_all_sent = true;
+    ++c.ops;
+  }
+
+  void AddClose(int fd) {
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_close(sqe, fd);
+    io_uring_sqe_set_data64(sqe, Encode(Op::kClose));
+  }
+
+  void AddUdpRecv() {
+    io_uring_sqe* sqe = GetSqe();
+    // MSG_TRUNC: payloadlen then reports a datagram's full size, so an oversized one is seen.
+    io_uring_prep_recvmsg_multishot(sqe, udp_.get(), &udp_recv_msg_, MSG_TRUNC);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = kUdpBufferGroup;
+    io_uring_sqe_set_data64(sqe, Encode(Op::kUdpRecv));
+    udp_recv_armed_ = true;
+  }
+
+  void AddUdpSend(std::uint16_t bid, void* peer, socklen_t peer_len, void* payload,
+                  std::size_t len) {
+    UdpReply& r = udp_replies_[bid];
+    r.iov = {payload, len};
+    r.msg = {};
+    r.msg.msg_name = peer;
+    r.msg.msg_namelen = peer_len;
+    r.msg.msg_iov = &r.iov;
+    r.msg.msg_iovlen = 1;
+    io_uring_sqe* sqe = GetSqe();
+    // MSG_DONTWAIT makes a full socket buffer fail the send (-EAGAIN) instead of the kernel
+    // parking it until there is room: a reply that cannot go now is dropped, never queued.
+    io_uring_prep_sendmsg(sqe, udp_.get(), &r.msg, MSG_DONTWAIT);
+    io_uring_sqe_set_data64(sqe, Encode(Op::kUdpSend, 0, bid));
+    ++udp_sends_;
+  }
+
+  // ---- Handlers: one per completion type ----
+
+  void Handle(const io_uring_cqe& cqe) {
+    const Tag tag = Decode(cqe.user_data);
+    // A completion without F_MORE is the last one of its request.
+    if (!(cqe.flags & IORING_CQE_F_MORE)) --inflight_;
+    switch (tag.op) {
+      case Op::kStop:
+        HandleStop(cqe);
+        break;
+      case Op::kAccept:
+        HandleAccept(cqe);
+        break;
+      case Op::kAcceptResume:
+        HandleAcceptBackoff(cqe);
+        break;
+      case Op::kGrace:
+        HandleGrace(cqe);
+        break;
+      case Op::kRecv:
+      case Op::kSend:
+      case Op::kConnCancel: {
+        Conn* c = Find(tag);
+        if (c == nullptr) {
+          Die(absl::InternalError(
+              absl::StrCat("completion for a stale connection slot ", tag.index)));
+        }
+        if (tag.op == Op::kRecv) HandleRecv(cqe, *c);
+        if (tag.op == Op::kSend) HandleSend(cqe, *c);
+        if (tag.op == Op::kConnCancel) HandleConnCancel(cqe, *c);
+        Progress(*c);
+        break;
+      }
+      case Op::kClose:
+        // A failed close (EBADF would be a bug here; EINTR leaves the descriptor closed) has
+        // nothing left to undo: the slot was released when the close was submitted.
+        break;
+      case Op::kUdpRecv:
+        HandleUdpRecv(cqe);
+        break;
+      case Op::kUdpSend:
+        HandleUdpSend(cqe, static_cast<std::uint16_t>(tag.index));
+        break;
+      case Op::kCancel:
+        // res: 0 or a count when found, -ENOENT when the target had completed already, -EALREADY
+        // when it was running; in every case its own completion follows or has arrived.
+        break;
+    }
+  }
+
+  Conn* Find(const Tag& tag) {
+    if (tag.index >= conns_.size()) return nullptr;
+    Conn& c = conns_[tag.index];
+    return c.fd >= 0 && c.gen == tag.gen ? &c : nullptr;
+  }
+
+  void HandleStop(const io_uring_cqe& cqe) {
+    if (cqe.res < 0 && cqe.res != -ECANCELED) {
+      Die(ErrnoError("poll on the stop eventfd", -cqe.res));  // -EBADF etc.: a bug
+    }
+    if (cqe.res == -ECANCELED || stopping_) return;
+    stopping_ = true;
+    // Stop accepting: SHUT_RD on a listener stops it listening at once (the kernel resets what is
+    // still in its backlog) and ends the multishot accept.
+    if (listener_.valid()) {
+      if (::shutdown(listener_.get(), SHUT_RD) != 0) {
+        // Not listening any more, or never was: the cancel below is all that is needed.
+      }
+      if (accept_armed_) {
+        AddCancel(Encode(Op::kAccept));
+      } else {
+        listener_.reset();
+      }
+    }
+    if (udp_recv_armed_) AddCancel(Encode(Op::kUdpRecv));
+    // Turn every connection into a half-close: what the kernel already received is still read
+    // and answered, then recv returns 0 and the connection closes once its output is delivered.
+    for (Conn& c : conns_) {
+      if (c.fd < 0 || c.input_closed || c.closing) continue;
+      if (::shutdown(c.fd, SHUT_RD) != 0) {
+        c.input_closed = true;  // ENOTCONN: the client is already gone
+        Progress(c);
+      }
+    }
+    AddTimeout(Op::kGrace, &grace_ts_, config_.grace);
+  }
+
+  void HandleAccept(const io_uring_cqe& cqe) {
+    const bool more = cqe.flags & IORING_CQE_F_MORE;
+    if (!more) accept_armed_ = false;
+    if (cqe.res >= 0) {
+      if (stopping_) {
+        ::close(cqe.res);  // raced with the cancel: not served any more
+      } else {
+        Admit(cqe.res);
+      }
+    } else {
+      switch (-cqe.res) {
+        case ECANCELED:
+        case EINTR:
+        case ECONNABORTED:  // the client gave up while queued
+        case EPROTO:
+        case EPERM:  // refused by a firewall rule
+          break;
+        case EINVAL:  // the listener was shut down (Stop)
+          if (stopping_) break;
+          [[fallthrough]];
+        default:  // EMFILE, ENFILE, ENOBUFS, ENOMEM, ...: keep serving, accept again later
+          ++stats_.accept_errors;
+          if (more) AddCancel(Encode(Op::kAccept));
+          if (!accept_backoff_) {
+            accept_backoff_ = true;
+            AddTimeout(Op::kAcceptResume, &backoff_ts_, kAcceptBackoff);
+          }
+          break;
+      }
+    }
+    if (stopping_ && !accept_armed_) {
+      listener_.reset();
+    } else if (!accept_armed_ && !accept_backoff_ && !stopping_) {
+      AddAccept();  // the multishot ended (e.g. a transient error): re-arm it
+    }
+  }
+
+  void HandleAcceptBackoff(const io_uring_cqe& cqe) {
+    // -ETIME: expired, as intended; -ECANCELED: cancelled at exit. Nothing else is possible.
+    if (cqe.res != -ETIME && cqe.res != -ECANCELED) {
+      Die(ErrnoError("accept backoff timeout", -cqe.res));
+    }
+    accept_backoff_ = false;
+    if (!stopping_ && !accept_armed_ && listener_.valid()) AddAccept();
+  }
+
+  void HandleGrace(const io_uring_cqe& cqe) {
+    if (cqe.res == -ECANCELED) return;  // the shard finished first
+    if (cqe.res != -ETIME) Die(ErrnoError("grace timeout", -cqe.res));
+    // Clients that never read their output: give up on them.
+    for (Conn& c : conns_) {
+      if (c.fd < 0 || c.closing) continue;
+      c.closing = true;
+      Progress(c);
+    }
+  }
+
+  void Admit(int fd) {
+    if (live_ >= max_conns_) {
+      ++stats_.rejected;
+      ::close(fd);  // over --max-conns: the client sees an immediate close
+      return;
+    }
+    if (free_slots_.empty()) {
+      conns_.emplace_back();
+      conns_.back().index = static_cast<std::uint32_t>(conns_.size() - 1);
+      free_slots_.push_back(conns_.back().index);
+    }
+    Conn& c = conns_[free_slots_.back()];
+    free_slots_.pop_back();
+    c.fd = fd;
+    ++live_;
+    ++stats_.accepted;
+    AddRecv(c, /*multishot=*/true);
+  }
+
+  void HandleRecv(const io_uring_cqe& cqe, Conn& c) {
+    const bool more = cqe.flags & IORING_CQE_F_MORE;
+    if (cqe.flags & IORING_CQE_F_BUFFER) {
+      const auto bid = static_cast<std::uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
+      if (cqe.res > 0 && !c.closing) {
+        const auto n = static_cast<std::size_t>(cqe.res);
+        stats_.bytes_in += n;
+        const auto* in = reinterpret_cast<const std::uint8_t*>(tcp_buffers_.Buffer(bid));
+        Uppercase(in, reinterpret_cast<std::uint8_t*>(c.pending.Extend(n)), n);
+      }
+      tcp_buffers_.Return(bid);  // at once: the buffer serves every connection of the shard
+    }
+    if (cqe.res == 0) {
+      c.input_closed = true;
+    } else if (cqe.res < 0) {
+      switch (-cqe.res) {
+        case ENOBUFS:    // every buffer was taken in this round; they are back before re-arming
+        case ECANCELED:  // backpressure or closing
+        case EINTR:
+          break;
+        default:  // ECONNRESET; ETIMEDOUT after a vanished peer: as the other backends count it
+          ++stats_.conn_resets;
+          c.closing = true;
+          break;
+      }
+    }
+    if (!more) {
+      --c.ops;
+      c.recv_armed = false;
+      c.recv_cancelling = false;
+    } else if (c.recv_multishot && !c.recv_cancelling && !c.closing &&
+               c.Unsent() + kMultishotHeadroom > config_.conn_buffer) {
+      AddCancelRecv(c);  // near the cap: Progress() continues with single-shot recvs
+    }
+  }
+
+  void HandleSend(const io_uring_cqe& cqe, Conn& c) {
+    --c.ops;
+    c.send_inflight = false;
+    if (cqe.res >= 0) {
+      const auto n = static_cast<std::size_t>(cqe.res);
+      stats_.bytes_out += n;
+      c.sent += n;  // a short send leaves the rest for the next one
+      return;
+    }
+    switch (-cqe.res) {
+      case ECANCELED:  // closing
+      case EINTR:
+      case EAGAIN:
+        break;
+      default:  // EPIPE, ECONNRESET: the client is gone
+        ++stats_.conn_resets;
+        c.closing = true;
+        break;
+    }
+  }
+
+  void HandleConnCancel(const io_uring_cqe& cqe, Conn& c) {
+    // -ENOENT (already completed) and -EALREADY (completing) are fine: the target's own final
+    // completion arrives regardless. Anything else would leave a request we cannot stop.
+    if (cqe.res < 0 && cqe.res != -ENOENT && cqe.res != -EALREADY) {
+      Die(ErrnoError("io_uring cancel", -cqe.res));
+    }
+    --c.ops;
+  }
+
+  // After any completion on `c`: send what is queued, receive if there is room, close when done.
+  void Progress(Conn& c) {
+    if (!c.closing) {
+      if (!c.send_inflight && c.Unsent() > 0) AddSend(c);
+      if (c.input_closed && !c.send_inflight) {
+        c.closing = true;  // half-closed and everything delivered
+      } else if (!c.recv_armed && !c.input_closed) {
+        const std::size_t unsent = c.Unsent();
+        if (unsent + kMultishotHeadroom <= config_.conn_buffer) {
+          AddRecv(c, /*multishot=*/true);
+        } else if (unsent < config_.conn_buffer) {
+          AddRecv(c, /*multishot=*/false);
+        }  // else: at the cap; the next send completion comes back here
+      }
+    }
+    if (c.closing) {
+      if (c.ops == 0) {
+        Release(c);
+      } else if (!c.cancel_all_sent && (c.recv_armed || c.send_inflight)) {
+        AddCancelAll(c);
+      }
+    }
+  }
+
+  void Release(Conn& c) {
+    AddClose(c.fd);
+    c.fd = -1;
+    c.gen = (c.gen + 1) & kGenMask;
+    c.recv_armed = c.recv_multishot = c.recv_cancelling = c.send_inflight = false;
+    c.input_closed = c.closing = c.cancel_all_sent = false;
+    c.sent = 0;
+    for (Bytes* b : {&c.sending, &c.pending}) {
+      b->clear();
+      if (b->capacity() > kKeepQueueCapacity) b->Release();
+    }
+    free_slots_.push_back(c.index);
+    --live_;
+    ++stats_.closed;
+  }
+
+  void HandleUdpRecv(const io_uring_cqe& cqe) {
+    if (!(cqe.flags & IORING_CQE_F_MORE)) udp_recv_armed_ = false;
+    if (cqe.flags & IORING_CQE_F_BUFFER) {
+      const auto bid = static_cast<std::uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
+      char* buf = udp_buffers_.Buffer(bid);
+      io_uring_recvmsg_out* out = io_uring_recvmsg_validate(buf, cqe.res, &udp_recv_msg_);
+      ++stats_.datagrams_in;
+      if (out == nullptr || out->namelen > udp_recv_msg_.msg_namelen || (out->flags & MSG_TRUNC)) {
+        // Truncated: larger than any reply we may send (IPv6 allows 65527 bytes).
+        ++stats_.udp_drops;
+        udp_buffers_.Return(bid);
+      } else {
+        void* payload = io_uring_recvmsg_payload(out, &udp_recv_msg_);
+        const unsigned len = io_uring_recvmsg_payload_length(out, cqe.res, &udp_recv_msg_);
+        UppercaseInPlace(static_cast<char*>(payload), len);
+        AddUdpSend(bid, io_uring_recvmsg_name(out), out->namelen, payload, len);
+      }
+    } else if (cqe.res < 0) {
+      // ENOBUFS: every buffer holds a reply in flight; re-armed when one comes back. ECANCELED:
+      // shutdown. Anything else (an ICMP error for an earlier reply) ends the multishot only.
+    }
+    MaybeRearmUdp();
+  }
+
+  void HandleUdpSend(const io_uring_cqe& cqe, std::uint16_t bid) {
+    --udp_sends_;
+    if (cqe.res >= 0) {
+      ++stats_.datagrams_out;
+    } else {
+      ++stats_.udp_drops;  // EAGAIN (socket buffer full), or this destination failed
+    }
+    udp_buffers_.Return(bid);
+    MaybeRearmUdp();
+  }
+
+  void MaybeRearmUdp() {
+    // Only with a buffer to spare, else the new recvmsg would fail at once with ENOBUFS.
+    if (!udp_recv_armed_ && !stopping_ && udp_sends_ < kUdpBuffers) AddUdpRecv();
+  }
+
+  // ---- The loop ----
+
+  bool Finished() const {
+    return stopping_ && live_ == 0 && !accept_armed_ && !udp_recv_armed_ && udp_sends_ == 0;
+  }
+
+  void Reap() {
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      Handle(*cqe);
+      ++seen;
+    }
+    io_uring_cq_advance(&ring_, seen);
+    tcp_buffers_.Commit();
+    udp_buffers_.Commit();
+  }
+
+  absl::Status Loop() {
+    while (!Finished()) {
+      // Submits everything the last round produced and sleeps until the next completion.
+      const int ret = io_uring_submit_and_wait(&ring_, 1);
+      if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {
+        return ErrnoError("io_uring_submit_and_wait", -ret);
+      }
+      Reap();
+    }
+    return absl::OkStatus();
+  }
+
+  // Cancels whatever is still in flight (the grace timer; everything, after an error) and waits
+  // until the kernel confirmed it, so no request outlives the memory it points into.
+  void Teardown() {
+    stopping_ = true;
+    for (Conn& c : conns_) {
+      if (c.fd >= 0 && !c.closing) {
+        c.closing = true;
+        Progress(c);
+      }
+    }
+    if (inflight_ > 0) {
+      io_uring_sqe* sqe = GetSqe();
+      io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+      io_uring_sqe_set_data64(sqe, Encode(Op::kCancel));
+    }
+    const std::int64_t deadline = MonotonicNanos() + absl::ToInt64Nanoseconds(kTeardownTimeout);
+    while (inflight_ > 0 && MonotonicNanos() < deadline) {
+      __kernel_timespec ts{0, 100'000'000};
+      io_uring_cqe* cqe = nullptr;
+      const int ret = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+      if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) break;
+      Reap();
+    }
+    for (Conn& c : conns_) {
+      if (c.fd >= 0) ::close(c.fd);  // only if the kernel never confirmed the cancel
+    }
+    io_uring_queue_exit(&ring_);  // also drops the registered ring fd of this thread
+    ring_open_ = false;
+    listener_.reset();
+    udp_.reset();
+  }
+
+  const int index_;
+  const ServerConfig& config_;
+  const std::size_t max_conns_;  // this shard's share of --max-conns
+  const int stop_fd_;            // the backend's eventfd; readable once Stop() was called
+
+  io_uring ring_{};
+  bool ring_open_ = false;
+  BufferRing tcp_buffers_;
+  BufferRing udp_buffers_;
+  Fd listener_;  // invalid when TCP is not served, and once shutdown stopped accepting
+  Fd udp_;
+
+  std::deque<Conn> conns_;  // slots; a deque so references stay valid as it grows
+  std::vector<std::uint32_t> free_slots_;
+  std::size_t live_ = 0;
+
+  msghdr udp_recv_msg_{};              // layout template for multishot recvmsg: name, no control
+  std::vector<UdpReply> udp_replies_;  // indexed by UDP buffer id
+  std::uint32_t udp_sends_ = 0;        // replies in flight, each holding its buffer
+
+  std::uint64_t inflight_ = 0;  // requests whose final completion has not arrived
+  bool accept_armed_ = false;   // armed iff a multishot accept is in the kernel
+  bool accept_backoff_ = false;
+  bool udp_recv_armed_ = false;
+  bool stopping_ = false;  // Stop() was seen
+  __kernel_timespec backoff_ts_{};
+  __kernel_timespec grace_ts_{};
+
+  ShardStats stats_;
+};
+
+class UringBackend : public Backend {
+ public:
+  explicit UringBackend(const ServerConfig& config) : config_(config) {}
+
+  absl::StatusOr<Endpoints> Open() override {
+    stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!stop_fd_.valid()) return ErrnoError("eventfd", errno);
+    const int count = std::max(config_.shards, 1);
+    absl::StatusOr<Listeners> listeners = OpenListeners(config_, count, /*non_blocking=*/true);
+    if (!listeners.ok()) return listeners.status();
+    const std::size_t per_shard = (config_.max_conns + count - 1) / count;
+    for (int i = 0; i < count; ++i) {
+      auto shard = std::make_unique<Shard>(i, config_, per_shard, stop_fd_.get());
+      Fd tcp = listeners->tcp.empty() ? Fd() : std::move(listeners->tcp[i]);
+      Fd udp = listeners->udp.empty() ? Fd() : std::move(listeners->udp[i]);
+      if (absl::Status s = shard->Init(std::move(tcp), std::move(udp)); !s.ok()) return s;
+      shards_.push_back(std::move(shard));
+    }
+    return listeners->endpoints;
+  }
+
+  absl::Status Run() override {
+    std::vector<absl::Status> results(shards_.size());
+    std::vector<std::thread> threads;
+    auto run_shard = [this, &results](std::size_t i) {
+      results[i] = shards_[i]->Run();
+      if (!results[i].ok()) Stop();  // wind the other shards down as for a signal
+    };
+    for (std::size_t i = 1; i < shards_.size(); ++i) {
+      try {
+        threads.emplace_back(run_shard, i);
+      } catch (const std::system_error& e) {
+        results[i] = absl::ResourceExhaustedError(
+            absl::StrCat("cannot start thread for shard ", i, ": ", e.what()));
+        Stop();
+        break;
+      }
+    }
+    if (!shards_.empty()) run_shard(0);  // shard 0 runs on the calling thread
+    for (std::thread& t : threads) t.join();
+    for (const absl::Status& s : results) {
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  void Stop() override {
+    if (!stop_fd_.valid()) return;
+    // One eventfd for all shards: it stays readable, so every shard's poll on it fires.
+    const std::uint64_t one = 1;
+    // Cannot fail: the descriptor lives as long as the backend and the counter would need 2^64
+    // calls to overflow. A failure would leave the shards running forever, so do not go on.
+    if (::write(stop_fd_.get(), &one, sizeof one) != sizeof one) std::abort();
+  }
+
+  std::vector<ShardStats> Stats() const override {
+    std::vector<ShardStats> out;
+    for (const std::unique_ptr<Shard>& shard : shards_) out.push_back(shard->stats());
+    return out;
+  }
+
+ private:
+  const ServerConfig config_;
+  Fd stop_fd_;
+  std::vector<std::unique_ptr<Shard>> shards_;  // fixed once Open() returned
+};
+
+}  // namespace
+
+BackendInfo UringBackendInfo() {
+  return {"uring", "multi-reactor: one io_uring per shard, multishot accept/recv, provided buffers",
+          /*sharded=*/true, UringAvailable, [](const ServerConfig& c) -> std::unique_ptr<Backend> {
+            return std::make_unique<UringBackend>(c);
+          }};
+}
+
+#else  // !UPCASE_HAVE_URING
+
+// Built without liburing: the backend is listed, and says why it cannot run.
+BackendInfo UringBackendInfo() {
+  return {"uring", "multi-reactor: one io_uring per shard (not in this build)",
+          /*sharded=*/true,
+          [] {
+            return absl::UnimplementedError(
+                "this build has no liburing (install liburing-dev and rebuild)");
+          },
+          [](const ServerConfig&) -> std::unique_ptr<Backend> { return nullptr; }};
+}
+
+#endif  // UPCASE_HAVE_URING
+
+}  // namespace upcase
