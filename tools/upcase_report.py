@@ -1,0 +1,513 @@
+"""Turns a results folder written by tools/compare into summary.json, report.md, plots and the
+terminal tables. Reads only saved JSON, so `tools/compare --replot DIR` can redo it all:
+
+    DIR/meta.json        command line, machine, settings, notes        (written by tools/compare)
+    DIR/runs/*.json      one record per run (tools/upcase_harness.py)   (written by tools/compare)
+    DIR/bench/*.json     Google Benchmark output, when tools/bench wrote it there (optional)
+ -> DIR/summary.json     medians per (backend, point) with ratios against `threads`
+    DIR/report.md        tables, plots, "where its cost goes" per backend, machine, command
+    DIR/*.png            throughput_vs_connections, latency_spectrum, latency_vs_load
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+
+from upcase_harness import fmt_count, fmt_size
+
+BASELINE = "threads"  # the blocking, thread-per-connection server every ratio is taken against
+PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9), ("p9999", 99.99))
+# The point whose figures headline the report and whose load the latency spectrum shows.
+HEADLINE_KEY = "tcp-64B-c64-closed"
+SPECTRUM_KEY = "tcp-64B-c64-open50"
+PLOTS = ("throughput_vs_connections.png", "latency_spectrum.png", "latency_vs_load.png")
+# Fixed colours so a backend looks the same in every plot and every report.
+COLORS = {"iterative": "#7f7f7f", "threads": "#1f77b4", "epoll": "#2ca02c", "uring": "#d62728"}
+BACKEND_ORDER = ("iterative", "threads", "epoll", "uring")
+
+MODEL_TEXT = {
+    "iterative": "The lab's server: one blocking loop serves one client at a time, so each "
+                 "request is a blocking `recv` plus `send`, and the thread sleeps in between.",
+    "threads": "One blocking thread per connection: every request costs a `recv` and a `send` "
+               "and, under load, a sleep and wake-up of that connection's thread (context "
+               "switches). Threads grow with connections.",
+    "epoll": "One reactor thread: `epoll_wait` returns many ready sockets at once, so its cost "
+             "is shared by the requests of a batch; each request still pays a non-blocking "
+             "`recv` and `send`.",
+    "uring": "One reactor thread submitting and reaping through io_uring: receives and sends "
+             "are queued in shared rings and many are handed over per `io_uring_enter`, so "
+             "syscalls per request can fall below one. Kernel helper threads (iou-*) may appear.",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# From runs to summary.
+
+def load_dir(d: pathlib.Path) -> tuple[dict, list[dict]]:
+    meta_path = d / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    runs = []
+    for p in sorted((d / "runs").glob("*.json")):
+        rec = json.loads(p.read_text())
+        rec["file"] = f"runs/{p.name}"
+        runs.append(rec)
+    return meta, runs
+
+
+def run_metrics(rec: dict) -> dict:
+    """The per-run figures a table shows, computed from the raw record."""
+    load, srv, point = rec["load"], rec["server"], rec["point"]
+    served = srv.get("requests_served") or load.get("requests") or 0
+    cpu = srv["utime_s"] + srv["stime_s"]
+    lat = load.get("latency_us", {})
+    m = {
+        "rps": load.get("throughput_rps"),
+        "mbps": load["bytes_per_s"] / 1e6 if load.get("bytes_per_s") is not None else None,
+        "offered_rps": point["rate"] or None,
+        "cpu_us_per_req": cpu * 1e6 / served if served else None,
+        "server_util": cpu / srv["wall_s"] if srv.get("wall_s") else None,
+        "sys_share": srv["stime_s"] / cpu if cpu else None,
+        "threads_peak": srv.get("threads_peak"),
+        "ctx_per_req": srv["ctx_switches"]["total"] / served if served else None,
+        "errors": sum(load.get("errors", {}).values())
+        if isinstance(load.get("errors"), dict) else load.get("errors", 0),
+        "mismatches": load.get("mismatches", 0),
+    }
+    for name, _ in PERCENTILES + (("max", None), ("mean", None)):
+        m[name] = lat.get(name)
+    m["p99_uncorrected"] = load.get("latency_uncorrected_us", {}).get("p99")
+    udp = load.get("udp") or {}
+    if point["proto"] == "udp" and udp.get("sent"):
+        m["udp_loss"] = udp.get("lost", 0) / udp["sent"]
+    sc = srv.get("syscalls")
+    if sc and served:
+        m["syscalls_per_req"] = sc["total"] / served
+        m["syscalls_by_name_per_req"] = {k: v / served for k, v in
+                                         sorted(sc["by_name"].items(), key=lambda kv: -kv[1])}
+        m["syscalls_source"] = sc["source"]
+    return m
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _sort_key(p: dict):
+    return (p["proto"] != "tcp", p["mode"] != "closed", p["size"], p["connections"],
+            p["rate"], p["key"])
+
+
+def backend_order(names) -> list[str]:
+    names = set(names)
+    return [b for b in BACKEND_ORDER if b in names] + sorted(names - set(BACKEND_ORDER))
+
+
+def summarize(meta: dict, runs: list[dict]) -> dict:
+    groups, probes, failures = {}, {}, []
+    for rec in runs:
+        if not rec.get("ok"):
+            failures.append(rec)
+            continue
+        p = rec["point"]
+        (probes if p.get("probe") else groups).setdefault((p["backend"], p["key"]), []).append(rec)
+
+    points = []
+    for (backend, key), recs in groups.items():
+        p = recs[0]["point"]
+        per_run = [run_metrics(r) for r in recs]
+        metrics = {k: _median([m.get(k) for m in per_run]) for k in per_run[0]
+                   if k not in ("syscalls_by_name_per_req", "syscalls_source")}
+        rps = [m["rps"] for m in per_run if m["rps"] is not None]
+        entry = {"backend": backend, "key": key, "proto": p["proto"], "size": p["size"],
+                 "connections": p["connections"], "mode": p["mode"], "label": p["label"],
+                 "rate": p["rate"], "repeats": len(recs), "metrics": metrics,
+                 "rps_range": [min(rps), max(rps)] if rps else None,
+                 "runs": [r["file"] for r in recs if "file" in r],
+                 "ctx_source": recs[0]["server"]["ctx_switches"]["source"]}
+        probe = probes.get((backend, key))
+        if probe:
+            pm = run_metrics(probe[0])
+            if "syscalls_per_req" in pm:
+                entry["syscalls"] = {"per_req": pm["syscalls_per_req"],
+                                     "by_name_per_req": pm["syscalls_by_name_per_req"],
+                                     "source": pm["syscalls_source"],
+                                     "run": probe[0].get("file")}
+                metrics["syscalls_per_req"] = pm["syscalls_per_req"]
+        points.append(entry)
+    points.sort(key=_sort_key)
+
+    index = {(p["backend"], p["key"]): p for p in points}
+    for p in points:
+        base = index.get((BASELINE, p["key"]))
+        if base and p["backend"] != BASELINE:
+            bm, m = base["metrics"], p["metrics"]
+            p["vs_threads"] = {
+                "rps": m["rps"] / bm["rps"] if m["rps"] and bm["rps"] else None,
+                "cpu_per_req": (m["cpu_us_per_req"] / bm["cpu_us_per_req"]
+                                if m["cpu_us_per_req"] and bm["cpu_us_per_req"] else None)}
+    return {"meta": meta,
+            "backends": backend_order({p["backend"] for p in points}),
+            "points": points,
+            "failed_runs": [{"point": f["point"], "error": f.get("error"), "file": f.get("file")}
+                            for f in failures]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables.
+
+def _f(x, digits=3):
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.{digits}g}"
+
+
+def point_label(p: dict) -> str:
+    load = "closed" if p["mode"] == "closed" else f"open {p['label']} @{fmt_count(p['rate'])}/s"
+    return f"{p['proto']} {fmt_size(p['size'])} c={p['connections']} {load}"
+
+
+TABLE_COLUMNS = ("point", "req/s", "MB/s", "p50 µs", "p99 µs", "p99.9 µs", "CPU µs/req",
+                 "CPU use", "sys/req", "cs/req", "req/s vs thr", "CPU vs thr")
+
+
+def table_rows(summary: dict, backend: str) -> list[list[str]]:
+    rows = []
+    for p in summary["points"]:
+        if p["backend"] != backend:
+            continue
+        m, vs = p["metrics"], p.get("vs_threads", {})
+        rows.append([point_label(p), fmt_count(m["rps"]), _f(m["mbps"]), _f(m["p50"]),
+                     _f(m["p99"]), _f(m["p999"]), _f(m["cpu_us_per_req"]),
+                     f"{m['server_util'] * 100:.0f}%" if m["server_util"] is not None else "-",
+                     _f(m.get("syscalls_per_req")), _f(m["ctx_per_req"]),
+                     _f(vs.get("rps")) if backend != BASELINE else "1",
+                     _f(vs.get("cpu_per_req")) if backend != BASELINE else "1"])
+    return rows
+
+
+def text_table(header, rows) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def md_table(header, rows) -> str:
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def headline_rows(summary: dict) -> list[list[str]]:
+    """One line per backend: the figures a reader compares first."""
+    index = {(p["backend"], p["key"]): p for p in summary["points"]}
+    rows = []
+    for b in summary["backends"]:
+        closed = index.get((b, HEADLINE_KEY)) or index.get((b, "tcp-64B-c1-closed"))
+        big = index.get((b, "tcp-16384B-c64-closed")) or index.get((b, "tcp-16384B-c1-closed"))
+        udp = next((p for p in summary["points"] if p["backend"] == b and p["proto"] == "udp"
+                    and p["mode"] == "closed"), None)
+        open50 = index.get((b, SPECTRUM_KEY))
+        m = closed["metrics"] if closed else {}
+        rows.append([
+            b,
+            f"{fmt_count(m.get('rps'))} (c={closed['connections']})" if closed else "-",
+            _f(m.get("cpu_us_per_req")),
+            _f(m.get("syscalls_per_req")), _f(m.get("ctx_per_req")),
+            _f(big["metrics"]["mbps"]) if big else "-",
+            fmt_count(udp["metrics"]["rps"]) if udp else "-",
+            _f(open50["metrics"]["p99"]) if open50 else "-",
+            _f(closed.get("vs_threads", {}).get("rps")) if closed and b != BASELINE
+            else ("1" if closed else "-"),
+        ])
+    return rows
+
+
+HEADLINE_COLUMNS = ("backend", "TCP 64 B req/s", "CPU µs/req", "syscalls/req", "cs/req",
+                    "TCP 16 KiB MB/s", "UDP 64 B req/s", "p99 µs @50% load", "req/s ×threads")
+
+
+def print_tables(summary: dict, out=print):
+    for b in summary["backends"]:
+        out(f"\n== {b}")
+        out(text_table(TABLE_COLUMNS, table_rows(summary, b)))
+    out("\n== headline (TCP 64 B, 64 connections unless noted)")
+    out(text_table(HEADLINE_COLUMNS, headline_rows(summary)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots.
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _color(b):
+    return COLORS.get(b)
+
+
+def _count_axis(axis):
+    """Plain numbers (1k, 20k, 1.5M) instead of 2x10^5 on linear and log axes."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt_count(v) if v else "0"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def plot_throughput(summary: dict, path: pathlib.Path) -> bool:
+    closed = [p for p in summary["points"] if p["proto"] == "tcp" and p["mode"] == "closed"]
+    sizes = sorted({p["size"] for p in closed})
+    if not closed:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        small = size < 4096  # small requests: count them; large: count bytes
+        for b in summary["backends"]:
+            pts = sorted((p for p in closed if p["backend"] == b and p["size"] == size),
+                         key=lambda p: p["connections"])
+            if not pts:
+                continue
+            xs = [p["connections"] for p in pts]
+            scale = (lambda p, v: v) if small else (lambda p, v: v * p["size"] / 1e6)
+            ys = [scale(p, p["metrics"]["rps"]) for p in pts]
+            lo = [y - scale(p, p["rps_range"][0]) for p, y in zip(pts, ys)]
+            hi = [scale(p, p["rps_range"][1]) - y for p, y in zip(pts, ys)]
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=b, color=_color(b))
+        ax.set_xscale("log", base=2)
+        conns = sorted({p["connections"] for p in closed if p["size"] == size})
+        ax.set_xticks(conns, [str(c) for c in conns])
+        ax.minorticks_off()
+        _count_axis(ax.yaxis)
+        ax.set_xlabel("connections (closed loop, 1 request outstanding each)")
+        ax.set_ylabel("requests/s" if small else "MB/s (request bytes)")
+        ax.set_title(f"TCP {fmt_size(size)} requests")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle("Throughput vs connections (server on 1 CPU; median of repeats, bars: min..max)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def spectrum_points(summary: dict) -> tuple[list[dict], str]:
+    """The runs the latency spectrum compares: one load offered to every backend."""
+    for key, what in ((SPECTRUM_KEY, "open loop, same offered load for every backend"),
+                      (HEADLINE_KEY, "closed loop")):
+        pts = [p for p in summary["points"] if p["key"] == key]
+        if pts:
+            return pts, what
+    return [], ""
+
+
+def plot_spectrum(summary: dict, path: pathlib.Path) -> bool:
+    pts, what = spectrum_points(summary)
+    if not pts:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    names = [n for n, _ in PERCENTILES]
+    xs = [1 / (1 - q / 100) for _, q in PERCENTILES]
+    for p in sorted(pts, key=lambda p: backend_order(summary["backends"]).index(p["backend"])):
+        ys = [p["metrics"].get(n) for n in names]
+        ax.plot([x for x, y in zip(xs, ys) if y], [y for y in ys if y], marker="o",
+                label=p["backend"], color=_color(p["backend"]))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(xs, [f"{q:g}%" for _, q in PERCENTILES])
+    ax.minorticks_off()
+    _count_axis(ax.yaxis)
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("latency µs (from intended send time)")
+    p0 = pts[0]
+    ax.set_title(f"Latency spectrum: {p0['proto'].upper()} {fmt_size(p0['size'])}, "
+                 f"{p0['connections']} conns, "
+                 + (f"{fmt_count(p0['rate'])} req/s offered" if p0["rate"] else "closed loop"),
+                 fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.text(0.01, 0.01, what, fontsize=7, alpha=0.7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def load_curve(summary: dict, backend: str) -> list[tuple[float, dict, str]]:
+    """(offered or achieved req/s, metrics, kind) along the open-loop base configuration."""
+    opens = [p for p in summary["points"] if p["backend"] == backend and p["mode"] == "open"]
+    if not opens:
+        return []
+    base = (opens[0]["proto"], opens[0]["size"], opens[0]["connections"])
+    curve = [(p["rate"], p["metrics"], "open") for p in opens
+             if (p["proto"], p["size"], p["connections"]) == base]
+    sat = next((p for p in summary["points"] if p["backend"] == backend and p["mode"] == "closed"
+                and (p["proto"], p["size"], p["connections"]) == base), None)
+    if sat and sat["metrics"]["rps"]:
+        curve.append((sat["metrics"]["rps"], sat["metrics"], "closed"))
+    return sorted(curve, key=lambda c: c[0])
+
+
+def plot_latency_vs_load(summary: dict, path: pathlib.Path) -> bool:
+    curves = {b: load_curve(summary, b) for b in summary["backends"]}
+    curves = {b: c for b, c in curves.items() if c}
+    if not curves:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for b, c in curves.items():
+        opens = [(x, m) for x, m, kind in c if kind == "open" and m.get("p99")]
+        ax.plot([x for x, _ in opens], [m["p99"] for _, m in opens], marker="o",
+                color=_color(b), label=f"{b} p99")
+        ax.plot([x for x, _ in opens], [m["p50"] for _, m in opens], ls="--", lw=1,
+                color=_color(b), alpha=0.7, label=f"{b} p50")
+        sat = [(x, m) for x, m, kind in c if kind == "closed" and m.get("p99")]
+        if sat:
+            ax.plot([x for x, _ in sat], [m["p99"] for _, m in sat], marker="*", ms=12, ls="",
+                    color=_color(b))
+            if opens:  # the knee lies somewhere between the last open point and the maximum
+                last = max(opens, key=lambda o: o[0])
+                ax.plot([last[0], sat[0][0]], [last[1]["p99"], sat[0][1]["p99"]], ls=":",
+                        color=_color(b), alpha=0.6)
+    ax.set_yscale("log")
+    _count_axis(ax.yaxis)
+    _count_axis(ax.xaxis)
+    ax.set_xlabel("offered load, requests/s (★ = closed-loop maximum, achieved)")
+    ax.set_ylabel("latency µs")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Latency vs offered load (open loop, corrected for coordinated omission)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# report.md
+
+def _cost_section(summary: dict, b: str) -> list[str]:
+    pts = [p for p in summary["points"] if p["backend"] == b]
+    out = [f"### {b}: where its cost goes", ""]
+    if b in MODEL_TEXT:
+        out += [MODEL_TEXT[b], ""]
+    for p in pts:
+        if p["mode"] != "closed":
+            continue
+        m = p["metrics"]
+        facts = [f"{_f(m['cpu_us_per_req'])} µs server CPU/request "
+                 f"({m['sys_share'] * 100:.0f}% in the kernel)" if m["cpu_us_per_req"] and
+                 m["sys_share"] is not None else None,
+                 f"{_f(m['ctx_per_req'])} context switches/request" if m["ctx_per_req"]
+                 is not None else None,
+                 f"{m['threads_peak']:.0f} threads at peak" if m["threads_peak"] else None]
+        if "syscalls" in p:
+            top = list(p["syscalls"]["by_name_per_req"].items())[:4]
+            facts.append(f"{_f(p['syscalls']['per_req'])} syscalls/request ("
+                         + ", ".join(f"{k} {_f(v, 2)}" for k, v in top) + ")")
+        facts = [x for x in facts if x]
+        out.append(f"- {point_label(p)}: " + "; ".join(facts))
+    out += ["", "See it yourself (the server pinned to CPU 0, the load to CPU 1):", "", "```sh",
+            f"taskset -c 0 build/release/bin/upcase-server --backend={b} --shards=1 "
+            "--bind=127.0.0.1 5050 & pid=$!",
+            "taskset -c 1 build/release/bin/upcase-load --connections=64 --duration=10s "
+            "127.0.0.1 5050 &",
+            "perf stat -e 'raw_syscalls:sys_enter,syscalls:sys_enter_*' -p $pid -- sleep 5  "
+            "# syscalls by name",
+            "perf stat -e context-switches,task-clock -p $pid -- sleep 5",
+            "ps -L -o tid,comm,time -p $pid      # threads and their CPU time",
+            "grep ctxt_switches /proc/$pid/task/*/status",
+            "strace -c -f -p $pid                # without perf (slows the server a lot)",
+            "```", ""]
+    return out
+
+
+def _bench_section(d: pathlib.Path) -> list[str]:
+    path = d / "bench" / "uppercase_bench.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    rows = []
+    for bm in data.get("benchmarks", []):
+        if bm.get("aggregate_name") not in (None, "median"):
+            continue
+        if "bytes_per_second" in bm:
+            rows.append([bm.get("run_name", bm["name"]), f"{bm['bytes_per_second'] / 1e9:.2f}"])
+    return ["## Micro-benchmarks (tools/bench)", "",
+            md_table(("benchmark", "GB/s"), rows), ""] if rows else []
+
+
+def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
+    meta = summary["meta"]
+    machine = meta.get("machine", {})
+    s = meta.get("settings", {})
+    lines = ["# upcase: I/O models compared", ""]
+    lines += [f"Command: `{meta.get('command', 'tools/compare')}`  ",
+              f"Date: {meta.get('date', '?')}, git {meta.get('git', '?')}  ",
+              f"Machine: {machine.get('cpu_model', '?')}, nproc={machine.get('nproc', '?')}, "
+              f"kernel {machine.get('kernel', '?')}, {machine.get('memory', '?')}  ",
+              f"Runs: {s.get('duration_s', '?')} s measured after {s.get('warmup_s', '?')} s "
+              f"warm-up, {s.get('repeat', '?')} repeats per point, medians shown; server "
+              f"(`--shards=1`) pinned to CPU {s.get('server_cpu', '?')}, upcase-load (1 thread) "
+              f"to CPU {s.get('load_cpu', '?')}; loopback.", ""]
+    lines += ["## Headline", "",
+              "TCP 64 B requests, 64 connections, closed loop, unless noted; p99 at 50 % of the "
+              "best backend's maximum, offered open loop.", "",
+              md_table(HEADLINE_COLUMNS, headline_rows(summary)), ""]
+    for name in plots:
+        lines += [f"![{name[:-4]}]({name})", ""]
+    lines += ["## How to read the figures", "",
+              "- *req/s*, *MB/s*, latency: from upcase-load's JSON (latency in open loop from the "
+              "intended send time, i.e. corrected for coordinated omission). MB/s counts request "
+              "bytes as upcase-load reports `bytes_per_s`.",
+              "- *CPU µs/req*: server user+system CPU from `/proc/PID/stat` (all threads, "
+              "including exited ones) over the whole run, divided by the requests the server "
+              "counted (`--stats-json`). *CPU use*: that CPU time over the run's wall time "
+              "(100 % = the server's one CPU is saturated).",
+              "- *cs/req*: context switches of the server (perf `context-switches` on its PID "
+              "and future threads) per request. *sys/req*: syscalls per request from a separate "
+              "probe run counting `raw_syscalls:sys_enter` with perf (or strace -c), so the "
+              "counting overhead never reaches the CPU figures.",
+              f"- *×threads*: the same point measured on `{BASELINE}`, the blocking baseline.",
+              ""]
+    lines += ["## Per backend", ""]
+    for b in summary["backends"]:
+        lines += [f"### {b}", "", md_table(TABLE_COLUMNS, table_rows(summary, b)), ""]
+        lines += _cost_section(summary, b)
+    lines += _bench_section(d)
+    notes = list(meta.get("notes", []))
+    for f in summary["failed_runs"]:
+        notes.append(f"failed run {f['point'].get('backend')} {f['point'].get('key')}: "
+                     f"{f.get('error')}")
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["Every run's raw JSON (upcase-load's output plus the server's figures) is in "
+              "`runs/`; `summary.json` holds the medians. Regenerate this report and the plots "
+              f"with `tools/compare --replot {meta.get('out', 'DIR')}`.", ""]
+    (d / "report.md").write_text("\n".join(lines))
+
+
+def build(d: pathlib.Path, out=print) -> dict:
+    """Summary, plots, report.md, and the terminal tables, all from d's saved JSON."""
+    meta, runs = load_dir(d)
+    if not runs:
+        raise FileNotFoundError(f"no runs/*.json in {d}")
+    summary = summarize(meta, runs)
+    (d / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plots = []
+    for name, fn in zip(PLOTS, (plot_throughput, plot_spectrum, plot_latency_vs_load)):
+        if fn(summary, d / name):
+            plots.append(name)
+    write_report(d, summary, plots)
+    print_tables(summary, out)
+    return summary
