@@ -1,0 +1,16 @@
+#include "loadgen/channel.h"
+
+namespace upcase::load {
+
+void LoopContext::NoteError(ErrorKind kind, const absl::Status& cause) {
+  stats.counters.Count(kind);
+  if (phase == Phase::kSetup && setup_error.ok()) setup_error = cause;
+  if (first_error.empty()) first_error = std::string(cause.message());
+}
+
+void LoopContext::NoteMismatch(const std::string& what) {
+  ++stats.counters.mismatches;
+  if (first_mismatch.empty()) first_mismatch = what;
+}
+
+}  // namespace upcase::load

@@ -1,0 +1,81 @@
+// upcase-load's configuration: the command line of DESIGN.md, parsed and checked once, then
+// copied into every thread.
+#ifndef UPCASE_LOADGEN_CONFIG_H_
+#define UPCASE_LOADGEN_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "common/flags.h"
+#include "common/net.h"
+#include "loadgen/payload.h"
+#include "nlohmann/json.hpp"
+
+namespace upcase::load {
+
+// The most requests one connection may have in flight in open loop when --pipeline is not
+// given: in effect no cap, so requests go out on schedule whether or not replies came back.
+inline constexpr std::int64_t kUnlimitedPipeline = 1 << 20;
+// UDP requests carry an 8-byte sequence header; a datagram holds at most this much.
+inline constexpr std::uint64_t kMaxUdpPayload = 65507;
+inline constexpr std::uint64_t kMaxTcpRequest = 16 << 20;
+
+enum class Arrival { kUniform, kPoisson };
+
+// Request sizes: fixed (--size=64) or uniform over a range (--size=64:1024).
+struct SizeRange {
+  std::uint32_t min = 64;
+  std::uint32_t max = 64;
+  std::uint32_t Draw(Rng& rng) const {
+    return min == max ? min : min + static_cast<std::uint32_t>(rng.Below(max - min + 1));
+  }
+  std::string ToString() const;
+};
+absl::StatusOr<SizeRange> ParseSizeRange(absl::string_view text);
+
+struct Config {
+  Transport proto = Transport::kTcp;
+  std::string host;
+  std::uint16_t port = 0;
+  std::int64_t connections = 16;
+  std::int64_t threads = 1;
+  std::vector<int> cpus;  // thread i runs on cpus[i % size]; empty: not pinned
+  absl::Duration duration = absl::Seconds(10);
+  absl::Duration warmup = absl::Seconds(2);
+  absl::Duration interval = absl::Seconds(1);
+  absl::Duration timeout = absl::Seconds(1);
+  SizeRange size;
+  std::int64_t pipeline = 1;  // closed loop: kept in flight; open loop: most in flight
+  double rate = 0;            // requests/s in total; 0 = closed loop
+  Arrival arrival = Arrival::kUniform;
+  bool reconnect = false;
+  bool verify = true;
+  bool quiet = false;
+  std::string json_path;
+  std::string hdr_log_path;
+  double start_at = 0;  // UNIX seconds; 0 = now
+
+  bool open_loop() const { return rate > 0; }
+  nlohmann::json ToJson() const;
+};
+
+// Flag values as typed on the command line, before checking; RegisterFlags binds them.
+struct RawFlags {
+  std::string proto = "tcp";
+  std::string cpus;
+  std::string size = "64";
+  std::string arrival = "uniform";
+  std::int64_t pipeline = 0;  // 0: 1 in closed loop, no cap in open loop
+  Config config;
+};
+void RegisterFlags(FlagSet& flags, RawFlags* raw);
+
+// Checks the flags and the positional HOST PORT; the error is one line naming the flag.
+absl::StatusOr<Config> FinishConfig(const RawFlags& raw, const std::vector<std::string>& args);
+
+}  // namespace upcase::load
+
+#endif  // UPCASE_LOADGEN_CONFIG_H_

@@ -1,0 +1,318 @@
+#include "loadgen/report.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "loadgen/config.h"
+
+namespace upcase::load {
+namespace {
+
+constexpr int kFormatVersion = 1;
+
+struct Percentile {
+  const char* key;    // JSON key
+  const char* label;  // table column
+  double value;
+};
+constexpr Percentile kSpectrum[] = {
+    {"p50", "p50", 50}, {"p75", "p75", 75},      {"p90", "p90", 90},
+    {"p99", "p99", 99}, {"p999", "p99.9", 99.9}, {"p9999", "p99.99", 99.99},
+};
+
+double Micros(std::int64_t ns) { return static_cast<double>(ns) / 1000.0; }
+
+nlohmann::json LatencyJson(const Histogram& h) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const Percentile& p : kSpectrum) j[p.key] = Micros(h.ValueAtPercentile(p.value));
+  j["max"] = Micros(h.max());
+  j["min"] = Micros(h.min());
+  j["mean"] = h.mean() / 1000.0;
+  j["count"] = h.total_count();
+  return j;
+}
+
+nlohmann::json HistogramJson(const Histogram& h) {
+  return {{"count", h.total_count()},
+          {"min", h.min()},
+          {"max", h.max()},
+          {"sum", h.sum()},
+          {"hdr", h.EncodeBase64()}};
+}
+
+absl::StatusOr<Histogram> HistogramFromJson(const nlohmann::json& j, const char* name) {
+  absl::StatusOr<Histogram> h = Histogram::DecodeBase64(j.at("hdr").get<std::string>());
+  if (!h.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": ", h.status().message()));
+  if (h->total_count() != j.at("count").get<std::uint64_t>()) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": count disagrees with the counts"));
+  }
+  if (absl::Status s =
+          h->SetExactStats(j.at("min").get<std::int64_t>(), j.at("max").get<std::int64_t>(),
+                           j.at("sum").get<std::uint64_t>());
+      !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": ", s.message()));
+  }
+  return h;
+}
+
+std::string FormatRate(double rps) { return absl::StrFormat("%.1f", rps); }
+
+}  // namespace
+
+int Report::ExitCode() const {
+  if (counters.mismatches > 0) return kExitMismatch;
+  if (counters.requests == 0) return kExitFailed;
+  return kExitOk;
+}
+
+std::string Report::FailureReason() const {
+  if (counters.mismatches > 0) {
+    return absl::StrCat(counters.mismatches,
+                        " replies differed from uppercase(request); first: ", first_mismatch);
+  }
+  if (counters.requests == 0) {
+    return absl::StrCat("no reply arrived within the measurement window",
+                        first_error.empty() ? "" : absl::StrCat(" (", first_error, ")"));
+  }
+  return "";
+}
+
+nlohmann::json Report::ToJson() const {
+  nlohmann::json errors = nlohmann::json::object();
+  for (int i = 0; i < kErrorKinds; ++i) {
+    errors[ErrorKindName(static_cast<ErrorKind>(i))] = counters.errors[i];
+  }
+  const double per_request_us =
+      counters.requests == 0 ? 0.0 : client_cpu_s * 1e6 / static_cast<double>(counters.requests);
+  nlohmann::json j = {
+      {"tool", "upcase-load"},
+      {"format", kFormatVersion},
+      {"config", config},
+      {"instances", instances},
+      {"sources", sources},
+      {"start_unix_s", start_unix_s},
+      {"duration_s", duration_s},
+      {"warmup_s", warmup_s},
+      {"threads", threads},
+      {"connections", connections},
+      {"loop", open_loop ? "open" : "closed"},
+      {"requests", counters.requests},
+      {"throughput_rps", throughput_rps},
+      {"bytes_per_s", bytes_per_s},
+      {"requested_rps", requested_rps},
+      {"achieved_ratio", open_loop && requested_rps > 0
+                             ? nlohmann::json(throughput_rps / requested_rps)
+                             : nlohmann::json(nullptr)},
+      {"kept_up", kept_up()},
+      {"scheduled", counters.scheduled},
+      {"sent", counters.sent},
+      {"sent_rps", sent_rps},
+      {"unfinished", counters.unfinished},
+      {"reconnects", counters.connects},
+      {"latency_us", LatencyJson(latency)},
+      {"latency_uncorrected_us", LatencyJson(latency_uncorrected)},
+      {"errors", errors},
+      {"errors_total", counters.errors_total()},
+      {"first_error", first_error},
+      {"mismatches", counters.mismatches},
+      {"first_mismatch", first_mismatch},
+      {"udp",
+       {{"sent", counters.udp_sent},
+        {"received", counters.udp_received},
+        {"lost", counters.udp_lost},
+        {"reordered", counters.udp_reordered},
+        {"duplicated", counters.udp_duplicated},
+        {"late", counters.udp_late}}},
+      {"client_cpu_s", client_cpu_s},
+      {"client_cpu_total_s", client_cpu_total_s},
+      {"client_cpu_us_per_request", per_request_us},
+      {"histograms",
+       {{"unit", "ns"},
+        {"lowest_discernible", latency.lowest_discernible()},
+        {"highest_trackable", latency.highest_trackable()},
+        {"significant_digits", latency.significant_digits()},
+        {"latency", HistogramJson(latency)},
+        {"latency_uncorrected", HistogramJson(latency_uncorrected)}}},
+  };
+  return j;
+}
+
+absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
+  try {
+    if (j.value("tool", "") != "upcase-load") {
+      return absl::InvalidArgumentError("not an upcase-load result (no \"tool\": \"upcase-load\")");
+    }
+    if (j.at("format").get<int>() != kFormatVersion) {
+      return absl::InvalidArgumentError(absl::StrCat("result format ", j.at("format").dump(),
+                                                     " (this tool reads ", kFormatVersion, ")"));
+    }
+    Report r;
+    r.config = j.at("config");
+    r.instances = j.at("instances").get<int>();
+    r.sources = j.at("sources").get<std::vector<std::string>>();
+    r.start_unix_s = j.at("start_unix_s").get<double>();
+    r.duration_s = j.at("duration_s").get<double>();
+    r.warmup_s = j.at("warmup_s").get<double>();
+    r.threads = j.at("threads").get<std::int64_t>();
+    r.connections = j.at("connections").get<std::int64_t>();
+    r.open_loop = j.at("loop").get<std::string>() == "open";
+    r.requested_rps = j.at("requested_rps").get<double>();
+    r.throughput_rps = j.at("throughput_rps").get<double>();
+    r.bytes_per_s = j.at("bytes_per_s").get<double>();
+    r.sent_rps = j.at("sent_rps").get<double>();
+    Counters& c = r.counters;
+    c.requests = j.at("requests").get<std::uint64_t>();
+    c.scheduled = j.at("scheduled").get<std::uint64_t>();
+    c.sent = j.at("sent").get<std::uint64_t>();
+    c.unfinished = j.at("unfinished").get<std::uint64_t>();
+    c.connects = j.at("reconnects").get<std::uint64_t>();
+    c.mismatches = j.at("mismatches").get<std::uint64_t>();
+    for (int i = 0; i < kErrorKinds; ++i) {
+      c.errors[i] =
+          j.at("errors").value(ErrorKindName(static_cast<ErrorKind>(i)), std::uint64_t{0});
+    }
+    const nlohmann::json& udp = j.at("udp");
+    c.udp_sent = udp.at("sent").get<std::uint64_t>();
+    c.udp_received = udp.at("received").get<std::uint64_t>();
+    c.udp_lost = udp.at("lost").get<std::uint64_t>();
+    c.udp_reordered = udp.at("reordered").get<std::uint64_t>();
+    c.udp_duplicated = udp.at("duplicated").get<std::uint64_t>();
+    c.udp_late = udp.at("late").get<std::uint64_t>();
+    r.client_cpu_s = j.at("client_cpu_s").get<double>();
+    r.client_cpu_total_s = j.at("client_cpu_total_s").get<double>();
+    r.first_error = j.value("first_error", "");
+    r.first_mismatch = j.value("first_mismatch", "");
+    const nlohmann::json& hs = j.at("histograms");
+    if (hs.at("unit").get<std::string>() != "ns") {
+      return absl::InvalidArgumentError("histograms: unit is not ns");
+    }
+    absl::StatusOr<Histogram> lat = HistogramFromJson(hs.at("latency"), "histograms.latency");
+    if (!lat.ok()) return lat.status();
+    absl::StatusOr<Histogram> unc =
+        HistogramFromJson(hs.at("latency_uncorrected"), "histograms.latency_uncorrected");
+    if (!unc.ok()) return unc.status();
+    r.latency = *std::move(lat);
+    r.latency_uncorrected = *std::move(unc);
+    // The bucketed counts would round the bytes; the measured figure is the rate times the window.
+    c.bytes_received = static_cast<std::uint64_t>(r.bytes_per_s * r.duration_s + 0.5);
+    return r;
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("malformed result: ", e.what()));
+  }
+}
+
+void Report::Merge(const Report& o) {
+  instances += o.instances;
+  sources.insert(sources.end(), o.sources.begin(), o.sources.end());
+  start_unix_s = std::min(start_unix_s, o.start_unix_s);
+  duration_s = std::max(duration_s, o.duration_s);
+  warmup_s = std::max(warmup_s, o.warmup_s);
+  threads += o.threads;
+  connections += o.connections;
+  open_loop = open_loop || o.open_loop;
+  requested_rps += o.requested_rps;
+  throughput_rps += o.throughput_rps;
+  bytes_per_s += o.bytes_per_s;
+  sent_rps += o.sent_rps;
+  counters.Add(o.counters);
+  latency.Add(o.latency);
+  latency_uncorrected.Add(o.latency_uncorrected);
+  client_cpu_s += o.client_cpu_s;
+  client_cpu_total_s += o.client_cpu_total_s;
+  if (first_error.empty()) first_error = o.first_error;
+  if (first_mismatch.empty()) first_mismatch = o.first_mismatch;
+}
+
+std::string Report::Table() const {
+  std::string out;
+  const nlohmann::json& c = config;
+  const std::string proto = c.value("proto", "?");
+  std::string load;
+  if (open_loop) {
+    const std::int64_t pipeline = c.value("pipeline", std::int64_t{1});
+    load = absl::StrCat("open loop, ", c.value("arrival", "uniform"), " arrivals",
+                        pipeline >= kUnlimitedPipeline
+                            ? ""
+                            : absl::StrCat(", at most ", pipeline, " in flight per connection"));
+  } else {
+    load = absl::StrCat("closed loop, pipeline ", c.value("pipeline", std::int64_t{1}));
+  }
+  if (c.value("reconnect", false)) load += ", a connection per request";
+  absl::StrAppendFormat(
+      &out, "upcase-load  %s %s:%d  %d threads  %d connections  %s-byte requests  %s\n", proto,
+      c.value("host", "?"), c.value("port", 0), threads, connections, c.value("size", "?"), load);
+  if (instances > 1) {
+    absl::StrAppendFormat(&out, "merged       %d runs: %s\n", instances,
+                          absl::StrJoin(sources, " "));
+  }
+  absl::StrAppendFormat(&out, "window       %.2f s after %.2f s of warmup\n", duration_s, warmup_s);
+  absl::StrAppendFormat(&out, "requests     %d  (%s req/s, %.2f MB/s of replies)\n",
+                        counters.requests, FormatRate(throughput_rps), bytes_per_s / 1e6);
+  if (open_loop) {
+    const double ratio = requested_rps > 0 ? throughput_rps / requested_rps : 0;
+    absl::StrAppendFormat(&out, "rate         requested %s req/s, achieved %s req/s (%.2f %%)\n",
+                          FormatRate(requested_rps), FormatRate(throughput_rps), 100 * ratio);
+    if (!kept_up()) {
+      absl::StrAppendFormat(&out,
+                            "             THE SERVER DID NOT KEEP UP: it answered %.1f %% of the "
+                            "requested rate; the corrected latency includes the queueing\n",
+                            100 * ratio);
+    }
+  }
+  absl::StrAppendFormat(&out, "%-14s", "latency (us)");
+  for (const Percentile& p : kSpectrum) absl::StrAppendFormat(&out, "%10s", p.label);
+  absl::StrAppendFormat(&out, "%10s%10s\n", "max", "mean");
+  auto row = [&](const char* name, const Histogram& h) {
+    absl::StrAppendFormat(&out, "  %-12s", name);
+    for (const Percentile& p : kSpectrum) {
+      absl::StrAppendFormat(&out, "%10.1f", Micros(h.ValueAtPercentile(p.value)));
+    }
+    absl::StrAppendFormat(&out, "%10.1f%10.1f\n", Micros(h.max()), h.mean() / 1000.0);
+  };
+  row("corrected", latency);
+  row("uncorrected", latency_uncorrected);
+  if (counters.errors_total() == 0) {
+    out += "errors       none\n";
+  } else {
+    std::vector<std::string> parts;
+    for (int i = 0; i < kErrorKinds; ++i) {
+      if (counters.errors[i] > 0) {
+        parts.push_back(
+            absl::StrCat(ErrorKindName(static_cast<ErrorKind>(i)), " ", counters.errors[i]));
+      }
+    }
+    absl::StrAppendFormat(&out, "errors       %s (first: %s)\n", absl::StrJoin(parts, ", "),
+                          first_error);
+  }
+  if (counters.mismatches == 0) {
+    absl::StrAppendFormat(&out, "mismatches   0%s\n",
+                          c.value("verify", true) ? "" : " (not verified: --no-verify)");
+  } else {
+    absl::StrAppendFormat(&out, "mismatches   %d  VERIFICATION FAILED; first: %s\n",
+                          counters.mismatches, first_mismatch);
+  }
+  if (proto == "udp") {
+    const double lost_pct =
+        counters.udp_sent == 0 ? 0.0 : 100.0 * counters.udp_lost / counters.udp_sent;
+    absl::StrAppendFormat(&out,
+                          "udp          sent %d  received %d  lost %d (%.2f %%)  reordered %d  "
+                          "duplicated %d  late %d\n",
+                          counters.udp_sent, counters.udp_received, counters.udp_lost, lost_pct,
+                          counters.udp_reordered, counters.udp_duplicated, counters.udp_late);
+  }
+  if (counters.unfinished > 0) {
+    absl::StrAppendFormat(&out,
+                          "unfinished   %d requests of the window were unanswered at the end\n",
+                          counters.unfinished);
+  }
+  const double per_request =
+      counters.requests == 0 ? 0.0 : client_cpu_s * 1e6 / static_cast<double>(counters.requests);
+  absl::StrAppendFormat(
+      &out, "client cpu   %.3f s in the window, %.2f us per request (process: %.3f s)\n",
+      client_cpu_s, per_request, client_cpu_total_s);
+  return out;
+}
+
+}  // namespace upcase::load

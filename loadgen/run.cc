@@ -1,0 +1,275 @@
+#include "loadgen/run.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "common/sys.h"
+#include "common/uppercase.h"
+#include "loadgen/hdr_log.h"
+#include "loadgen/worker.h"
+
+namespace upcase::load {
+namespace {
+
+// What the probe sends: lowercase so that a server that echoes without uppercasing is caught
+// before any load is generated.
+constexpr char kProbe[] = "upcase-load probe: is the uppercase service there?\n";
+constexpr int kUdpProbeAttempts = 3;
+// File descriptors needed beyond one per connection (epoll sets, stdio, the log files).
+constexpr std::uint64_t kSpareFds = 64;
+
+// Waits until fd is ready for `events`; false on timeout.
+bool PollFor(int fd, short events, std::int64_t deadline_ns) {
+  while (true) {
+    const std::int64_t left_ms = (deadline_ns - MonotonicNanos() + 999'999) / 1'000'000;
+    if (left_ms <= 0) return false;
+    pollfd p{fd, events, 0};
+    const int rc = ::poll(&p, 1, static_cast<int>(std::min<std::int64_t>(left_ms, INT32_MAX)));
+    if (rc > 0) return true;
+    if (rc == 0) return false;
+    if (errno != EINTR) return false;
+  }
+}
+
+// One request over a fresh connection: the run starts only against a live, correct server.
+absl::Status ProbeTcp(const SocketAddress& addr, absl::Duration timeout) {
+  const std::string where = absl::StrCat("tcp ", addr.ToString());
+  const std::int64_t deadline = MonotonicNanos() + absl::ToInt64Nanoseconds(timeout);
+  Fd fd(::socket(addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return ErrnoError("socket", errno);
+  if (::connect(fd.get(), addr.get(), addr.size()) != 0 && errno != EINPROGRESS) {
+    return ErrnoError(absl::StrCat("connect ", where), errno);
+  }
+  if (!PollFor(fd.get(), POLLOUT, deadline)) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("connect ", where, ": no answer within ", absl::FormatDuration(timeout)));
+  }
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err != 0) return ErrnoError(absl::StrCat("connect ", where), err);
+  const std::string probe = kProbe;
+  if (::send(fd.get(), probe.data(), probe.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(probe.size())) {
+    return ErrnoError(absl::StrCat("send ", where), errno);
+  }
+  std::string reply;
+  char buf[256];
+  while (reply.size() < probe.size()) {
+    if (!PollFor(fd.get(), POLLIN, deadline)) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(where, ": no reply to a probe within ", absl::FormatDuration(timeout)));
+    }
+    const ssize_t got = ::recv(fd.get(), buf, sizeof buf, 0);
+    if (got == 0) return absl::UnavailableError(absl::StrCat(where, ": closed by the server"));
+    if (got < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return ErrnoError(absl::StrCat("recv ", where), errno);
+    }
+    reply.append(buf, static_cast<std::size_t>(got));
+  }
+  if (reply != UppercaseCopy(probe)) {
+    return absl::DataLossError(absl::StrCat(where, ": the reply to a probe was not its uppercase"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ProbeUdp(const SocketAddress& addr, absl::Duration timeout) {
+  const std::string where = absl::StrCat("udp ", addr.ToString());
+  Fd fd(::socket(addr.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return ErrnoError("socket", errno);
+  if (::connect(fd.get(), addr.get(), addr.size()) != 0) {
+    return ErrnoError(absl::StrCat("connect ", where), errno);
+  }
+  const std::string probe = kProbe;
+  for (int attempt = 0; attempt < kUdpProbeAttempts; ++attempt) {
+    if (::send(fd.get(), probe.data(), probe.size(), 0) < 0) {
+      if (errno == ECONNREFUSED) break;
+      return ErrnoError(absl::StrCat("send ", where), errno);
+    }
+    const std::int64_t deadline = MonotonicNanos() + absl::ToInt64Nanoseconds(timeout);
+    if (!PollFor(fd.get(), POLLIN, deadline)) continue;  // lost: UDP may drop; try again
+    char buf[512];
+    const ssize_t got = ::recv(fd.get(), buf, sizeof buf, MSG_DONTWAIT);
+    if (got < 0 && errno == ECONNREFUSED) {
+      return absl::UnavailableError(
+          absl::StrCat("no UDP server at ", addr.ToString(), " (port unreachable)"));
+    }
+    if (got < 0) return ErrnoError(absl::StrCat("recv ", where), errno);
+    if (std::string(buf, static_cast<std::size_t>(got)) != UppercaseCopy(probe)) {
+      return absl::DataLossError(
+          absl::StrCat(where, ": the reply to a probe was not its uppercase"));
+    }
+    return absl::OkStatus();
+  }
+  return absl::UnavailableError(absl::StrCat("no UDP server at ", addr.ToString(), " (",
+                                             kUdpProbeAttempts, " probes unanswered within ",
+                                             absl::FormatDuration(timeout), " each)"));
+}
+
+absl::StatusOr<SocketAddress> FindServer(const Config& c) {
+  absl::StatusOr<std::vector<SocketAddress>> addrs = Resolve(c.host, c.port, c.proto);
+  if (!addrs.ok()) return addrs.status();
+  absl::Status last = absl::NotFoundError(absl::StrCat("no address for '", c.host, "'"));
+  for (const SocketAddress& addr : *addrs) {
+    last = c.proto == Transport::kTcp ? ProbeTcp(addr, c.timeout) : ProbeUdp(addr, c.timeout);
+    if (last.ok()) return addr;
+  }
+  return last;
+}
+
+void SleepUntilUnix(double unix_s) {
+  timespec ts;
+  ts.tv_sec = static_cast<time_t>(unix_s);
+  ts.tv_nsec = static_cast<long>((unix_s - std::floor(unix_s)) * 1e9);
+  while (clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
+  }
+}
+
+void PrintProgress(const Config& c, int k, const Stats& s) {
+  const double start = absl::ToDoubleSeconds(c.interval) * (k - 1);
+  const double end = static_cast<double>(IntervalEndNs(c, k)) / 1e9;
+  const double rate = static_cast<double>(s.counters.requests) / (end - start);
+  std::string line =
+      absl::StrFormat("upcase-load: [%6.1fs] %10.1f req/s  p50 %8.1f us  p99 %8.1f us  errors %d",
+                      end, rate, s.latency.ValueAtPercentile(50) / 1000.0,
+                      s.latency.ValueAtPercentile(99) / 1000.0, s.counters.errors_total());
+  if (s.counters.mismatches > 0) absl::StrAppend(&line, "  MISMATCHES ", s.counters.mismatches);
+  if (c.proto == Transport::kUdp) absl::StrAppend(&line, "  lost ", s.counters.udp_lost);
+  if (c.open_loop()) absl::StrAppendFormat(&line, "  (requested %.1f req/s)", c.rate);
+  std::fprintf(stderr, "%s\n", line.c_str());
+}
+
+}  // namespace
+
+absl::StatusOr<Report> RunLoad(const Config& c) {
+  absl::StatusOr<SocketAddress> target = FindServer(c);
+  if (!target.ok()) return target.status();
+  const std::uint64_t fd_limit = RaiseFdLimit();
+  if (static_cast<std::uint64_t>(c.connections) + kSpareFds > fd_limit) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("--connections=", c.connections, " needs about ", c.connections + kSpareFds,
+                     " file descriptors; the limit is ", fd_limit, " (raise it with ulimit -n)"));
+  }
+
+  const int threads = static_cast<int>(c.threads);
+  const int intervals = IntervalCount(c);
+  Coordinator coordinator(threads, intervals);
+  std::vector<WorkerPlan> plans(static_cast<std::size_t>(threads));
+  std::vector<WorkerResult> results(plans.size());
+  for (int i = 0; i < threads; ++i) {
+    WorkerPlan& p = plans[i];
+    p.index = i;
+    p.first_channel = static_cast<int>(c.connections * i / threads);
+    p.channels = static_cast<int>(c.connections * (i + 1) / threads) - p.first_channel;
+    if (!c.cpus.empty()) p.cpu = c.cpus[static_cast<std::size_t>(i) % c.cpus.size()];
+    p.target = *target;
+  }
+  std::vector<std::thread> workers;
+  workers.reserve(plans.size());
+  for (int i = 0; i < threads; ++i) {
+    workers.emplace_back(RunWorker, std::cref(c), std::cref(plans[i]), std::ref(coordinator),
+                         &results[i]);
+  }
+  auto join_all = [&] {
+    for (std::thread& t : workers) t.join();
+  };
+  if (absl::Status s = coordinator.AwaitReady(); !s.ok()) {
+    coordinator.Abort();
+    join_all();
+    return s;
+  }
+
+  if (c.start_at > 0) {
+    const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+    if (c.start_at > now) {
+      if (!c.quiet) {
+        std::fprintf(stderr, "upcase-load: connected; starting in %.1f s (--start-at)\n",
+                     c.start_at - now);
+      }
+      SleepUntilUnix(c.start_at);
+    } else {
+      std::fprintf(stderr, "upcase-load: --start-at was %.1f s ago; starting now\n",
+                   now - c.start_at);
+    }
+  }
+  const double start_unix = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  const double measure_unix = start_unix + absl::ToDoubleSeconds(c.warmup);
+  std::optional<HdrLogWriter> log;
+  if (!c.hdr_log_path.empty()) {
+    absl::StatusOr<HdrLogWriter> w = HdrLogWriter::Open(
+        c.hdr_log_path, measure_unix,
+        "[upcase-load: latency in ns; untagged: from the intended send time (coordinated "
+        "omission corrected); Tag=uncorrected: from the actual send]");
+    if (!w.ok()) {
+      coordinator.Abort();
+      join_all();
+      return w.status();
+    }
+    log.emplace(*std::move(w));
+  }
+  if (!c.quiet) {
+    const std::string load = c.open_loop() ? absl::StrFormat("open loop at %.1f req/s", c.rate)
+                                           : absl::StrCat("closed loop, pipeline ", c.pipeline);
+    std::fprintf(
+        stderr, "%s\n",
+        absl::StrFormat("upcase-load: %s %s, %d connections on %d threads, %s; %s warmup, "
+                        "then %s",
+                        TransportName(c.proto), target->ToString(), c.connections, c.threads, load,
+                        absl::FormatDuration(c.warmup), absl::FormatDuration(c.duration))
+            .c_str());
+  }
+  coordinator.Start(MonotonicNanos());
+
+  absl::Status log_status;
+  for (int k = 1; k <= intervals; ++k) {
+    const Stats s = coordinator.TakeInterval(k);
+    if (!c.quiet) PrintProgress(c, k, s);
+    if (log.has_value() && log_status.ok()) {
+      const double from = absl::ToDoubleSeconds(c.interval) * (k - 1);
+      const double length = static_cast<double>(IntervalEndNs(c, k)) / 1e9 - from;
+      log_status = log->Write(from, length, s.latency);
+      if (log_status.ok())
+        log_status = log->Write(from, length, s.latency_uncorrected, "uncorrected");
+    }
+  }
+  join_all();
+  if (log.has_value() && log_status.ok()) log_status = log->Close();
+  if (!log_status.ok()) return log_status;
+
+  Report r;
+  r.config = c.ToJson();
+  r.start_unix_s = measure_unix;
+  r.duration_s = absl::ToDoubleSeconds(c.duration);
+  r.warmup_s = absl::ToDoubleSeconds(c.warmup);
+  r.threads = c.threads;
+  r.connections = c.connections;
+  r.open_loop = c.open_loop();
+  r.requested_rps = c.rate;
+  for (const WorkerResult& w : results) {
+    r.counters.Add(w.total.counters);
+    r.latency.Add(w.total.latency);
+    r.latency_uncorrected.Add(w.total.latency_uncorrected);
+    r.client_cpu_s += w.cpu_seconds;
+    if (r.first_error.empty()) r.first_error = w.first_error;
+    if (r.first_mismatch.empty()) r.first_mismatch = w.first_mismatch;
+  }
+  r.throughput_rps = static_cast<double>(r.counters.requests) / r.duration_s;
+  r.bytes_per_s = static_cast<double>(r.counters.bytes_received) / r.duration_s;
+  r.sent_rps = static_cast<double>(r.counters.sent) / r.duration_s;
+  r.client_cpu_total_s = ProcessCpuSeconds();
+  return r;
+}
+
+}  // namespace upcase::load

@@ -1,0 +1,73 @@
+// What a thread counts: plain counters and two latency histograms, owned by one thread and summed
+// after join (or, per interval, under the board's lock), never shared while being written.
+//
+// Window rules, used everywhere: a request belongs to the measurement when its intended send time
+// is inside [measure start, measure end). Its latency is recorded, and it counts in `requests`,
+// when its reply also arrives before the measurement end. Errors and mismatches count over the
+// whole run, warmup and drain included: a wrong byte is wrong whenever it comes.
+#ifndef UPCASE_LOADGEN_STATS_H_
+#define UPCASE_LOADGEN_STATS_H_
+
+#include <array>
+#include <cstdint>
+
+#include "loadgen/histogram.h"
+
+namespace upcase::load {
+
+enum class ErrorKind {
+  kConnect,      // a connect failed or timed out (run continues; retried)
+  kClosed,       // the server closed a connection that still had requests outstanding
+  kReset,        // ECONNRESET / EPIPE
+  kIo,           // any other send or receive error
+  kExcessBytes,  // the server sent bytes for which no request was outstanding
+  kQueueFull,  // open loop: a connection's backlog of unsent requests hit its cap; request dropped
+  kRefused,    // UDP: ICMP port unreachable reported on the socket
+  kAborted,    // requests in flight on a connection that failed (counted once each)
+  kCount,
+};
+inline constexpr int kErrorKinds = static_cast<int>(ErrorKind::kCount);
+const char* ErrorKindName(ErrorKind kind);
+
+struct Counters {
+  std::uint64_t requests = 0;        // replies recorded in the histograms
+  std::uint64_t bytes_received = 0;  // reply bytes of those requests
+  std::uint64_t scheduled = 0;       // open loop: requests due inside the window
+  std::uint64_t sent = 0;            // window requests whose first byte went out
+  std::uint64_t unfinished = 0;      // window requests never answered by the end of the drain
+  std::uint64_t mismatches = 0;      // replies that differed from uppercase(request)
+  std::uint64_t connects = 0;        // successful connects after the first (reconnects)
+  std::array<std::uint64_t, kErrorKinds> errors{};
+  // UDP, over window requests: sent = received + lost + unfinished.
+  std::uint64_t udp_sent = 0;
+  std::uint64_t udp_received = 0;
+  std::uint64_t udp_lost = 0;        // no reply within --timeout
+  std::uint64_t udp_reordered = 0;   // reply arrived after a reply to a later request
+  std::uint64_t udp_duplicated = 0;  // second (or later) reply to the same request
+  std::uint64_t udp_late = 0;        // reply to a request already declared lost
+
+  void Count(ErrorKind kind) { ++errors[static_cast<int>(kind)]; }
+  std::uint64_t errors_total() const;
+  void Add(const Counters& other);
+};
+
+struct Stats {
+  Counters counters;
+  Histogram latency;              // from the intended send time (coordinated omission corrected)
+  Histogram latency_uncorrected;  // from the actual send time
+
+  void Add(const Stats& other) {
+    counters.Add(other.counters);
+    latency.Add(other.latency);
+    latency_uncorrected.Add(other.latency_uncorrected);
+  }
+  void Reset() {
+    counters = Counters{};
+    latency.Reset();
+    latency_uncorrected.Reset();
+  }
+};
+
+}  // namespace upcase::load
+
+#endif  // UPCASE_LOADGEN_STATS_H_
