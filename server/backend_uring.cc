@@ -91,10 +91,13 @@ constexpr unsigned kCqEntries = 16 * 1024;
 constexpr unsigned kSqThreadIdleMs = 50;
 
 // TCP receive buffers, shared by all connections of a shard and handed back as soon as their
-// bytes are copied into the connection's output queue. 1024 covers one completion per connection
-// per loop iteration at the 512-connection benchmark point without ENOBUFS.
+// bytes are copied into the connection's output queue. The kernel cycles through every buffer it
+// is given, so each one given ends up resident: a shard starts with kRecvBuffersInitial and
+// gives more (up to kRecvBuffers, one completion per connection per loop iteration at the
+// 512-connection benchmark point) only when a recv found none left (ENOBUFS).
 constexpr std::uint32_t kRecvBufferSize = 4096;
 constexpr std::uint32_t kRecvBuffers = 1024;  // a power of two, as the buffer ring requires
+constexpr std::uint32_t kRecvBuffersInitial = 128;
 // A multishot recv takes up to this many buffers from one wake-up of its socket before the kernel
 // yields (MULTISHOT_MAX_RETRY, Linux >= 6.8), so a cancel decided now lands after at most this
 // much more data. Older kernels loop until the socket is empty: the bound is looser there.
@@ -117,9 +120,6 @@ constexpr std::uint16_t kUdpBufferGroup = 1;
 constexpr absl::Duration kAcceptBackoff = absl::Milliseconds(20);
 // At exit, how long to wait for the kernel to confirm that every cancelled request is gone.
 constexpr absl::Duration kTeardownTimeout = absl::Seconds(1);
-// A closed connection's output queues are kept for the next one on the slot unless they grew
-// beyond this (a bulk transfer), so steady request/response traffic allocates nothing.
-constexpr std::size_t kKeepQueueCapacity = 64 * 1024;
 
 // ---- user_data: the one place it is encoded and decoded ----
 //
@@ -218,10 +218,11 @@ constexpr RequiredOp kRequiredOps[] = {
     {IORING_OP_CLOSE, "CLOSE"},
 };
 
-// A provided-buffer ring: `count` buffers of `size` bytes the kernel picks from for requests with
-// IOSQE_BUFFER_SELECT in group `group`. liburing 2.3 has no io_uring_setup_buf_ring, so the ring
-// is mmap'ed (it must be page aligned) and registered here. Returned buffers become visible to
-// the kernel at Commit(), once per loop iteration.
+// A provided-buffer ring: up to `count` buffers of `size` bytes the kernel picks from for requests
+// with IOSQE_BUFFER_SELECT in group `group`; `initial` of them are given at first, Grow() gives
+// more. liburing 2.3 has no io_uring_setup_buf_ring, so the ring is mmap'ed (it must be page
+// aligned) and registered here. Returned buffers become visible to the kernel at Commit(), once
+// per loop iteration.
 class BufferRing {
  public:
   BufferRing() = default;
@@ -233,7 +234,8 @@ class BufferRing {
     if (buffers_ != nullptr) ::munmap(buffers_, buffer_bytes_);
   }
 
-  absl::Status Init(io_uring* uring, std::uint16_t group, std::uint32_t count, std::uint32_t size) {
+  absl::Status Init(io_uring* uring, std::uint16_t group, std::uint32_t count, std::uint32_t size,
+                    std::uint32_t initial) {
     count_ = count;
     size_ = size;
     ring_bytes_ = (count * sizeof(io_uring_buf) + 4095) & ~std::size_t{4095};
@@ -256,10 +258,20 @@ class BufferRing {
     if (int ret = io_uring_register_buf_ring(uring, &reg, 0); ret < 0) {
       return ErrnoError("io_uring_register_buf_ring", -ret);
     }
-    for (std::uint32_t bid = 0; bid < count; ++bid) Return(static_cast<std::uint16_t>(bid));
+    Grow(initial);
     Commit();
     return absl::OkStatus();
   }
+
+  // Gives the kernel up to n buffers it never had (visible at the next Commit()). False when
+  // all `count` are given already.
+  bool Grow(std::uint32_t n) {
+    if (given_ == count_) return false;
+    const std::uint32_t end = std::min(count_, given_ + n);
+    for (; given_ < end; ++given_) Return(static_cast<std::uint16_t>(given_));
+    return true;
+  }
+  std::uint32_t given() const { return given_; }
 
   char* Buffer(std::uint16_t bid) const { return buffers_ + std::size_t{bid} * size_; }
   std::uint32_t size() const { return size_; }
@@ -281,7 +293,8 @@ class BufferRing {
   std::size_t buffer_bytes_ = 0;
   std::uint32_t count_ = 0;
   std::uint32_t size_ = 0;
-  int returned_ = 0;  // added since the last Commit()
+  std::uint32_t given_ = 0;  // buffers [0, given_) belong to the kernel or are in use
+  int returned_ = 0;         // added since the last Commit()
 };
 
 // Multishot recv (Linux 6.0) has no feature bit or opcode of its own: try it on a socket pair.
@@ -293,30 +306,54 @@ absl::Status ProbeMultishotRecv(io_uring* ring) {
   }
   Fd a(pair[0]), b(pair[1]);
   BufferRing buffers;
-  if (absl::Status s = buffers.Init(ring, 0, 2, 64); !s.ok()) {
+  if (absl::Status s = buffers.Init(ring, 0, 2, 64, 2); !s.ok()) {
     return absl::UnavailableError(
         absl::StrCat(s.message(), " (provided buffer rings need Linux 5.19)"));
   }
+  constexpr std::uint64_t kProbeRecv = 1;
+  constexpr std::uint64_t kProbeCancel = 2;
   io_uring_sqe* sqe = io_uring_get_sqe(ring);
   io_uring_prep_recv_multishot(sqe, a.get(), nullptr, 0, 0);
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = 0;
+  io_uring_sqe_set_data64(sqe, kProbeRecv);
   if (::write(b.get(), "x", 1) != 1) return ErrnoError("write (io_uring probe)", errno);
-  io_uring_cqe* cqe = nullptr;
-  if (int ret = io_uring_submit_and_wait(ring, 1); ret < 0) {
-    return ErrnoError("io_uring_enter (io_uring probe)", -ret);
+  int res = 0;
+  bool first_more = false;  // multishot: the first completion says more are coming
+  bool more = false;
+  bool first = true;
+  bool cancelled = false;
+  // The recv's first completion answers the question. If it is still armed, cancel it and wait
+  // for its last completion: a request left for io_uring_queue_exit() is cancelled by the
+  // kernel asynchronously, with task work that interrupts this thread's next blocking call
+  // (EINTR from a recv with SO_RCVTIMEO, say) long after this probe returned.
+  while (first || more) {
+    if (int ret = io_uring_submit_and_wait(ring, 1); ret < 0 && ret != -EINTR) {
+      return ErrnoError("io_uring_enter (io_uring probe)", -ret);
+    }
+    io_uring_cqe* cqe = nullptr;
+    while (io_uring_peek_cqe(ring, &cqe) == 0) {
+      if (cqe->user_data == kProbeRecv) {
+        more = cqe->flags & IORING_CQE_F_MORE;
+        if (first) {
+          res = cqe->res;
+          first_more = more;
+          first = false;
+        }
+        if (more && !cancelled) {
+          cancelled = true;
+          io_uring_sqe* cancel = io_uring_get_sqe(ring);
+          io_uring_prep_cancel64(cancel, kProbeRecv, 0);
+          io_uring_sqe_set_data64(cancel, kProbeCancel);
+        }
+      }
+      io_uring_cqe_seen(ring, cqe);
+    }
   }
-  if (int ret = io_uring_peek_cqe(ring, &cqe); ret < 0) {
-    return ErrnoError("io_uring_peek_cqe (io_uring probe)", -ret);
-  }
-  const int res = cqe->res;
-  const bool more = cqe->flags & IORING_CQE_F_MORE;
-  io_uring_cqe_seen(ring, cqe);
-  if (res == -EINVAL || (res == 1 && !more)) {
+  if (res == -EINVAL || (res == 1 && !first_more)) {
     return absl::UnavailableError("kernel lacks multishot recv (needs Linux 6.0)");
   }
   if (res < 0) return ErrnoError("multishot recv (io_uring probe)", -res);
-  // The probe ring is torn down by the caller; that cancels the still-armed recv.
   return absl::OkStatus();
 }
 
@@ -342,8 +379,22 @@ absl::Status ProbeKernel() {
   return status;
 }
 
+// The probe runs on a thread of its own. A task that created or used a ring gets task work from
+// the kernel when that ring is torn down (io_ring_exit_work, with TWA_SIGNAL), some time later
+// and asynchronously; that interrupts whatever the task is blocked in, e.g. a test's recv() with
+// SO_RCVTIMEO fails with EINTR. A thread that has exited is simply skipped.
+absl::Status ProbeKernelOnOwnThread() {
+  absl::Status status;
+  try {
+    std::thread([&status] { status = ProbeKernel(); }).join();
+  } catch (const std::system_error&) {
+    status = ProbeKernel();  // out of threads: probe here, and live with the late interrupt
+  }
+  return status;
+}
+
 absl::Status UringAvailable() {
-  static const absl::Status status = ProbeKernel();  // the kernel does not change under us
+  static const absl::Status status = ProbeKernelOnOwnThread();  // the kernel does not change
   return status;
 }
 
@@ -383,13 +434,11 @@ int EnableRing(io_uring* ring) {
 
 // ---- Connection state ----
 
-// Output bytes; grows without zero-filling, keeps its capacity across clear().
+// Bytes that grow without zero-filling; for the rare overflow of an OutputQueue.
 class Bytes {
  public:
-  char* data() { return data_.get(); }
+  const char* data() const { return data_.get(); }
   std::size_t size() const { return size_; }
-  std::size_t capacity() const { return capacity_; }
-  void clear() { size_ = 0; }
   void Release() {
     data_.reset();
     size_ = capacity_ = 0;
@@ -397,7 +446,7 @@ class Bytes {
   // Appends n bytes and returns where to write them.
   char* Extend(std::size_t n) {
     if (size_ + n > capacity_) {
-      const std::size_t capacity = std::max({size_ + n, capacity_ * 2, std::size_t{256}});
+      const std::size_t capacity = std::max(size_ + n, capacity_ * 2);
       auto grown = std::make_unique_for_overwrite<char[]>(capacity);
       if (size_ > 0) std::memcpy(grown.get(), data_.get(), size_);
       data_ = std::move(grown);
@@ -407,11 +456,87 @@ class Bytes {
     size_ += n;
     return out;
   }
+  void EraseFront(std::size_t n) {
+    std::memmove(data_.get(), data_.get() + n, size_ - n);
+    size_ -= n;
+  }
 
  private:
   std::unique_ptr<char[]> data_;
   std::size_t size_ = 0;
   std::size_t capacity_ = 0;
+};
+
+// Output the kernel has not taken yet, in order: a ring of --conn-buffer bytes, allocated at a
+// connection's first reply and freed with it. The in-flight send reads front() in place and new
+// output only goes into free space, so nothing moves under the kernel. Writing restarts at offset
+// 0 whenever the ring empties, so request/response traffic keeps touching only its first page
+// and a connection costs at most --conn-buffer of resident memory however long it lives.
+// `overflow_` takes what a recv burst brought beyond the cap (only possible on kernels older than
+// 6.8, see kMultishotBurst) and is empty otherwise.
+class OutputQueue {
+ public:
+  std::size_t size() const { return size_ + overflow_.size(); }
+
+  void AppendUppercased(const char* in, std::size_t n, std::size_t capacity) {
+    if (ring_ == nullptr) {
+      ring_ = std::make_unique_for_overwrite<char[]>(capacity);  // untouched pages stay virtual
+      capacity_ = capacity;
+    }
+    const std::size_t into_ring = overflow_.size() == 0 ? std::min(n, capacity_ - size_) : 0;
+    CopyIn(in, into_ring, /*uppercase=*/true);
+    if (into_ring < n) Up(in + into_ring, overflow_.Extend(n - into_ring), n - into_ring);
+  }
+
+  // The next contiguous run to send, from the head; never wraps.
+  const char* front() const { return ring_.get() + head_; }
+  std::size_t front_size() const { return std::min(size_, capacity_ - head_); }
+
+  // The kernel took n bytes of front(); no send is in flight now.
+  void Consume(std::size_t n) {
+    head_ += n;
+    if (head_ >= capacity_) head_ -= capacity_;
+    size_ -= n;
+    if (size_ == 0) head_ = 0;
+    if (overflow_.size() > 0) {
+      const std::size_t moved = std::min(overflow_.size(), capacity_ - size_);
+      CopyIn(overflow_.data(), moved, /*uppercase=*/false);
+      overflow_.EraseFront(moved);
+      if (overflow_.size() == 0) overflow_.Release();
+    }
+  }
+
+  void Release() {
+    ring_.reset();
+    capacity_ = head_ = size_ = 0;
+    overflow_.Release();
+  }
+
+ private:
+  static void Up(const char* in, char* out, std::size_t n) {
+    Uppercase(reinterpret_cast<const std::uint8_t*>(in), reinterpret_cast<std::uint8_t*>(out), n);
+  }
+
+  // Appends n bytes that fit into the ring's free space, wrapping at its end.
+  void CopyIn(const char* in, std::size_t n, bool uppercase) {
+    std::size_t tail = head_ + size_;
+    if (tail >= capacity_) tail -= capacity_;
+    const std::size_t first = std::min(n, capacity_ - tail);
+    if (uppercase) {
+      Up(in, ring_.get() + tail, first);
+      Up(in + first, ring_.get(), n - first);
+    } else {
+      std::memcpy(ring_.get() + tail, in, first);
+      std::memcpy(ring_.get(), in + first, n - first);
+    }
+    size_ += n;
+  }
+
+  std::unique_ptr<char[]> ring_;
+  std::size_t capacity_ = 0;
+  std::size_t head_ = 0;  // first unsent byte
+  std::size_t size_ = 0;  // unsent bytes in the ring, from head_, wrapping
+  Bytes overflow_;
 };
 
 // One TCP connection, owned by the shard that accepted it. Slots are reused; `ops` counts the
@@ -420,21 +545,17 @@ struct Conn {
   int fd = -1;  // -1: the slot is free
   std::uint32_t index = 0;
   std::uint32_t gen = 0;
-  std::uint32_t ops = 0;        // submitted requests whose final completion has not arrived
-  bool recv_armed = false;      // a recv is in the kernel (until a completion without F_MORE)
-  bool recv_multishot = false;  // ... and it is multishot
-  bool recv_cancelling = false;
-  bool send_inflight = false;
+  std::uint32_t ops = 0;         // submitted requests whose final completion has not arrived
+  bool recv_armed = false;       // a recv is in the kernel (until a completion without F_MORE)
+  bool recv_multishot = false;   // ... and it is multishot
+  bool recv_cancelling = false;  // ... and a cancel for it is on its way
+  bool send_inflight = false;    // a send of out.front() is in the kernel; at most one, for order
   bool input_closed = false;     // recv returned 0: the client's FIN, or our SHUT_RD at shutdown
   bool closing = false;          // no more I/O: close once ops == 0
   bool cancel_all_sent = false;  // every request on fd has been asked to stop
-  // Output in order: `sending` is what the in-flight send reads from, so it is never resized
-  // while send_inflight; new output goes to `pending` and takes its place when it is done.
-  Bytes sending;
-  std::size_t sent = 0;  // prefix of `sending` already taken by the kernel
-  Bytes pending;
+  OutputQueue out;               // size() <= --conn-buffer, see kMultishotBurst
 
-  std::size_t Unsent() const { return sending.size() - sent + pending.size(); }
+  std::size_t Unsent() const { return out.size(); }
 };
 
 struct UdpReply {
@@ -466,11 +587,13 @@ class Shard {
     if (listener_.valid()) {
       // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per connection.
       if (absl::Status s = SetNoDelay(listener_.get()); !s.ok()) return s;
-      absl::Status s = tcp_buffers_.Init(&ring_, kTcpBufferGroup, kRecvBuffers, kRecvBufferSize);
+      absl::Status s = tcp_buffers_.Init(&ring_, kTcpBufferGroup, kRecvBuffers, kRecvBufferSize,
+                                         kRecvBuffersInitial);
       if (!s.ok()) return s;
     }
     if (udp_.valid()) {
-      absl::Status s = udp_buffers_.Init(&ring_, kUdpBufferGroup, kUdpBuffers, kUdpBufferSize);
+      absl::Status s =
+          udp_buffers_.Init(&ring_, kUdpBufferGroup, kUdpBuffers, kUdpBufferSize, kUdpBuffers);
       if (!s.ok()) return s;
       udp_replies_.resize(kUdpBuffers);
       udp_recv_msg_.msg_namelen = sizeof(sockaddr_storage);
@@ -573,14 +696,8 @@ class Shard {
   }
 
   void AddSend(Conn& c) {
-    if (c.sent == c.sending.size()) {  // all of `sending` went out: the pending bytes are next
-      c.sending.clear();
-      c.sent = 0;
-      std::swap(c.sending, c.pending);
-    }
     io_uring_sqe* sqe = GetSqe();
-    io_uring_prep_send(sqe, c.fd, c.sending.data() + c.sent, c.sending.size() - c.sent,
-                       MSG_NOSIGNAL);
+    io_uring_prep_send(sqe, c.fd, c.out.front(), c.out.front_size(), MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, Encode(Op::kSend, c.gen, c.index));
     c.send_inflight = true;
     ++c.ops;
@@ -795,7 +912,7 @@ class Shard {
     c.fd = fd;
     ++live_;
     ++stats_.accepted;
-    AddRecv(c, /*multishot=*/true);
+    ArmRecv(c);
   }
 
   void HandleRecv(const io_uring_cqe& cqe, Conn& c) {
@@ -805,8 +922,7 @@ class Shard {
       if (cqe.res > 0 && !c.closing) {
         const auto n = static_cast<std::size_t>(cqe.res);
         stats_.bytes_in += n;
-        const auto* in = reinterpret_cast<const std::uint8_t*>(tcp_buffers_.Buffer(bid));
-        Uppercase(in, reinterpret_cast<std::uint8_t*>(c.pending.Extend(n)), n);
+        c.out.AppendUppercased(tcp_buffers_.Buffer(bid), n, config_.conn_buffer);
       }
       tcp_buffers_.Return(bid);  // at once: the buffer serves every connection of the shard
     }
@@ -814,7 +930,9 @@ class Shard {
       c.input_closed = true;
     } else if (cqe.res < 0) {
       switch (-cqe.res) {
-        case ENOBUFS:    // every buffer was taken in this round; they are back before re-arming
+        case ENOBUFS:  // every buffer was taken in this round: give the kernel more
+          tcp_buffers_.Grow(tcp_buffers_.given());
+          break;
         case ECANCELED:  // backpressure or closing
         case EINTR:
           break;
@@ -840,7 +958,7 @@ class Shard {
     if (cqe.res >= 0) {
       const auto n = static_cast<std::size_t>(cqe.res);
       stats_.bytes_out += n;
-      c.sent += n;  // a short send leaves the rest for the next one
+      c.out.Consume(n);  // a short send leaves the rest for the next one
       return;
     }
     switch (-cqe.res) {
@@ -871,12 +989,7 @@ class Shard {
       if (c.input_closed && !c.send_inflight) {
         c.closing = true;  // half-closed and everything delivered
       } else if (!c.recv_armed && !c.input_closed) {
-        const std::size_t unsent = c.Unsent();
-        if (unsent + kMultishotHeadroom <= config_.conn_buffer) {
-          AddRecv(c, /*multishot=*/true);
-        } else if (unsent < config_.conn_buffer) {
-          AddRecv(c, /*multishot=*/false);
-        }  // else: at the cap; the next send completion comes back here
+        ArmRecv(c);
       }
     }
     if (c.closing) {
@@ -888,17 +1001,25 @@ class Shard {
     }
   }
 
+  // Receives as much as the output queue can take: multishot while a whole burst fits, single
+  // recvs of at most the room left near the cap, nothing at the cap (the next send completion
+  // comes back here through Progress).
+  void ArmRecv(Conn& c) {
+    const std::size_t unsent = c.Unsent();
+    if (unsent + kMultishotHeadroom <= config_.conn_buffer) {
+      AddRecv(c, /*multishot=*/true);
+    } else if (unsent < config_.conn_buffer) {
+      AddRecv(c, /*multishot=*/false);
+    }
+  }
+
   void Release(Conn& c) {
     AddClose(c.fd);
     c.fd = -1;
     c.gen = (c.gen + 1) & kGenMask;
     c.recv_armed = c.recv_multishot = c.recv_cancelling = c.send_inflight = false;
     c.input_closed = c.closing = c.cancel_all_sent = false;
-    c.sent = 0;
-    for (Bytes* b : {&c.sending, &c.pending}) {
-      b->clear();
-      if (b->capacity() > kKeepQueueCapacity) b->Release();
-    }
+    c.out.Release();
     free_slots_.push_back(c.index);
     --live_;
     ++stats_.closed;
@@ -911,8 +1032,9 @@ class Shard {
       char* buf = udp_buffers_.Buffer(bid);
       io_uring_recvmsg_out* out = io_uring_recvmsg_validate(buf, cqe.res, &udp_recv_msg_);
       ++stats_.datagrams_in;
-      if (out == nullptr || out->namelen > udp_recv_msg_.msg_namelen || (out->flags & MSG_TRUNC)) {
-        // Truncated: larger than any reply we may send (IPv6 allows 65527 bytes).
+      if (out == nullptr || out->namelen > udp_recv_msg_.msg_namelen || (out->flags & MSG_TRUNC) ||
+          out->payloadlen > kMaxDatagram) {
+        // Larger than any reply we may send (IPv6 allows 65527 bytes; the buffer has room).
         ++stats_.udp_drops;
         udp_buffers_.Return(bid);
       } else {
