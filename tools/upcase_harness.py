@@ -227,6 +227,18 @@ def proc_ctx_switches(pid: int) -> dict:
     return {"voluntary": vol, "involuntary": invol}
 
 
+def cpu_busy_s(cpus) -> float:
+    """Non-idle time of these CPUs (every process, interrupts included) from /proc/stat."""
+    total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *vals = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                v = [int(x) for x in vals]
+                total += sum(v[:8]) - v[3] - v[4]  # all but idle and iowait; guest is in user
+    return total / CLK_TCK
+
+
 def thread_names(pid: int) -> dict[str, int]:
     names = collections.Counter()
     for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
@@ -430,9 +442,13 @@ def load_command(point: Point, port: int, settings: RunSettings, json_path) -> l
            f"--connections={point.connections}", "--threads=1",
            f"--duration={fmt_duration(settings.duration)}",
            f"--warmup={fmt_duration(settings.warmup)}", f"--size={point.size}",
-           "--pipeline=1", f"--rate={point.rate:.0f}", f"--json={json_path}", "--quiet"]
+           f"--rate={point.rate:.0f}", f"--json={json_path}", "--quiet"]
     if point.rate:
-        cmd.append(f"--arrival={settings.arrival}")
+        # Open loop: requests leave on schedule whatever is in flight (--pipeline=0, no cap),
+        # so a slow server builds a queue instead of slowing the offered load.
+        cmd += ["--pipeline=0", f"--arrival={settings.arrival}"]
+    else:
+        cmd.append("--pipeline=1")
     cmd += ["127.0.0.1", str(port)]
     if settings.load_cpu is not None:
         cmd = ["taskset", "-c", str(settings.load_cpu)] + cmd
@@ -463,6 +479,8 @@ def run_point(point: Point, settings: RunSettings, tools: Tools, workroot: pathl
             counter = StraceCounter(server.pid, workdir)
         ctx_before = proc_ctx_switches(server.pid)
         before = proc_stat(server.pid)
+        cpus = {c for c in (settings.server_cpu, settings.load_cpu) if c is not None}
+        busy_before = cpu_busy_s(cpus)
 
         json_path = workdir / "load.json"
         cmd = load_command(point, server.port, settings, json_path)
@@ -490,6 +508,7 @@ def run_point(point: Point, settings: RunSettings, tools: Tools, workroot: pathl
         wall = time.monotonic() - started
         Children._live.pop(load.pid, None)
         after = proc_stat(server.pid)
+        busy = cpu_busy_s(cpus) - busy_before
         ctx_after = proc_ctx_switches(server.pid)
         counts = counter.finish() if counter else {}
         counter = None
@@ -525,6 +544,8 @@ def run_point(point: Point, settings: RunSettings, tools: Tools, workroot: pathl
                 server_info["syscalls"] = {"total": sum(counts.values()), "by_name": counts,
                                            "source": "strace"}
         record["server"] = server_info
+        # What every process used on the two CPUs: minus server and load, the noise.
+        record["cpus"] = {"cpus": sorted(cpus), "busy_s": busy, "wall_s": wall}
     finally:
         if counter:
             try:

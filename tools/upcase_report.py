@@ -10,9 +10,13 @@ terminal tables. Reads only saved JSON, so `tools/compare --replot DIR` can redo
 """
 from __future__ import annotations
 
+import base64
 import json
+import math
 import pathlib
 import statistics
+import struct
+import zlib
 
 from upcase_harness import fmt_count, fmt_size
 
@@ -21,6 +25,8 @@ PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9), ("p9
 # The point whose figures headline the report and whose load the latency spectrum shows.
 HEADLINE_KEY = "tcp-64B-c64-closed"
 SPECTRUM_KEY = "tcp-64B-c64-open50"
+# Above this share of the two CPUs used by other processes, the report calls the figures noisy.
+NOISY_SHARE = 0.05
 PLOTS = ("throughput_vs_connections.png", "latency_spectrum.png", "latency_vs_load.png")
 # Fixed colours so a backend looks the same in every plot and every report.
 COLORS = {"iterative": "#7f7f7f", "threads": "#1f77b4", "epoll": "#2ca02c", "uring": "#d62728"}
@@ -39,6 +45,73 @@ MODEL_TEXT = {
              "are queued in shared rings and many are handed over per `io_uring_enter`, so "
              "syscalls per request can fall below one. Kernel helper threads (iou-*) may appear.",
 }
+
+
+
+# ---------------------------------------------------------------------------------------------
+# upcase-load's histograms: HdrHistogram V2, compressed and base64 ("HISTF..."), in ns.
+
+def decode_hdr(text: str) -> list[tuple[int, int]]:
+    """(value, count) per non-empty bucket, value being the bucket's highest equivalent value
+    (what HdrHistogram reports as a percentile)."""
+    raw = base64.b64decode(text)
+    cookie, length = struct.unpack(">iI", raw[:8])
+    if cookie & ~0xF0 != 0x1C849304:
+        raise ValueError(f"not a compressed V2 HdrHistogram (cookie {cookie:#x})")
+    body = zlib.decompress(raw[8:8 + length])
+    cookie, payload_len, _offset, digits, lowest, _highest, _ratio = struct.unpack(
+        ">iiiiqqd", body[:40])
+    if cookie & ~0xF0 != 0x1C849303:
+        raise ValueError(f"not a V2 HdrHistogram encoding (cookie {cookie:#x})")
+    payload = body[40:40 + payload_len]
+    half = 1 << (math.ceil(math.log2(2 * 10 ** digits)) - 1)  # sub-buckets per half bucket
+    half_mag = half.bit_length() - 1
+    unit_mag = int(math.floor(math.log2(lowest)))
+    out, index, pos = [], 0, 0
+    while pos < len(payload):
+        v, shift = 0, 0
+        while True:  # LEB128 of at most 9 bytes, the 9th holding 8 bits
+            b = payload[pos]
+            pos += 1
+            if shift == 56:
+                v |= b << 56
+                break
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        v = (v >> 1) ^ -(v & 1)  # ZigZag; negative = a run of empty buckets
+        if v < 0:
+            index += -v
+            continue
+        if v:
+            bucket, sub = (index >> half_mag) - 1, (index & (half - 1)) + half
+            if bucket < 0:
+                bucket, sub = 0, sub - half
+            out.append((((sub + 1) << (bucket + unit_mag)) - 1, v))
+        index += 1
+    return out
+
+
+def merged_spectrum(recs: list[dict]) -> list[tuple[float, float]] | None:
+    """(percentile, latency µs) from the corrected histograms of several runs merged."""
+    counts = {}
+    for rec in recs:
+        try:
+            h = rec["load"]["histograms"]["latency"]["hdr"]
+            for value, n in decode_hdr(h):
+                counts[value] = counts.get(value, 0) + n
+        except (KeyError, ValueError, struct.error, zlib.error):
+            return None
+    total = sum(counts.values())
+    if not total:
+        return None
+    out, seen = [], 0
+    for value in sorted(counts):
+        out.append((100.0 * seen / total, value / 1000))
+        seen += counts[value]
+        out.append((100.0 * seen / total, value / 1000))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,6 +150,15 @@ def run_metrics(rec: dict) -> dict:
     for name, _ in PERCENTILES + (("max", None), ("mean", None)):
         m[name] = lat.get(name)
     m["p99_uncorrected"] = load.get("latency_uncorrected_us", {}).get("p99")
+    if load.get("client_cpu_s") is not None and load.get("duration_s"):
+        m["load_util"] = load["client_cpu_s"] / load["duration_s"]
+    if "kept_up" in load:  # open loop: did upcase-load send on schedule?
+        m["kept_up"] = 1.0 if load["kept_up"] else 0.0
+    cpus = rec.get("cpus")
+    if cpus and cpus.get("wall_s"):
+        client = load.get("client_cpu_total_s", load.get("client_cpu_s", 0.0))
+        m["foreign_cpu_share"] = max(0.0, cpus["busy_s"] - cpu - client) / (
+            len(cpus["cpus"]) * cpus["wall_s"])
     udp = load.get("udp") or {}
     if point["proto"] == "udp" and udp.get("sent"):
         m["udp_loss"] = udp.get("lost", 0) / udp["sent"]
@@ -117,8 +199,10 @@ def summarize(meta: dict, runs: list[dict]) -> dict:
     for (backend, key), recs in groups.items():
         p = recs[0]["point"]
         per_run = [run_metrics(r) for r in recs]
-        metrics = {k: _median([m.get(k) for m in per_run]) for k in per_run[0]
-                   if k not in ("syscalls_by_name_per_req", "syscalls_source")}
+        names = {k for m in per_run for k in m} - {"syscalls_by_name_per_req", "syscalls_source"}
+        metrics = {k: _median([m.get(k) for m in per_run]) for k in sorted(names)}
+        if "kept_up" in metrics:  # flag the point if any repeat fell behind its schedule
+            metrics["kept_up"] = min(m.get("kept_up", 1.0) for m in per_run)
         rps = [m["rps"] for m in per_run if m["rps"] is not None]
         entry = {"backend": backend, "key": key, "proto": p["proto"], "size": p["size"],
                  "connections": p["connections"], "mode": p["mode"], "label": p["label"],
@@ -147,7 +231,9 @@ def summarize(meta: dict, runs: list[dict]) -> dict:
                 "rps": m["rps"] / bm["rps"] if m["rps"] and bm["rps"] else None,
                 "cpu_per_req": (m["cpu_us_per_req"] / bm["cpu_us_per_req"]
                                 if m["cpu_us_per_req"] and bm["cpu_us_per_req"] else None)}
+    foreign = _median([run_metrics(r).get("foreign_cpu_share") for r in runs if r.get("ok")])
     return {"meta": meta,
+            "foreign_cpu_share": foreign,
             "backends": backend_order({p["backend"] for p in points}),
             "points": points,
             "failed_runs": [{"point": f["point"], "error": f.get("error"), "file": f.get("file")}
@@ -167,11 +253,18 @@ def _f(x, digits=3):
 
 def point_label(p: dict) -> str:
     load = "closed" if p["mode"] == "closed" else f"open {p['label']} @{fmt_count(p['rate'])}/s"
-    return f"{p['proto']} {fmt_size(p['size'])} c={p['connections']} {load}"
+    behind = " (behind)" if p["metrics"].get("kept_up") == 0.0 else ""
+    return f"{p['proto']} {fmt_size(p['size'])} c={p['connections']} {load}{behind}"
+
+
+def _util(m: dict) -> str:
+    srv, load = m.get("server_util"), m.get("load_util")
+    pct = lambda x: "-" if x is None else f"{x * 100:.0f}"
+    return f"{pct(srv)}/{pct(load)}%"
 
 
 TABLE_COLUMNS = ("point", "req/s", "MB/s", "p50 µs", "p99 µs", "p99.9 µs", "CPU µs/req",
-                 "CPU use", "sys/req", "cs/req", "req/s vs thr", "CPU vs thr")
+                 "srv/load CPU", "sys/req", "cs/req", "req/s vs thr", "CPU vs thr")
 
 
 def table_rows(summary: dict, backend: str) -> list[list[str]]:
@@ -182,7 +275,7 @@ def table_rows(summary: dict, backend: str) -> list[list[str]]:
         m, vs = p["metrics"], p.get("vs_threads", {})
         rows.append([point_label(p), fmt_count(m["rps"]), _f(m["mbps"]), _f(m["p50"]),
                      _f(m["p99"]), _f(m["p999"]), _f(m["cpu_us_per_req"]),
-                     f"{m['server_util'] * 100:.0f}%" if m["server_util"] is not None else "-",
+                     _util(m),
                      _f(m.get("syscalls_per_req")), _f(m["ctx_per_req"]),
                      _f(vs.get("rps")) if backend != BASELINE else "1",
                      _f(vs.get("cpu_per_req")) if backend != BASELINE else "1"])
@@ -229,7 +322,7 @@ def headline_rows(summary: dict) -> list[list[str]]:
 
 
 HEADLINE_COLUMNS = ("backend", "TCP 64 B req/s", "CPU µs/req", "syscalls/req", "cs/req",
-                    "TCP 16 KiB MB/s", "UDP 64 B req/s", "p99 µs @50% load", "req/s ×threads")
+                    "TCP 16 KiB MB/s", "UDP 64 B req/s", "p99 µs @50% load", "req/s vs thr")
 
 
 def print_tables(summary: dict, out=print):
@@ -238,6 +331,10 @@ def print_tables(summary: dict, out=print):
         out(text_table(TABLE_COLUMNS, table_rows(summary, b)))
     out("\n== headline (TCP 64 B, 64 connections unless noted)")
     out(text_table(HEADLINE_COLUMNS, headline_rows(summary)))
+    foreign = summary.get("foreign_cpu_share")
+    if foreign is not None and foreign > NOISY_SHARE:
+        out(f"\nwarning: other processes used {foreign * 100:.0f} % of the two CPUs during the "
+            "runs; the figures are noisy")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,21 +406,33 @@ def spectrum_points(summary: dict) -> tuple[list[dict], str]:
     return [], ""
 
 
-def plot_spectrum(summary: dict, path: pathlib.Path) -> bool:
+def plot_spectrum(summary: dict, path: pathlib.Path, runs: list[dict] = ()) -> bool:
     pts, what = spectrum_points(summary)
     if not pts:
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    names = [n for n, _ in PERCENTILES]
     xs = [1 / (1 - q / 100) for _, q in PERCENTILES]
-    for p in sorted(pts, key=lambda p: backend_order(summary["backends"]).index(p["backend"])):
-        ys = [p["metrics"].get(n) for n in names]
-        ax.plot([x for x, y in zip(xs, ys) if y], [y for y in ys if y], marker="o",
-                label=p["backend"], color=_color(p["backend"]))
+    order = backend_order(summary["backends"])
+    for p in sorted(pts, key=lambda p: order.index(p["backend"])):
+        recs = [r for r in runs if r.get("ok") and not r["point"].get("probe")
+                and r["point"]["backend"] == p["backend"] and r["point"]["key"] == p["key"]]
+        curve = merged_spectrum(recs) if recs else None
+        ys = [p["metrics"].get(n) for n, _ in PERCENTILES]
+        if curve:
+            top = 100 * (1 - 1 / (10 * xs[-1]))  # stop one decade past p99.99
+            c = [(1 / (1 - q / 100), v) for q, v in curve if q < 100 and q <= top]
+            ax.plot([x for x, _ in c], [v for _, v in c], color=_color(p["backend"]),
+                    label=p["backend"], lw=1.6)
+            ax.plot([x for x, y in zip(xs, ys) if y], [y for y in ys if y], "o", ms=4,
+                    color=_color(p["backend"]))
+        else:
+            ax.plot([x for x, y in zip(xs, ys) if y], [y for y in ys if y], marker="o",
+                    label=p["backend"], color=_color(p["backend"]))
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xticks(xs, [f"{q:g}%" for _, q in PERCENTILES])
+    ax.set_xticks([1] + xs + [xs[-1] * 10],
+                  ["0%"] + [f"{q:g}%" for _, q in PERCENTILES] + ["99.999%"])
     ax.minorticks_off()
     _count_axis(ax.yaxis)
     ax.set_xlabel("percentile")
@@ -331,8 +440,8 @@ def plot_spectrum(summary: dict, path: pathlib.Path) -> bool:
     p0 = pts[0]
     ax.set_title(f"Latency spectrum: {p0['proto'].upper()} {fmt_size(p0['size'])}, "
                  f"{p0['connections']} conns, "
-                 + (f"{fmt_count(p0['rate'])} req/s offered" if p0["rate"] else "closed loop"),
-                 fontsize=10)
+                 + (f"{fmt_count(p0['rate'])} req/s offered" if p0["rate"] else "closed loop")
+                 + " (repeats merged)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.text(0.01, 0.01, what, fontsize=7, alpha=0.7)
@@ -460,6 +569,11 @@ def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
               f"warm-up, {s.get('repeat', '?')} repeats per point, medians shown; server "
               f"(`--shards=1`) pinned to CPU {s.get('server_cpu', '?')}, upcase-load (1 thread) "
               f"to CPU {s.get('load_cpu', '?')}; loopback.", ""]
+    foreign = summary.get("foreign_cpu_share")
+    if foreign is not None:
+        lines += [f"Other processes used {foreign * 100:.1f} % of those two CPUs during the "
+                  "runs (median)" + (": **a busy machine, so these figures are noisy**."
+                                     if foreign > NOISY_SHARE else "."), ""]
     lines += ["## Headline", "",
               "TCP 64 B requests, 64 connections, closed loop, unless noted; p99 at 50 % of the "
               "best backend's maximum, offered open loop.", "",
@@ -472,13 +586,17 @@ def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
               "bytes as upcase-load reports `bytes_per_s`.",
               "- *CPU µs/req*: server user+system CPU from `/proc/PID/stat` (all threads, "
               "including exited ones) over the whole run, divided by the requests the server "
-              "counted (`--stats-json`). *CPU use*: that CPU time over the run's wall time "
-              "(100 % = the server's one CPU is saturated).",
+              "counted (`--stats-json`). *srv/load CPU*: the server's CPU time over the run's "
+              "wall time, and upcase-load's over its measured window (100 % = that side's one "
+              "CPU is saturated, so it is the side that limits req/s).",
+              "- *(behind)*: in open loop upcase-load could not send on schedule (the server "
+              "fell behind); the latency still counts from the intended send times.",
               "- *cs/req*: context switches of the server (perf `context-switches` on its PID "
               "and future threads) per request. *sys/req*: syscalls per request from a separate "
               "probe run counting `raw_syscalls:sys_enter` with perf (or strace -c), so the "
               "counting overhead never reaches the CPU figures.",
-              f"- *×threads*: the same point measured on `{BASELINE}`, the blocking baseline.",
+              f"- *vs thr*: this backend's figure over `{BASELINE}`'s at the same point "
+              "(`threads` is the blocking baseline).",
               ""]
     lines += ["## Per backend", ""]
     for b in summary["backends"]:
@@ -505,9 +623,12 @@ def build(d: pathlib.Path, out=print) -> dict:
     summary = summarize(meta, runs)
     (d / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plots = []
-    for name, fn in zip(PLOTS, (plot_throughput, plot_spectrum, plot_latency_vs_load)):
-        if fn(summary, d / name):
-            plots.append(name)
+    if plot_throughput(summary, d / PLOTS[0]):
+        plots.append(PLOTS[0])
+    if plot_spectrum(summary, d / PLOTS[1], runs):
+        plots.append(PLOTS[1])
+    if plot_latency_vs_load(summary, d / PLOTS[2]):
+        plots.append(PLOTS[2])
     write_report(d, summary, plots)
     print_tables(summary, out)
     return summary
