@@ -44,7 +44,7 @@ struct Counters {
   std::uint64_t udp_lost = 0;        // no reply within --timeout
   std::uint64_t udp_reordered = 0;   // reply arrived after a reply to a later request
   std::uint64_t udp_duplicated = 0;  // second (or later) reply to the same request
-  std::uint64_t udp_late = 0;        // reply to a request already declared lost
+  std::uint64_t udp_late = 0;        // reply to a request already lost, or too old to remember
 
   void Count(ErrorKind kind) { ++errors[static_cast<int>(kind)]; }
   std::uint64_t errors_total() const;

@@ -55,19 +55,21 @@ UdpBatchBuffers::UdpBatchBuffers(std::size_t bytes)
 UdpChannel::UdpChannel(LoopContext* ctx, std::uint32_t id, UdpBatchBuffers* buffers)
     : Channel(ctx, id), buffers_(buffers) {
   const Config& c = *ctx->config;
-  std::uint64_t window = static_cast<std::uint64_t>(ctx->pipeline);
+  // In flight: at most --pipeline, and in open loop no more than one socket sends within a
+  // timeout (a request older than that is lost, its slot free again).
+  std::uint64_t in_flight = static_cast<std::uint64_t>(ctx->pipeline);
   if (c.open_loop()) {
-    // Room for twice the requests one socket sends within a timeout: a request's slot is free
-    // again by then, answered or lost.
     const double per_socket = c.rate / static_cast<double>(c.connections);
-    const double needed = 2 * per_socket * absl::ToDoubleSeconds(c.timeout) + kMinWindow;
-    window = std::min<std::uint64_t>(
-        window, static_cast<std::uint64_t>(std::min<double>(needed, kMaxWindow)));
+    const double needed = per_socket * absl::ToDoubleSeconds(c.timeout) + kMinWindow;
+    in_flight = std::min<std::uint64_t>(
+        in_flight, static_cast<std::uint64_t>(std::min<double>(needed, kMaxWindow / 2)));
   }
-  window = RoundUpPow2(std::max<std::uint64_t>(window, 1));
+  // The window is at least twice that, so requests retired recently are still remembered: a
+  // duplicate arriving just after its original is told apart from a reply too old to place.
+  const std::uint64_t window = RoundUpPow2(std::max<std::uint64_t>(2 * in_flight, kMinWindow));
   window_.resize(window);
   window_mask_ = window - 1;
-  cap_ = std::min<std::uint64_t>(static_cast<std::uint64_t>(ctx->pipeline), window);
+  cap_ = std::max<std::uint64_t>(in_flight, 1);
   queue_.resize(RoundUpPow2(std::max<std::uint64_t>(cap_, kMinWindow)));
   queue_mask_ = queue_.size() - 1;
 }
@@ -206,7 +208,7 @@ void UdpChannel::OnDatagram(const char* data, std::size_t n, bool truncated) {
   }
   Slot& s = slot(seq);
   if (s.seq != seq) {  // so old that its slot was reused: it was answered or declared lost
-    if (ctx_->InWindow(s.intended)) ++ctx_->stats.counters.udp_late;
+    ++ctx_->stats.counters.udp_late;
     return;
   }
   const bool in_window = ctx_->InWindow(s.intended);
