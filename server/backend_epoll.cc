@@ -23,12 +23,19 @@
 // reading that connection until the client drains it, so a client that never reads costs at most
 // that much memory here (the rest waits in the kernel's socket buffers, then in the client).
 //
+// Shutdown answers what each connection's socket had received when the stop arrived (SIOCINQ),
+// then half-closes (FIN after the output) and lingers, discarding input, until the client has
+// acknowledged everything or closed: closing a socket with unread input makes Linux reset the
+// connection and throw away output the client has not acknowledged yet.
+//
 // Kernel needs: Linux >= 3.9 (SO_REUSEPORT), with recvmmsg (2.6.33) and sendmmsg (3.0).
 // Try it: upcase-server --backend=epoll --shards=2 5050, then `nc 127.0.0.1 5050` in a few
 // terminals and `nc -u 127.0.0.1 5050`; the per-shard counters at exit show who served whom.
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -67,6 +74,10 @@ constexpr int kUdpBatch = 32;
 constexpr int kUdpBatchesPerWakeup = 4;
 // Out of descriptors and the spare one could not help: stop polling the listener this long.
 constexpr absl::Duration kAcceptPause = absl::Milliseconds(100);
+// During shutdown, how often lingering connections are checked for fully acknowledged output.
+constexpr absl::Duration kLingerPoll = absl::Milliseconds(10);
+// A connection's read budget before shutdown: no limit.
+constexpr std::uint64_t kUnlimited = UINT64_MAX;
 
 // What became ready, in epoll_event.data.u64. Encoded and decoded only here:
 //
@@ -155,11 +166,16 @@ class PendingOutput {
   std::size_t end_ = 0;
 };
 
-// One TCP connection, owned by the shard that accepted it.
+// One TCP connection, owned by the shard that accepted it. Its life: serving (read, answer), then
+// once input is over (the client half-closed, or shutdown's read budget is spent) delivering the
+// pending output, then closed; at shutdown, lingering in between.
 struct Connection {
   Fd fd;
-  PendingOutput pending;       // size() <= config.conn_buffer
-  bool read_closed = false;    // recv() returned 0: the client half-closed, or we did (shutdown)
+  PendingOutput pending;     // size() <= config.conn_buffer
+  bool read_closed = false;  // recv() returned 0: the client sends no more
+  // Bytes still to be read and answered: kUnlimited until shutdown, then what was queued.
+  std::uint64_t read_budget = kUnlimited;
+  bool lingering = false;      // output all handed over, FIN sent; input is read and discarded
   std::uint32_t interest = 0;  // the events epoll watches for fd right now
 };
 
@@ -360,6 +376,10 @@ class Shard {
     Connection* c = Find(fd);
     if (c == nullptr) return;  // closed earlier in this batch
     Verdict verdict = Verdict::kKeep;
+    if (c->lingering) {
+      Settle(*c, Discard(*c));
+      return;
+    }
     if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && !c->pending.empty()) verdict = Flush(*c);
     if (verdict == Verdict::kKeep && (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) &&
         (c->interest & EPOLLIN)) {
@@ -373,9 +393,11 @@ class Shard {
   Verdict ReadSome(Connection& c) {
     for (int i = 0; i < kReadsPerWakeup; ++i) {
       // Never read more than pending output can still take: it stays <= the cap, exactly.
-      const std::size_t room = config_.conn_buffer - c.pending.size();
+      const std::uint64_t room =
+          std::min<std::uint64_t>(config_.conn_buffer - c.pending.size(), c.read_budget);
       if (room == 0) return Verdict::kKeep;
-      const IoResult r = Recv(c.fd.get(), read_buf_.get(), std::min(kReadChunk, room));
+      const IoResult r =
+          Recv(c.fd.get(), read_buf_.get(), static_cast<std::size_t>(std::min(kReadChunk, room)));
       switch (r.status) {
         case IoStatus::kWouldBlock:
           return Verdict::kKeep;
@@ -388,6 +410,7 @@ class Shard {
           break;
       }
       stats_.bytes_in += r.bytes;
+      c.read_budget -= r.bytes;
       UppercaseInPlace(read_buf_.get(), r.bytes);
       if (Verdict v = Reply(c, read_buf_.get(), r.bytes); v != Verdict::kKeep) return v;
     }
@@ -408,6 +431,24 @@ class Shard {
     return Verdict::kKeep;
   }
 
+  // Lingering: input is no longer answered, only read so that the socket can close cleanly.
+  Verdict Discard(Connection& c) {
+    for (int i = 0; i < kReadsPerWakeup; ++i) {
+      const IoResult r = Recv(c.fd.get(), read_buf_.get(), kReadChunk);
+      switch (r.status) {
+        case IoStatus::kOk:
+          continue;
+        case IoStatus::kWouldBlock:
+          return Verdict::kKeep;
+        case IoStatus::kEof:
+          return Verdict::kClose;
+        case IoStatus::kError:
+          return VerdictForError(r.err);
+      }
+    }
+    return Verdict::kKeep;
+  }
+
   // One send() of pending output. A short one means the socket buffer is full: wait for EPOLLOUT.
   Verdict Flush(Connection& c) {
     const IoResult r = Send(c.fd.get(), c.pending.data(), c.pending.size());
@@ -419,16 +460,30 @@ class Shard {
     return Verdict::kKeep;
   }
 
-  // Closes a connection that is finished, else makes epoll watch what it needs next: readable
-  // unless read-closed or at the cap, writable while output is pending.
+  // Moves a connection on after a handler ran: closes it when finished, starts lingering when
+  // shutdown's budget is answered, else makes epoll watch what it needs next (readable unless
+  // input is over or output is at the cap, writable while output is pending).
   void Settle(Connection& c, Verdict verdict) {
     if (verdict == Verdict::kReset) ++stats_.conn_resets;
-    if (verdict != Verdict::kKeep || (c.read_closed && c.pending.empty())) {
+    if (verdict != Verdict::kKeep) {
       Close(c);
       return;
     }
-    const bool can_read = !c.read_closed && c.pending.size() < config_.conn_buffer;
-    const std::uint32_t wanted = (can_read ? EPOLLIN : 0u) | (c.pending.empty() ? 0u : EPOLLOUT);
+    const bool input_over = c.read_closed || c.read_budget == 0;
+    if (input_over && c.pending.empty() && !c.lingering) {
+      if (c.read_closed) {  // the client sends no more, so close() cannot hit unread input
+        Close(c);
+        return;
+      }
+      if (::shutdown(c.fd.get(), SHUT_WR) != 0) {  // ENOTCONN: the client is gone already
+        Close(c);
+        return;
+      }
+      c.lingering = true;
+    }
+    const bool can_read = !input_over && c.pending.size() < config_.conn_buffer;
+    const std::uint32_t wanted =
+        c.lingering ? EPOLLIN : (can_read ? EPOLLIN : 0u) | (c.pending.empty() ? 0u : EPOLLOUT);
     if (wanted == c.interest) return;
     epoll_event ev{};
     ev.events = wanted;
@@ -536,24 +591,24 @@ class Shard {
       udp_.reset();
       if (!s.ok()) return s;
     }
-    // Turn every connection into a half-close: data the kernel already received is still read
-    // and answered by the normal loop, then recv() returns 0 and the connection closes once its
-    // output is delivered.
+    // What each socket has received by now is still read and answered by the normal loop; then
+    // Settle() half-closes it and lets it linger.
     for (std::unique_ptr<Connection>& c : conns_) {
       if (c == nullptr || c->read_closed) continue;
-      if (::shutdown(c->fd.get(), SHUT_RD) != 0) {
-        c->read_closed = true;  // ENOTCONN: the client is already gone
-        Settle(*c, Verdict::kKeep);
-      }
+      int queued = 0;
+      if (::ioctl(c->fd.get(), SIOCINQ, &queued) != 0) queued = 0;  // fails only for listeners
+      c->read_budget = static_cast<std::uint64_t>(queued);
+      Settle(*c, Verdict::kKeep);
     }
     return absl::OkStatus();
   }
 
-  // epoll_wait's timeout: until the next deadline (accept pause, grace period), or forever.
+  // epoll_wait's timeout: until the next deadline (accept pause; during shutdown the grace period
+  // and the next linger check), or forever.
   int TimeoutMs() const {
     std::int64_t deadline = INT64_MAX;
     if (accept_paused_) deadline = accept_resume_ns_;
-    if (draining_) deadline = std::min(deadline, grace_deadline_ns_);
+    if (draining_) deadline = std::min({deadline, grace_deadline_ns_, next_linger_check_ns_});
     if (deadline == INT64_MAX) return -1;
     const std::int64_t left = deadline - MonotonicNanos();
     return left <= 0 ? 0 : static_cast<int>((left + 999'999) / 1'000'000);
@@ -565,9 +620,21 @@ class Shard {
     if (accept_paused_ && now >= accept_resume_ns_) {
       if (absl::Status s = ResumeAccepting(); !s.ok()) return s;
     }
-    if (draining_ && now >= grace_deadline_ns_) {
-      for (std::unique_ptr<Connection>& c : conns_) {  // grace is over: clients that never read
-        if (c != nullptr) Close(*c);
+    if (!draining_ || (now < next_linger_check_ns_ && now < grace_deadline_ns_)) {
+      return absl::OkStatus();
+    }
+    next_linger_check_ns_ = now + absl::ToInt64Nanoseconds(kLingerPoll);
+    for (std::unique_ptr<Connection>& c : conns_) {
+      if (c == nullptr) continue;
+      if (now >= grace_deadline_ns_) {
+        Close(*c);  // grace is over: clients that never read, or never stop sending
+        continue;
+      }
+      // Everything sent, FIN included, is acknowledged: the client has it all, and a reset caused
+      // by input arriving after close() can no longer destroy any of it.
+      int unacked = 0;
+      if (c->lingering && (::ioctl(c->fd.get(), SIOCOUTQ, &unacked) != 0 || unacked == 0)) {
+        Close(*c);
       }
     }
     return absl::OkStatus();
@@ -600,6 +667,7 @@ class Shard {
   std::int64_t accept_resume_ns_ = 0;
   bool draining_ = false;  // Stop() was seen; connections close by grace_deadline_ns_
   std::int64_t grace_deadline_ns_ = 0;
+  std::int64_t next_linger_check_ns_ = 0;  // during shutdown: when HandleTimers() looks again
 
   ShardStats stats_;
 };
