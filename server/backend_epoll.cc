@@ -140,9 +140,8 @@ class PendingOutput {
   // The caller guarantees size() + n <= capacity.
   void Append(const char* p, std::size_t n, std::size_t capacity) {
     if (n == 0) return;
-    if (buf_ == nullptr)
-      buf_.reset(new char[capacity]);  // uninitialised: untouched pages stay
-                                       // out of the resident set
+    // Uninitialised on purpose: pages never written stay out of the resident set.
+    if (buf_ == nullptr) buf_.reset(new char[capacity]);
     if (end_ + n > capacity) {  // slide what is left to the front; it is at most capacity - n
       std::memmove(buf_.get(), data(), size());
       end_ = size();
@@ -166,9 +165,9 @@ class PendingOutput {
   std::size_t end_ = 0;
 };
 
-// One TCP connection, owned by the shard that accepted it. Its life: serving (read, answer), then
-// once input is over (the client half-closed, or shutdown's read budget is spent) delivering the
-// pending output, then closed; at shutdown, lingering in between.
+// One TCP connection, owned by the shard that accepted it. Its life: serving (read, answer); once
+// input is over (the client half-closed, or shutdown's read budget is spent) delivering what is
+// pending; then closed, after lingering when it was shutdown that ended the input.
 struct Connection {
   Fd fd;
   PendingOutput pending;     // size() <= config.conn_buffer
@@ -375,11 +374,11 @@ class Shard {
   void HandleConnection(int fd, std::uint32_t events) {
     Connection* c = Find(fd);
     if (c == nullptr) return;  // closed earlier in this batch
-    Verdict verdict = Verdict::kKeep;
     if (c->lingering) {
       Settle(*c, Discard(*c));
       return;
     }
+    Verdict verdict = Verdict::kKeep;
     if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && !c->pending.empty()) verdict = Flush(*c);
     if (verdict == Verdict::kKeep && (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) &&
         (c->interest & EPOLLIN)) {
