@@ -40,7 +40,8 @@ MODEL_TEXT = {
                "switches). Threads grow with connections.",
     "epoll": "One reactor thread: `epoll_wait` returns many ready sockets at once, so its cost "
              "is shared by the requests of a batch; each request still pays a non-blocking "
-             "`recv` and `send`.",
+             "`recv` and `send`, and a `recv` count near two per request is the extra read that "
+             "finds the socket drained (EAGAIN) before going back to `epoll_wait`.",
     "uring": "One reactor thread submitting and reaping through io_uring: receives and sends "
              "are queued in shared rings and many are handed over per `io_uring_enter`, so "
              "syscalls per request can fall below one. Kernel helper threads (iou-*) may appear.",
@@ -530,13 +531,14 @@ def _cost_section(summary: dict, b: str) -> list[str]:
             f"taskset -c 0 build/release/bin/upcase-server --backend={b} --shards=1 "
             "--bind=127.0.0.1 5050 & pid=$!",
             "taskset -c 1 build/release/bin/upcase-load --connections=64 --duration=10s "
-            "127.0.0.1 5050 &",
+            "--quiet 127.0.0.1 5050 &",
             "perf stat -e 'raw_syscalls:sys_enter,syscalls:sys_enter_*' -p $pid -- sleep 5  "
             "# syscalls by name",
             "perf stat -e context-switches,task-clock -p $pid -- sleep 5",
             "ps -L -o tid,comm,time -p $pid      # threads and their CPU time",
             "grep ctxt_switches /proc/$pid/task/*/status",
-            "strace -c -f -p $pid                # without perf (slows the server a lot)",
+            "timeout -s INT 5 strace -c -f -p $pid   # without perf (slows the server a lot)",
+            "wait %2; kill $pid",
             "```", ""]
     return out
 

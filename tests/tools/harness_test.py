@@ -156,13 +156,14 @@ class RegressTest(unittest.TestCase):
                     "run_type": "aggregate", "bytes_per_second": gbps * 1e9}
         data = {"benchmarks": [bm("BM_Memcpy/16384", 20), bm("BM_Uppercase/swar/16384", 5),
                                bm("BM_Uppercase/avx2/16384", 16),
-                               bm("BM_UppercaseInPlace/16384", 15), bm("BM_Memcpy/64", 8),
+                               bm("BM_UppercaseInPlace/16384", 15), bm("BM_Memcpy/64", 8), bm("BM_Uppercase/swar/64", 2),
                                bm("BM_UppercaseInPlace/64", 4)]}
         m = upcase_regress.micro_metrics(data)
         self.assertAlmostEqual(m["kernel.swar/memcpy.16KiB"], 0.25)
         self.assertAlmostEqual(m["kernel.avx2/memcpy.16KiB"], 0.8)
         self.assertAlmostEqual(m["kernel.inplace/memcpy.16KiB"], 0.75)
         self.assertAlmostEqual(m["kernel.inplace/memcpy.64B"], 0.5)
+        self.assertNotIn("kernel.swar/memcpy.64B", m)  # per-kernel only at 16 KiB
 
 
 class HarnessParsingTest(unittest.TestCase):
