@@ -45,6 +45,9 @@ Subprocess::~Subprocess() {
 }
 
 absl::Status Subprocess::Start(const std::vector<std::string>& argv, bool pipe_stdin) {
+  // A child that exits before reading its stdin must give WriteStdin an EPIPE error, not kill
+  // the test binary with SIGPIPE.
+  ::signal(SIGPIPE, SIG_IGN);
   int out_pipe[2];
   int in_pipe[2] = {-1, -1};
   if (::pipe2(out_pipe, O_CLOEXEC) != 0) return ErrnoError("pipe2", errno);
