@@ -65,6 +65,12 @@ struct LoopContext {
     ++stats.counters.requests;
     stats.counters.bytes_received += size;
   }
+  // A window request's first byte went out at `sent`.
+  void RecordSend(std::int64_t intended, std::int64_t sent) {
+    if (!InWindow(intended)) return;
+    ++stats.counters.sent;
+    stats.send_lag.Record(sent - intended);
+  }
   void NoteError(ErrorKind kind, const absl::Status& cause);
   void NoteMismatch(const std::string& what);
 };

@@ -1,6 +1,7 @@
 // Request payloads: where request bytes come from and how replies are checked.
 //
-// Each thread generates one pool of random bytes at start, and its uppercased image beside it. A
+// Each thread generates one pool of random bytes at start (64 KiB, or 8 requests of the largest
+// size), and its uppercased image beside it. A
 // request is a window of the pool at a random offset (no allocation, no copy: the socket reads
 // straight from the pool), and its reply must equal the same window of the image, so
 // verification is a memcmp. Half of the pool's bytes are lowercase letters, so the service's

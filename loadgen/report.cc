@@ -113,6 +113,7 @@ nlohmann::json Report::ToJson() const {
       {"reconnects", counters.connects},
       {"latency_us", LatencyJson(latency)},
       {"latency_uncorrected_us", LatencyJson(latency_uncorrected)},
+      {"send_lag_us", LatencyJson(send_lag)},
       {"errors", errors},
       {"errors_total", counters.errors_total()},
       {"first_error", first_error},
@@ -134,7 +135,8 @@ nlohmann::json Report::ToJson() const {
         {"highest_trackable", latency.highest_trackable()},
         {"significant_digits", latency.significant_digits()},
         {"latency", HistogramJson(latency)},
-        {"latency_uncorrected", HistogramJson(latency_uncorrected)}}},
+        {"latency_uncorrected", HistogramJson(latency_uncorrected)},
+        {"send_lag", HistogramJson(send_lag)}}},
   };
   return j;
 }
@@ -194,7 +196,10 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
         HistogramFromJson(hs.at("latency_uncorrected"), "histograms.latency_uncorrected");
     if (!unc.ok()) return unc.status();
     r.latency = *std::move(lat);
+    absl::StatusOr<Histogram> lag = HistogramFromJson(hs.at("send_lag"), "histograms.send_lag");
+    if (!lag.ok()) return lag.status();
     r.latency_uncorrected = *std::move(unc);
+    r.send_lag = *std::move(lag);
     // The bucketed counts would round the bytes; the measured figure is the rate times the window.
     c.bytes_received = static_cast<std::uint64_t>(r.bytes_per_s * r.duration_s + 0.5);
     return r;
@@ -219,6 +224,7 @@ void Report::Merge(const Report& o) {
   counters.Add(o.counters);
   latency.Add(o.latency);
   latency_uncorrected.Add(o.latency_uncorrected);
+  send_lag.Add(o.send_lag);
   client_cpu_s += o.client_cpu_s;
   client_cpu_total_s += o.client_cpu_total_s;
   if (first_error.empty()) first_error = o.first_error;
@@ -273,6 +279,8 @@ std::string Report::Table() const {
   };
   row("corrected", latency);
   row("uncorrected", latency_uncorrected);
+  // Open loop: how much of the corrected latency the client itself added by sending late.
+  if (open_loop) row("send lag", send_lag);
   if (counters.errors_total() == 0) {
     out += "errors       none\n";
   } else {

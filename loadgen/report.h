@@ -43,6 +43,7 @@ struct Report {
   Counters counters;
   Histogram latency;
   Histogram latency_uncorrected;
+  Histogram send_lag;             // actual minus intended send time (see Stats)
   double client_cpu_s = 0;        // worker threads' CPU inside the window (getrusage)
   double client_cpu_total_s = 0;  // the whole process, start to exit (getrusage)
   std::string first_error;

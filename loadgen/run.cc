@@ -261,6 +261,7 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
     r.counters.Add(w.total.counters);
     r.latency.Add(w.total.latency);
     r.latency_uncorrected.Add(w.total.latency_uncorrected);
+    r.send_lag.Add(w.total.send_lag);
     r.client_cpu_s += w.cpu_seconds;
     if (r.first_error.empty()) r.first_error = w.first_error;
     if (r.first_mismatch.empty()) r.first_mismatch = w.first_mismatch;

@@ -55,16 +55,22 @@ struct Stats {
   Counters counters;
   Histogram latency;              // from the intended send time (coordinated omission corrected)
   Histogram latency_uncorrected;  // from the actual send time
+  // Actual minus intended send time of every window request that went out: how long requests
+  // waited in the client (pipeline cap, full socket buffer, or a client running late). 0 in closed
+  // loop, where a request is intended when it is sent.
+  Histogram send_lag;
 
   void Add(const Stats& other) {
     counters.Add(other.counters);
     latency.Add(other.latency);
     latency_uncorrected.Add(other.latency_uncorrected);
+    send_lag.Add(other.send_lag);
   }
   void Reset() {
     counters = Counters{};
     latency.Reset();
     latency_uncorrected.Reset();
+    send_lag.Reset();
   }
 };
 

@@ -202,7 +202,7 @@ void TcpChannel::Flush() {
         r.sent = stamp;
         if (r.intended == 0) r.intended = stamp;
       }
-      if (send_written_ == 0 && ctx_->InWindow(r.intended)) ++ctx_->stats.counters.sent;
+      if (send_written_ == 0) ctx_->RecordSend(r.intended, r.sent);
       const std::size_t rest = r.size - send_written_;
       if (left < rest) {
         send_written_ += static_cast<std::uint32_t>(left);

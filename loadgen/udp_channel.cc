@@ -157,10 +157,9 @@ void UdpChannel::Flush() {
       return;
     }
     for (int i = 0; i < sent; ++i) {
-      if (ctx_->InWindow(slot(next_seq_ + i).intended)) {
-        ++ctx_->stats.counters.sent;
-        ++ctx_->stats.counters.udp_sent;
-      }
+      const Slot& s = slot(next_seq_ + static_cast<std::uint64_t>(i));
+      if (ctx_->InWindow(s.intended)) ++ctx_->stats.counters.udp_sent;
+      ctx_->RecordSend(s.intended, s.sent);
     }
     next_seq_ += static_cast<std::uint64_t>(sent);
     queue_head_ += static_cast<std::uint64_t>(sent);

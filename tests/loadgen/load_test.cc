@@ -153,6 +153,7 @@ TEST_F(LoadTest, ClosedLoopJsonHasEveryDocumentedKey) {
   EXPECT_NEAR(j["throughput_rps"].get<double>(), j["requests"].get<double>() / 1.0, 1e-6);
   // Closed loop has no schedule to fall behind: both figures are the same measurement.
   EXPECT_EQ(j["latency_us"], j["latency_uncorrected_us"]);
+  EXPECT_EQ(Us(j, "send_lag_us", "max"), 0);
   EXPECT_TRUE(absl::StrContains(r.out, "p99.99")) << r.out;
 }
 
@@ -262,6 +263,8 @@ TEST(LoadFaultTest, CoordinatedOmissionIsCorrected) {
   EXPECT_GE(Us(j, "latency_us", "p99"), 150'000) << Describe(r);
   EXPECT_LT(Us(j, "latency_uncorrected_us", "p999"), 100'000) << Describe(r);
   EXPECT_GE(Us(j, "latency_uncorrected_us", "max"), 250'000) << Describe(r);
+  // The difference is time spent waiting in the client, which the send lag shows directly.
+  EXPECT_GE(Us(j, "send_lag_us", "p999"), 200'000) << Describe(r);
   // Requests waited in the client, but none was skipped: the schedule's count is intact.
   EXPECT_NEAR(j["scheduled"].get<double>(), 4000, 1);
 }
