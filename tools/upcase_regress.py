@@ -2,8 +2,11 @@
 compared with the committed baseline (bench/regress-baseline.json).
 
 Every metric is a ratio measured on one machine in one session, so the machine's speed cancels:
-CPU per request of one backend over another's, throughput of one over another's, syscalls per
-request (a count over a count), the uppercase kernel's GB/s over memcpy's. A metric regresses
+CPU per request of one backend over another's, syscalls per request (a count over a count), the
+uppercase kernel's GB/s over memcpy's. Throughput ratios are left out on purpose: with server and
+load generator on one CPU each, req/s is often limited by the load generator or by whatever else
+runs on the machine, and swung by 40 % between unchanged runs; a slower server shows up in its CPU
+and syscalls per request instead. A metric regresses
 when it moves in its bad direction by more than its relative tolerance plus its absolute slack;
 moving the good way that far is reported as "improved" (time to --update-baseline) but passes.
 """
@@ -19,8 +22,7 @@ PAIRS = (("threads", "iterative"), ("epoll", "threads"), ("uring", "epoll"))
 # Per metric family: the good direction, and tolerances that held on a busy 2-core VM. Edit the
 # baseline file to tune one metric; --update-baseline keeps a metric's tolerances.
 FAMILIES = {
-    "cpu_per_req": {"better": "lower", "tolerance": 0.30, "abs_tolerance": 0.0},
-    "rps": {"better": "higher", "tolerance": 0.40, "abs_tolerance": 0.0},
+    "cpu_per_req": {"better": "lower", "tolerance": 0.35, "abs_tolerance": 0.0},
     "syscalls_per_req": {"better": "lower", "tolerance": 0.25, "abs_tolerance": 0.25},
     "kernel": {"better": "higher", "tolerance": 0.25, "abs_tolerance": 0.0},
 }
@@ -105,8 +107,6 @@ def macro_metrics(summary: dict) -> dict[str, float]:
             ma, mb = pa["metrics"], pb["metrics"]
             if ma.get("cpu_us_per_req") and mb.get("cpu_us_per_req"):
                 out[f"cpu_per_req.{short}.{a}/{b}"] = ma["cpu_us_per_req"] / mb["cpu_us_per_req"]
-            if ma.get("rps") and mb.get("rps"):
-                out[f"rps.{short}.{a}/{b}"] = ma["rps"] / mb["rps"]
         for backend in {b for b, k in index if k == key}:
             spr = index[(backend, key)]["metrics"].get("syscalls_per_req")
             if spr is not None:
