@@ -247,8 +247,9 @@ std::string Report::Table() const {
   }
   if (c.value("reconnect", false)) load += ", a connection per request";
   absl::StrAppendFormat(
-      &out, "upcase-load  %s %s:%d  %d threads  %d connections  %s-byte requests  %s\n", proto,
-      c.value("host", "?"), c.value("port", 0), threads, connections, c.value("size", "?"), load);
+      &out, "upcase-load  %s %s:%d  %d thread%s  %d connection%s  %s-byte requests  %s\n", proto,
+      c.value("host", "?"), c.value("port", 0), threads, threads == 1 ? "" : "s", connections,
+      connections == 1 ? "" : "s", c.value("size", "?"), load);
   if (instances > 1) {
     absl::StrAppendFormat(&out, "merged       %d runs: %s\n", instances,
                           absl::StrJoin(sources, " "));

@@ -224,9 +224,10 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
                                            : absl::StrCat("closed loop, pipeline ", c.pipeline);
     std::fprintf(
         stderr, "%s\n",
-        absl::StrFormat("upcase-load: %s %s, %d connections on %d threads, %s; %s warmup, "
+        absl::StrFormat("upcase-load: %s %s, %d connection%s on %d thread%s, %s; %s warmup, "
                         "then %s",
-                        TransportName(c.proto), target->ToString(), c.connections, c.threads, load,
+                        TransportName(c.proto), target->ToString(), c.connections,
+                        c.connections == 1 ? "" : "s", c.threads, c.threads == 1 ? "" : "s", load,
                         absl::FormatDuration(c.warmup), absl::FormatDuration(c.duration))
             .c_str());
   }
