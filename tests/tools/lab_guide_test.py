@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Keeps docs/lab.md true: its commands run, and the code it points at exists.
+
+  lab_guide_test.py walkthrough [GUIDE]   run every ```bash block of the guide, in order, in one
+                                          bash (as a student's terminal would), with short
+                                          durations (LAB_DURATION=1s) on a free PORT; fails on the
+                                          first command that fails, or after a time limit
+  lab_guide_test.py references [GUIDE]    every `path` → `Symbol` reference names a file that
+                                          defines that symbol, and every line of a ```cpp quote
+                                          occurs in the file referenced last before it
+
+A block whose first line is "# needs root" is skipped, with the reason printed, when not root.
+```text blocks are example output and are never run. The walkthrough uses the build in
+$UPCASE_BIN (CTest sets it; default build/release/bin) and writes only to a temporary $LAB_OUT.
+Exit status: 0 pass, 1 fail.
+"""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_GUIDE = os.path.join(ROOT, "docs", "lab.md")
+ROOT_MARK = "# needs root"
+WALKTHROUGH_TIMEOUT_S = int(os.environ.get("LAB_TIMEOUT_S", "170"))
+TERM_GRACE_S = 15  # after SIGTERM on timeout: tools/two-hosts removes its namespaces meanwhile
+
+FENCE = re.compile(r"^```(\S*)\s*$")
+REFERENCE = re.compile(r"`([\w./-]+/[\w.-]+)`\s*→\s*`([A-Za-z_][\w:]*)`")
+
+
+def blocks(guide):
+    """Yields (language, first line number, text) for every fenced block."""
+    lang, start, body = None, 0, []
+    with open(guide) as f:
+        for number, line in enumerate(f, 1):
+            m = FENCE.match(line.rstrip("\n"))
+            if lang is None:
+                if m and m.group(1):
+                    lang, start, body = m.group(1), number + 1, []
+                elif m:
+                    lang, start, body = "", number + 1, []
+            elif m and not m.group(1):
+                yield lang, start, "".join(body)
+                lang = None
+            else:
+                body.append(line)
+    if lang is not None:
+        raise SystemExit(f"{guide}:{start}: unterminated code block")
+
+
+def free_port():
+    """A port free for both TCP and UDP on every address."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("0.0.0.0", 0))
+            port = t.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit("no free port found")
+
+
+def walkthrough(guide):
+    is_root = os.geteuid() == 0
+    script = ["set -euo pipefail",
+              'trap \'echo "lab walkthrough: FAILED: block $__block (docs/lab.md:$__line): '
+              '$BASH_COMMAND" >&2\' ERR']
+    ran = skipped = 0
+    for lang, line, text in blocks(guide):
+        if lang != "bash":
+            continue
+        label = f"docs/lab.md:{line}"
+        if text.startswith(ROOT_MARK) and not is_root:
+            print(f"SKIP block at {label}: needs root (network namespaces, perf or strace on "
+                  f"the server); run the test as root to cover it")
+            skipped += 1
+            continue
+        ran += 1
+        script += [f"__block={ran}; __line={line}",
+                   f"echo; echo '--- block {ran} ({label})'", text.rstrip("\n")]
+    script.append(f"echo; echo 'lab walkthrough: {ran} blocks ran, {skipped} skipped'")
+
+    with tempfile.TemporaryDirectory(prefix="lab-walkthrough-") as out:
+        env = dict(os.environ)
+        env.update(PORT=os.environ.get("LAB_PORT") or str(free_port()), LAB_DURATION=env.get("LAB_DURATION", "1s"),
+                   LAB_OUT=out)
+        env.setdefault("UPCASE_BIN", os.path.join(ROOT, "build", "release", "bin"))
+        print(f"lab walkthrough: PORT={env['PORT']} LAB_DURATION={env['LAB_DURATION']} "
+              f"UPCASE_BIN={env['UPCASE_BIN']}", flush=True)
+        started = time.monotonic()
+        # Its own session, so that a timeout can stop everything the guide started, and only that.
+        proc = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=ROOT, env=env,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            status = proc.wait(timeout=WALKTHROUGH_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            print(f"lab walkthrough: FAILED: still running after {WALKTHROUGH_TIMEOUT_S} s")
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=TERM_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            status = 1
+        finally:
+            # A server the guide left running (a failed block skipped its stop) is stopped here.
+            subprocess.run([os.path.join(ROOT, "tools", "lab-server"), "stop"], env=env,
+                           stdout=subprocess.DEVNULL)
+        print(f"lab walkthrough: {time.monotonic() - started:.0f} s, "
+              f"{'PASS' if status == 0 else 'FAIL'}")
+        return 0 if status == 0 else 1
+
+
+def defines(text, symbol):
+    """Whether `text` (a source file) defines every component of Class::member."""
+    *scopes, name = symbol.split("::")
+    for scope in scopes:
+        if not re.search(rf"\b(class|struct|namespace)\s+{re.escape(scope)}\b", text):
+            return False
+    n = re.escape(name)
+    return bool(re.search(rf"\b{n}\s*(\(|=|\{{)", text) or
+                re.search(rf"\b(class|struct|enum(\s+class)?|def)\s+{n}\b", text))
+
+
+def references(guide):
+    errors, seen = [], 0
+    current = None  # the file of the last reference, which a ```cpp quote is checked against
+    sources = {}
+
+    def source(path):
+        if path not in sources:
+            with open(os.path.join(ROOT, path)) as f:
+                sources[path] = f.read()
+        return sources[path]
+
+    def check_prose(first_line, lines):
+        """References in prose may wrap across lines: scan the text joined."""
+        nonlocal current, seen
+        for path, symbol in REFERENCE.findall(" ".join(l.strip() for l in lines)):
+            seen += 1
+            where = f"docs/lab.md:{first_line}"
+            if not os.path.isfile(os.path.join(ROOT, path)):
+                errors.append(f"{where}: no file {path}")
+                continue
+            current = path
+            if not defines(source(path), symbol):
+                errors.append(f"{where}: {path} does not define {symbol}")
+
+    fence, prose, prose_start = None, [], 1
+    with open(guide) as f:
+        for number, line in enumerate(f, 1):
+            m = FENCE.match(line.rstrip("\n"))
+            if fence is None and m:
+                check_prose(prose_start, prose)
+                fence, prose = m.group(1) or "plain", []
+                continue
+            if fence is not None and m and not m.group(1):
+                fence, prose_start = None, number + 1
+                continue
+            if fence is None:
+                prose.append(line)
+                continue
+            if fence != "cpp":
+                continue
+            quoted = line.strip()
+            if not quoted or quoted in ("...", "// ..."):
+                continue
+            if current is None:
+                errors.append(f"docs/lab.md:{number}: a ```cpp quote before any reference")
+                continue
+            flat = re.sub(r"\s+", " ", quoted)
+            if not any(flat in re.sub(r"\s+", " ", l) for l in source(current).splitlines()):
+                errors.append(f"docs/lab.md:{number}: quote not found in {current}: {quoted}")
+    check_prose(prose_start, prose)
+    if seen == 0:
+        errors.append("docs/lab.md: no `path` → `symbol` reference found")
+    for e in errors:
+        print(e)
+    print(f"lab references: {seen} checked, {len(errors)} broken: "
+          f"{'FAIL' if errors else 'PASS'}")
+    return 1 if errors else 0
+
+
+def main():
+    if len(sys.argv) < 2 or sys.argv[1] not in ("walkthrough", "references"):
+        print(__doc__)
+        return 2
+    guide = sys.argv[2] if len(sys.argv) > 2 else DEFAULT_GUIDE
+    return walkthrough(guide) if sys.argv[1] == "walkthrough" else references(guide)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
