@@ -17,9 +17,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
+#include "common/sys.h"
 #include "loadgen/config.h"
 #include "loadgen/report.h"
 #include "loadgen/run.h"
+#include "loadgen/worker.h"
 
 namespace upcase::load {
 namespace {
@@ -94,9 +96,21 @@ int Merge(const std::vector<std::string>& files, const Config& config) {
   return Finish(*merged, config);
 }
 
+// Ctrl-C (or SIGTERM) ends the window early; the report covers the time measured. A second one
+// kills, as usual (SA_RESETHAND).
+void OnStopSignal(int) { RequestStop(MonotonicNanos()); }
+
 int Main(int argc, char** argv) {
   // A server that vanishes is an EPIPE to count, not a reason to die.
   signal(SIGPIPE, SIG_IGN);
+  struct sigaction stop {};
+  stop.sa_handler = OnStopSignal;
+  stop.sa_flags = SA_RESETHAND;
+  sigemptyset(&stop.sa_mask);
+  if (sigaction(SIGINT, &stop, nullptr) != 0 || sigaction(SIGTERM, &stop, nullptr) != 0) {
+    std::perror("upcase-load: sigaction");
+    return kExitFailed;
+  }
   RawFlags raw;
   FlagSet flags(kProgram, kUsage);
   RegisterFlags(flags, &raw);

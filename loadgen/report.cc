@@ -94,6 +94,7 @@ nlohmann::json Report::ToJson() const {
       {"sources", sources},
       {"start_unix_s", start_unix_s},
       {"duration_s", duration_s},
+      {"stopped_early", stopped_early},
       {"warmup_s", warmup_s},
       {"threads", threads},
       {"connections", connections},
@@ -156,6 +157,7 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
     r.sources = j.at("sources").get<std::vector<std::string>>();
     r.start_unix_s = j.at("start_unix_s").get<double>();
     r.duration_s = j.at("duration_s").get<double>();
+    r.stopped_early = j.value("stopped_early", false);
     r.warmup_s = j.at("warmup_s").get<double>();
     r.threads = j.at("threads").get<std::int64_t>();
     r.connections = j.at("connections").get<std::int64_t>();
@@ -213,6 +215,7 @@ void Report::Merge(const Report& o) {
   sources.insert(sources.end(), o.sources.begin(), o.sources.end());
   start_unix_s = std::min(start_unix_s, o.start_unix_s);
   duration_s = std::max(duration_s, o.duration_s);
+  stopped_early = stopped_early || o.stopped_early;
   warmup_s = std::max(warmup_s, o.warmup_s);
   threads += o.threads;
   connections += o.connections;
@@ -254,7 +257,8 @@ std::string Report::Table() const {
     absl::StrAppendFormat(&out, "merged       %d runs: %s\n", instances,
                           absl::StrJoin(sources, " "));
   }
-  absl::StrAppendFormat(&out, "window       %.2f s after %.2f s of warmup\n", duration_s, warmup_s);
+  absl::StrAppendFormat(&out, "window       %.2f s after %.2f s of warmup%s\n", duration_s,
+                        warmup_s, stopped_early ? " (stopped early by a signal)" : "");
   absl::StrAppendFormat(&out, "requests     %d  (%s req/s, %.2f MB/s of replies)\n",
                         counters.requests, FormatRate(throughput_rps), bytes_per_s / 1e6);
   if (open_loop) {

@@ -31,6 +31,7 @@ struct Report {
   std::vector<std::string> sources;  // merged files
   double start_unix_s = 0;           // measurement start (earliest, when merged)
   double duration_s = 0;             // measurement window (longest, when merged)
+  bool stopped_early = false;        // a signal ended the window before --duration
   double warmup_s = 0;
   std::int64_t threads = 0;  // summed over instances
   std::int64_t connections = 0;

@@ -1,9 +1,12 @@
 #include "loadgen/run.h"
 
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <time.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -129,17 +132,19 @@ absl::StatusOr<SocketAddress> FindServer(const Config& c) {
   return last;
 }
 
-void SleepUntilUnix(double unix_s) {
+// False when a signal asked to stop first.
+bool SleepUntilUnix(double unix_s) {
   timespec ts;
   ts.tv_sec = static_cast<time_t>(unix_s);
   ts.tv_nsec = static_cast<long>((unix_s - std::floor(unix_s)) * 1e9);
   while (clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
+    if (StopRequestedAt() != 0) return false;
   }
+  return StopRequestedAt() == 0;
 }
 
-void PrintProgress(const Config& c, int k, const Stats& s) {
-  const double start = absl::ToDoubleSeconds(c.interval) * (k - 1);
-  const double end = static_cast<double>(IntervalEndNs(c, k)) / 1e9;
+// `start` and `end`: the interval's bounds in seconds after the window's start.
+void PrintProgress(const Config& c, double start, double end, const Stats& s) {
   const double rate = static_cast<double>(s.counters.requests) / (end - start);
   std::string line =
       absl::StrFormat("upcase-load: [%6.1fs] %10.1f req/s  p50 %8.1f us  p99 %8.1f us  errors %d",
@@ -176,12 +181,20 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
     if (!c.cpus.empty()) p.cpu = c.cpus[static_cast<std::size_t>(i) % c.cpus.size()];
     p.target = *target;
   }
+  // The load threads block SIGINT and SIGTERM (they inherit the mask), so the main thread
+  // receives them, even while it sleeps until --start-at.
+  sigset_t stop_signals, previous;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, &previous);
   std::vector<std::thread> workers;
   workers.reserve(plans.size());
   for (int i = 0; i < threads; ++i) {
     workers.emplace_back(RunWorker, std::cref(c), std::cref(plans[i]), std::ref(coordinator),
                          &results[i]);
   }
+  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
   auto join_all = [&] {
     for (std::thread& t : workers) t.join();
   };
@@ -198,7 +211,11 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
         std::fprintf(stderr, "upcase-load: connected; starting in %.1f s (--start-at)\n",
                      c.start_at - now);
       }
-      SleepUntilUnix(c.start_at);
+      if (!SleepUntilUnix(c.start_at)) {
+        coordinator.Abort();
+        join_all();
+        return absl::CancelledError("interrupted before --start-at");
+      }
     } else {
       std::fprintf(stderr, "upcase-load: --start-at was %.1f s ago; starting now\n",
                    now - c.start_at);
@@ -231,15 +248,25 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
                         absl::FormatDuration(c.warmup), absl::FormatDuration(c.duration))
             .c_str());
   }
-  coordinator.Start(MonotonicNanos());
+  const std::int64_t start_ns = MonotonicNanos();
+  const std::int64_t window_start_ns = start_ns + absl::ToInt64Nanoseconds(c.warmup);
+  coordinator.Start(start_ns);
+  // After a stop request the window ends at the request (or is empty, during the warmup).
+  auto window_length_ns = [&] {
+    const std::int64_t full = absl::ToInt64Nanoseconds(c.duration);
+    const std::int64_t stop = StopRequestedAt();
+    return stop == 0 ? full : std::clamp<std::int64_t>(stop - window_start_ns, 0, full);
+  };
 
   absl::Status log_status;
   for (int k = 1; k <= intervals; ++k) {
     const Stats s = coordinator.TakeInterval(k);
-    if (!c.quiet) PrintProgress(c, k, s);
+    const double from = absl::ToDoubleSeconds(c.interval) * (k - 1);
+    const double to = static_cast<double>(std::min(IntervalEndNs(c, k), window_length_ns())) / 1e9;
+    if (to <= from) continue;  // after a stop request
+    const double length = to - from;
+    if (!c.quiet) PrintProgress(c, from, to, s);
     if (log.has_value() && log_status.ok()) {
-      const double from = absl::ToDoubleSeconds(c.interval) * (k - 1);
-      const double length = static_cast<double>(IntervalEndNs(c, k)) / 1e9 - from;
       log_status = log->Write(from, length, s.latency);
       if (log_status.ok())
         log_status = log->Write(from, length, s.latency_uncorrected, "uncorrected");
@@ -252,7 +279,8 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
   Report r;
   r.config = c.ToJson();
   r.start_unix_s = measure_unix;
-  r.duration_s = absl::ToDoubleSeconds(c.duration);
+  r.duration_s = static_cast<double>(window_length_ns()) / 1e9;
+  r.stopped_early = StopRequestedAt() != 0;
   r.warmup_s = absl::ToDoubleSeconds(c.warmup);
   r.threads = c.threads;
   r.connections = c.connections;
@@ -267,9 +295,11 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
     if (r.first_error.empty()) r.first_error = w.first_error;
     if (r.first_mismatch.empty()) r.first_mismatch = w.first_mismatch;
   }
-  r.throughput_rps = static_cast<double>(r.counters.requests) / r.duration_s;
-  r.bytes_per_s = static_cast<double>(r.counters.bytes_received) / r.duration_s;
-  r.sent_rps = static_cast<double>(r.counters.sent) / r.duration_s;
+  if (r.duration_s > 0) {
+    r.throughput_rps = static_cast<double>(r.counters.requests) / r.duration_s;
+    r.bytes_per_s = static_cast<double>(r.counters.bytes_received) / r.duration_s;
+    r.sent_rps = static_cast<double>(r.counters.sent) / r.duration_s;
+  }
   r.client_cpu_total_s = ProcessCpuSeconds();
   return r;
 }

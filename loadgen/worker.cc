@@ -67,7 +67,14 @@ int Wait(int epoll_fd, epoll_event* events, std::int64_t timeout_ns) {
   return n < 0 ? 0 : n;
 }
 
+// Set once, from a signal handler; read once per loop iteration (a relaxed load is a plain load).
+std::atomic<std::int64_t> g_stop_ns{0};
+static_assert(std::atomic<std::int64_t>::is_always_lock_free);
+
 }  // namespace
+
+void RequestStop(std::int64_t monotonic_ns) { g_stop_ns.store(monotonic_ns); }
+std::int64_t StopRequestedAt() { return g_stop_ns.load(); }
 
 int IntervalCount(const Config& c) {
   const std::int64_t d = absl::ToInt64Nanoseconds(c.duration);
@@ -234,6 +241,10 @@ void RunWorker(const Config& config, const WorkerPlan& plan, Coordinator& coordi
   double cpu_end = 0;
   while (true) {
     ctx.now = now;
+    if (const std::int64_t stop = g_stop_ns.load(std::memory_order_relaxed);
+        stop != 0 && ctx.running() && stop < ctx.measure_end) {
+      ctx.measure_end = std::max(stop, ctx.measure_start);  // the window ends here
+    }
     if (!cpu_started && now >= ctx.measure_start) {
       cpu_started = true;
       cpu_start = ThreadCpuSeconds();
@@ -246,6 +257,16 @@ void RunWorker(const Config& config, const WorkerPlan& plan, Coordinator& coordi
       next_boundary = ctx.measure_start + IntervalEndNs(config, next_interval);
     }
     if (ctx.phase == Phase::kRunning && now >= ctx.measure_end) {
+      // Cut short: the rest of the intervals are published now, empty but for this one's figures.
+      while (next_interval <= intervals) {
+        coordinator.Publish(next_interval++, ctx.stats);
+        result->total.Add(ctx.stats);
+        ctx.stats.Reset();
+      }
+      if (!cpu_started) {
+        cpu_started = true;
+        cpu_start = ThreadCpuSeconds();
+      }
       cpu_end = ThreadCpuSeconds();
       ctx.phase = Phase::kDraining;
       drain_deadline = now + absl::ToInt64Nanoseconds(config.timeout) + kHousekeepingNs;

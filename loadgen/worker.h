@@ -75,6 +75,11 @@ struct WorkerResult {
 void RunWorker(const Config& config, const WorkerPlan& plan, Coordinator& coordinator,
                WorkerResult* result);
 
+// Ends the run early, as if --duration had ended at `monotonic_ns` (Ctrl-C). Async-signal-safe.
+void RequestStop(std::int64_t monotonic_ns);
+// The time passed to RequestStop, or 0.
+std::int64_t StopRequestedAt();
+
 // The end of interval k (1-based) relative to the measurement start, in ns.
 std::int64_t IntervalEndNs(const Config& config, int k);
 int IntervalCount(const Config& config);

@@ -1,6 +1,7 @@
 // upcase-load end to end: the binary against a real upcase-server (threads backend) and against
 // the misbehaving servers of fake_servers.h, over loopback on ephemeral ports. Every run is a
 // second or two; assertions are about what was counted and scheduled, never about speed.
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -243,6 +244,29 @@ TEST_F(LoadTest, StartAtSynchronisesTwoInstancesAndMergeCombinesThem) {
   expected.Add(HistogramOf(rb.json, "latency"));
   EXPECT_TRUE(HistogramOf(m.json, "latency") == expected);
   EXPECT_TRUE(absl::StrContains(m.out, "merged       2 runs")) << m.out;
+}
+
+TEST_F(LoadTest, CtrlCEndsTheWindowAndStillReports) {
+  const std::string json = TempPath(".json");
+  Subprocess p;
+  ASSERT_TRUE(Spawn(p, {"--duration=60s", "--warmup=0s", "--interval=100ms", "--connections=2",
+                        absl::StrCat("--json=", json), "127.0.0.1", absl::StrCat(tcp_port())})
+                  .ok());
+  // The first progress line says the window is running (polling a condition, not a fixed sleep).
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (!absl::StrContains(p.Stderr(), "upcase-load: [") && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(absl::StrContains(p.Stderr(), "upcase-load: [")) << p.Stderr();
+  p.Signal(SIGINT);
+  LoadRun r = Collect(p, json);
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(r.json["stopped_early"], true);
+  EXPECT_LT(r.json["duration_s"].get<double>(), 30);
+  EXPECT_GT(r.json["requests"].get<std::uint64_t>(), 0u);
+  EXPECT_NEAR(r.json["throughput_rps"].get<double>(),
+              r.json["requests"].get<double>() / r.json["duration_s"].get<double>(), 1e-6);
+  EXPECT_TRUE(absl::StrContains(r.out, "stopped early")) << r.out;
 }
 
 TEST(LoadFaultTest, CoordinatedOmissionIsCorrected) {
