@@ -63,6 +63,14 @@ class ServerStartError(HarnessError):
     """The server exited or stayed silent instead of printing its ready line."""
 
 
+class MismatchError(HarnessError):
+    """upcase-load saw a reply that is not uppercase(request): a bug, never retried."""
+
+
+# upcase-load's exit status when a reply differed from uppercase(request).
+LOAD_EXIT_MISMATCH = 3
+
+
 # ---------------------------------------------------------------------------------------------
 # Children: every process we start, so none outlives us.
 
@@ -514,8 +522,9 @@ def run_point(point: Point, settings: RunSettings, tools: Tools, workroot: pathl
         counter = None
         if load.returncode != 0:
             lines = err_path.read_text(errors="replace").strip().splitlines()
-            raise HarnessError(f"upcase-load exited {load.returncode}"
-                               + (f": {lines[-1]}" if lines else ""))
+            error = MismatchError if load.returncode == LOAD_EXIT_MISMATCH else HarnessError
+            raise error(f"upcase-load exited {load.returncode}"
+                        + (f": {lines[-1]}" if lines else ""))
         try:
             record["load"] = json.loads(json_path.read_text())
         except (OSError, ValueError) as e:
@@ -587,17 +596,29 @@ class Runner:
         tag = f"[{self.done}/{self.total}] {point.describe()}"
         if point.backend in self.dead:
             return None
-        try:
-            rec = run_point(point, settings or self.settings, self.tools, self.work)
-        except ServerStartError as e:
-            self.dead[point.backend] = str(e)
-            self.log(f"{tag}: SKIPPED backend {point.backend}: {e}")
-            return None
-        except HarnessError as e:
-            rec = {"point": dataclasses.asdict(point) | {"key": point.key, "mode": point.mode},
-                   "ok": False, "error": str(e)}
-            self.log(f"{tag}: FAILED: {e}")
-        else:
+        retried = None
+        while True:
+            try:
+                rec = run_point(point, settings or self.settings, self.tools, self.work)
+            except ServerStartError as e:
+                self.dead[point.backend] = str(e)
+                self.log(f"{tag}: SKIPPED backend {point.backend}: {e}")
+                return None
+            except HarnessError as e:
+                # One retry absorbs a transient (a starved run that saw no reply in its
+                # window); a wrong reply is a bug and is reported at once.
+                if retried is None and not isinstance(e, MismatchError):
+                    retried = str(e)
+                    self.log(f"{tag}: {e}; retrying once")
+                    continue
+                rec = {"point": dataclasses.asdict(point) | {"key": point.key,
+                                                             "mode": point.mode},
+                       "ok": False, "error": str(e)}
+                self.log(f"{tag}: FAILED: {e}")
+            break
+        if retried:
+            rec["retried_after"] = retried
+        if rec["ok"]:
             load, srv = rec["load"], rec["server"]
             served = srv.get("requests_served") or load.get("requests") or 0
             cpu = srv["utime_s"] + srv["stime_s"]

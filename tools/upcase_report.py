@@ -591,7 +591,10 @@ def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
               "wall time, and upcase-load's over its measured window (100 % = that side's one "
               "CPU is saturated, so it is the side that limits req/s).",
               "- *(behind)*: in open loop upcase-load could not send on schedule (the server "
-              "fell behind); the latency still counts from the intended send times.",
+              "fell behind); the latency still counts from the intended send times. Open loop "
+              "puts no cap on requests in flight per connection, so a server that falls behind "
+              "reads several queued requests per `recv`: its CPU per request drops while its "
+              "latency climbs.",
               "- *cs/req*: context switches of the server (perf `context-switches` on its PID "
               "and future threads) per request. *sys/req*: syscalls per request from a separate "
               "probe run counting `raw_syscalls:sys_enter` with perf (or strace -c), so the "
