@@ -276,10 +276,27 @@ class Tools:
 
     @classmethod
     def probe(cls) -> "Tools":
-        cs = _tool_works(["perf", "stat", "-x,", "-e", "context-switches", "--", "true"])
-        sc = cs and _tool_works(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter",
-                                 "--", "true"])
+        cs = _perf_attach_works(["context-switches"])
+        sc = cs and _perf_attach_works(["raw_syscalls:sys_enter"])
         return cls(cs, sc, _tool_works(["strace", "-c", "-o", "/dev/null", "true"]))
+
+
+def _perf_attach_works(events: list[str]) -> bool:
+    """Tries PerfCounter exactly as a run uses it, on a sleeping child."""
+    if not _tool_works(["perf", "--version"]):
+        return False
+    work = pathlib.Path(tempfile.mkdtemp(prefix="upcase-perf-probe-"))
+    target = Children.popen(["sleep", "30"])
+    try:
+        counter = PerfCounter(target.pid, events, work)
+        counter.enable()
+        return set(counter.finish()) == set(events)
+    except (HarnessError, OSError):
+        return False
+    finally:
+        Children.reap(target, signal.SIGKILL)
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _tracepoint_exists(name: str) -> bool:

@@ -18,7 +18,7 @@ import statistics
 import struct
 import zlib
 
-from upcase_harness import fmt_count, fmt_size
+from upcase_harness import HarnessError, fmt_count, fmt_size
 
 BASELINE = "threads"  # the blocking, thread-per-connection server every ratio is taken against
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9), ("p9999", 99.99))
@@ -342,7 +342,11 @@ def print_tables(summary: dict, out=print):
 # Plots.
 
 def _plt():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise HarnessError("python3-matplotlib is missing: run tools/install-deps "
+                           "(and run the tools with /usr/bin/python3)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
