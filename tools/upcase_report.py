@@ -139,7 +139,8 @@ def run_metrics(rec: dict) -> dict:
         "rps": load.get("throughput_rps"),
         "mbps": load["bytes_per_s"] / 1e6 if load.get("bytes_per_s") is not None else None,
         "offered_rps": point["rate"] or None,
-        "cpu_us_per_req": cpu * 1e6 / served if served else None,
+        # /proc counts CPU in clock ticks (10 ms): no tick at all means "not measurable".
+        "cpu_us_per_req": cpu * 1e6 / served if served and cpu > 0 else None,
         "server_util": cpu / srv["wall_s"] if srv.get("wall_s") else None,
         "sys_share": srv["stime_s"] / cpu if cpu else None,
         "threads_peak": srv.get("threads_peak"),
