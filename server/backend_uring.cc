@@ -41,8 +41,10 @@
 // missing; without it the default backend falls back to epoll.
 // Try it: upcase-server --backend=uring --shards=2 5050, then `nc 127.0.0.1 5050` and
 // `nc -u 127.0.0.1 5050`; `strace -c -f` on the server shows almost nothing but io_uring_enter.
+#include <linux/sockios.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -118,6 +120,8 @@ constexpr std::uint16_t kUdpBufferGroup = 1;
 // Out of descriptors or memory in accept: wait this long before accepting again, so the loop
 // neither spins on a listener it cannot serve nor stops serving connected clients.
 constexpr absl::Duration kAcceptBackoff = absl::Milliseconds(20);
+// During shutdown, how often to check whether a lingering connection's output was acknowledged.
+constexpr absl::Duration kLingerPoll = absl::Milliseconds(2);
 // At exit, how long to wait for the kernel to confirm that every cancelled request is gone.
 constexpr absl::Duration kTeardownTimeout = absl::Seconds(1);
 
@@ -138,6 +142,7 @@ enum class Op : std::uint8_t {
   kAccept,        // multishot accept on the listener
   kAcceptResume,  // timeout before accepting again after EMFILE/ENFILE
   kGrace,         // timeout: the grace period after Stop() is over
+  kLinger,        // timeout: check the lingering connections again
   kRecv,          // recv (multi- or single-shot) on a connection
   kSend,          // send on a connection
   kConnCancel,    // cancel of a connection's recv, or of all its requests
@@ -550,10 +555,14 @@ struct Conn {
   bool recv_multishot = false;   // ... and it is multishot
   bool recv_cancelling = false;  // ... and a cancel for it is on its way
   bool send_inflight = false;    // a send of out.front() is in the kernel; at most one, for order
-  bool input_closed = false;     // recv returned 0: the client's FIN, or our SHUT_RD at shutdown
+  bool input_closed = false;     // recv returned 0 (the client's FIN), or read_limit was reached
+  bool lingering = false;        // shutdown only: FIN sent, waiting for the client's last ACK
   bool closing = false;          // no more I/O: close once ops == 0
   bool cancel_all_sent = false;  // every request on fd has been asked to stop
-  OutputQueue out;               // size() <= --conn-buffer, see kMultishotBurst
+  OutputQueue out;
+  std::uint64_t read_total = 0;           // bytes received on this connection
+  std::uint64_t read_limit = UINT64_MAX;  // shutdown: what the kernel held when Stop() came //
+                                          // size() <= --conn-buffer, see kMultishotBurst
 
   std::size_t Unsent() const { return out.size(); }
 };
@@ -771,6 +780,9 @@ class Shard {
       case Op::kGrace:
         HandleGrace(cqe);
         break;
+      case Op::kLinger:
+        HandleLinger(cqe);
+        break;
       case Op::kRecv:
       case Op::kSend:
       case Op::kConnCancel: {
@@ -827,14 +839,19 @@ class Shard {
       }
     }
     if (udp_recv_armed_) AddCancel(Encode(Op::kUdpRecv));
-    // Turn every connection into a half-close: what the kernel already received is still read
-    // and answered, then recv returns 0 and the connection closes once its output is delivered.
+    // Every connection reads what the kernel had received before now, answers it, and closes
+    // (see Linger). Not shutdown(SHUT_RD): its EOF comes whenever the receive queue runs dry, even
+    // while the client's kernel still holds data for it, and once our FIN follows, Linux answers
+    // any further data from the client with a reset that discards the replies not yet sent.
     for (Conn& c : conns_) {
       if (c.fd < 0 || c.input_closed || c.closing) continue;
-      if (::shutdown(c.fd, SHUT_RD) != 0) {
-        c.input_closed = true;  // ENOTCONN: the client is already gone
-        Progress(c);
+      int queued = 0;
+      if (::ioctl(c.fd, SIOCINQ, &queued) != 0 || queued <= 0) {
+        c.input_closed = true;  // nothing waiting (or the client is gone already)
+      } else {
+        c.read_limit = c.read_total + static_cast<std::uint64_t>(queued);
       }
+      Progress(c);
     }
     AddTimeout(Op::kGrace, &grace_ts_, config_.grace);
   }
@@ -896,6 +913,14 @@ class Shard {
     }
   }
 
+  void HandleLinger(const io_uring_cqe& cqe) {
+    if (cqe.res != -ETIME && cqe.res != -ECANCELED) Die(ErrnoError("linger timeout", -cqe.res));
+    linger_armed_ = false;
+    for (Conn& c : conns_) {
+      if (c.fd >= 0 && c.lingering && !c.closing) Progress(c);
+    }
+  }
+
   void Admit(int fd) {
     if (live_ >= max_conns_) {
       ++stats_.rejected;
@@ -922,6 +947,8 @@ class Shard {
       if (cqe.res > 0 && !c.closing) {
         const auto n = static_cast<std::size_t>(cqe.res);
         stats_.bytes_in += n;
+        c.read_total += n;
+        if (c.read_total >= c.read_limit) c.input_closed = true;
         c.out.AppendUppercased(tcp_buffers_.Buffer(bid), n, config_.conn_buffer);
       }
       tcp_buffers_.Return(bid);  // at once: the buffer serves every connection of the shard
@@ -984,12 +1011,27 @@ class Shard {
 
   // After any completion on `c`: send what is queued, receive if there is room, close when done.
   void Progress(Conn& c) {
-    if (!c.closing) {
+    if (!c.closing && !c.lingering) {
       if (!c.send_inflight && c.Unsent() > 0) AddSend(c);
-      if (c.input_closed && !c.send_inflight) {
-        c.closing = true;  // half-closed and everything delivered
-      } else if (!c.recv_armed && !c.input_closed) {
-        ArmRecv(c);
+      if (!c.input_closed) {
+        if (!c.recv_armed) ArmRecv(c);
+      } else if (c.recv_armed) {
+        if (!c.recv_cancelling) AddCancelRecv(c);  // read_limit reached: no more input wanted
+      } else if (!c.send_inflight) {
+        if (stopping_) {
+          Linger(c);
+        } else {
+          c.closing = true;  // the client half-closed and everything went out
+        }
+      }
+    }
+    if (c.lingering && !c.closing) {
+      int unacked = 0;
+      if (::ioctl(c.fd, SIOCOUTQ, &unacked) != 0 || unacked == 0) {
+        c.closing = true;  // delivered (or the socket is gone): closing loses nothing now
+      } else if (!linger_armed_) {
+        linger_armed_ = true;
+        AddTimeout(Op::kLinger, &linger_ts_, kLingerPoll);
       }
     }
     if (c.closing) {
@@ -999,6 +1041,16 @@ class Shard {
         AddCancelAll(c);
       }
     }
+  }
+
+  // At shutdown the client may still be sending. Closing a socket with unread input makes the
+  // kernel send a reset, which also discards replies still in the socket's send queue. So send the
+  // FIN after the last reply and close only once the client has acknowledged all of it (Progress
+  // polls SIOCOUTQ every kLingerPoll): its kernel then holds every reply and the FIN, so the client
+  // reads them all and then EOF, whatever follows. The grace period bounds the wait.
+  void Linger(Conn& c) {
+    c.lingering = true;
+    if (::shutdown(c.fd, SHUT_WR) != 0) c.closing = true;  // ENOTCONN: the client is gone
   }
 
   // Receives as much as the output queue can take: multishot while a whole burst fits, single
@@ -1018,7 +1070,9 @@ class Shard {
     c.fd = -1;
     c.gen = (c.gen + 1) & kGenMask;
     c.recv_armed = c.recv_multishot = c.recv_cancelling = c.send_inflight = false;
-    c.input_closed = c.closing = c.cancel_all_sent = false;
+    c.input_closed = c.lingering = c.closing = c.cancel_all_sent = false;
+    c.read_total = 0;
+    c.read_limit = UINT64_MAX;
     c.out.Release();
     free_slots_.push_back(c.index);
     --live_;
@@ -1152,10 +1206,12 @@ class Shard {
   std::uint64_t inflight_ = 0;  // requests whose final completion has not arrived
   bool accept_armed_ = false;   // armed iff a multishot accept is in the kernel
   bool accept_backoff_ = false;
+  bool linger_armed_ = false;  // a kLinger timeout is in the kernel
   bool udp_recv_armed_ = false;
   bool stopping_ = false;  // Stop() was seen
   __kernel_timespec backoff_ts_{};
   __kernel_timespec grace_ts_{};
+  __kernel_timespec linger_ts_{};
 
   ShardStats stats_;
 };
