@@ -41,6 +41,8 @@ STOP_TIMEOUT_S = SERVER_GRACE_S + 5.0
 # A load run may overrun warmup+duration by this much (connecting 1024 sockets, writing JSON)
 # before it is killed.
 LOAD_SLACK_S = 30.0
+# upcase-load --timeout for TCP runs (its default, 1s, is also its UDP loss threshold).
+TCP_LOAD_TIMEOUT_S = 3.0
 # How often peak thread count is sampled while a load runs.
 SAMPLE_PERIOD_S = 0.05
 # Per-syscall tracepoints counted in a probe run; everything else is summed as "other".
@@ -474,6 +476,10 @@ def load_command(point: Point, port: int, settings: RunSettings, json_path) -> l
         cmd += ["--pipeline=0", f"--arrival={settings.arrival}"]
     else:
         cmd.append("--pipeline=1")
+    if point.proto == "tcp":
+        # Connect, start-up probe and end-of-run drain may wait this long on a starved or
+        # throttled server; UDP keeps the default, since there it also declares a reply lost.
+        cmd.append(f"--timeout={fmt_duration(TCP_LOAD_TIMEOUT_S)}")
     cmd += ["127.0.0.1", str(port)]
     if settings.load_cpu is not None:
         cmd = ["taskset", "-c", str(settings.load_cpu)] + cmd
