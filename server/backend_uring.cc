@@ -28,6 +28,10 @@
 // it sees a cancel (kMultishotBurst buffers); nearer the cap the shard switches to single-shot
 // recvs no larger than the room left, and at the cap it stops receiving until the queue drains.
 //
+// Shutdown (Stop): stop accepting; every connection reads what the kernel had received for it
+// when Stop() came (SIOCINQ), answers it, sends its FIN and is closed once the client acknowledged
+// everything (SIOCOUTQ == 0), or when --grace runs out. Not shutdown(SHUT_RD), see HandleStop.
+//
 // Setup flags, richest first, falling back when the kernel answers EINVAL:
 //   SINGLE_ISSUER | DEFER_TASKRUN (6.1) -> COOP_TASKRUN (5.19) -> none;
 //   with --sqpoll: SQPOLL | SINGLE_ISSUER -> SQPOLL (a kernel thread polls the submission queue,
