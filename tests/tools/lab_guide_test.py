@@ -12,10 +12,11 @@
 A block whose first line is "# needs root" is skipped, with the reason printed, when not root.
 ```text blocks are example output and are never run. The walkthrough uses the build in
 $UPCASE_BIN (CTest sets it; default build/release/bin) and writes only to a temporary $LAB_OUT.
-Exit status: 0 pass, 1 fail.
+Exit status: 0 pass, 1 fail, 77 skipped (a tool the guide uses is not installed).
 """
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_GUIDE = os.path.join(ROOT, "docs", "lab.md")
 ROOT_MARK = "# needs root"
+SKIP = 77  # CTest's SKIP_RETURN_CODE
 WALKTHROUGH_TIMEOUT_S = int(os.environ.get("LAB_TIMEOUT_S", "170"))
 TERM_GRACE_S = 15  # after SIGTERM on timeout: tools/two-hosts removes its namespaces meanwhile
 
@@ -70,21 +72,28 @@ def free_port():
 
 def walkthrough(guide):
     is_root = os.geteuid() == 0
+    needed = ["ss", "taskset", "awk"] + (["perf", "strace", "ip"] if is_root else [])
+    missing = [c for c in needed if shutil.which(c) is None]
+    if missing:
+        print(f"SKIP: the guide's commands need {', '.join(missing)} (tools/install-deps installs "
+              f"them)")
+        return SKIP
     script = ["set -euo pipefail",
-              'trap \'echo "lab walkthrough: FAILED: block $__block (docs/lab.md:$__line): '
-              '$BASH_COMMAND" >&2\' ERR']
+              'trap \'echo "lab walkthrough: FAILED: block $__block ($__where): '
+              '$BASH_COMMAND"\' ERR']
     ran = skipped = 0
+    name = os.path.relpath(guide, ROOT)
     for lang, line, text in blocks(guide):
         if lang != "bash":
             continue
-        label = f"docs/lab.md:{line}"
+        label = f"{name}:{line}"
         if text.startswith(ROOT_MARK) and not is_root:
             print(f"SKIP block at {label}: needs root (network namespaces, perf or strace on "
                   f"the server); run the test as root to cover it")
             skipped += 1
             continue
         ran += 1
-        script += [f"__block={ran}; __line={line}",
+        script += [f"__block={ran}; __where={label}",
                    f"echo; echo '--- block {ran} ({label})'", text.rstrip("\n")]
     script.append(f"echo; echo 'lab walkthrough: {ran} blocks ran, {skipped} skipped'")
 
@@ -131,6 +140,7 @@ def defines(text, symbol):
 
 
 def references(guide):
+    name = os.path.relpath(guide, ROOT)
     errors, seen = [], 0
     current = None  # the file of the last reference, which a ```cpp quote is checked against
     sources = {}
@@ -146,7 +156,7 @@ def references(guide):
         nonlocal current, seen
         for path, symbol in REFERENCE.findall(" ".join(l.strip() for l in lines)):
             seen += 1
-            where = f"docs/lab.md:{first_line}"
+            where = f"{name}:{first_line}"
             if not os.path.isfile(os.path.join(ROOT, path)):
                 errors.append(f"{where}: no file {path}")
                 continue
@@ -174,14 +184,14 @@ def references(guide):
             if not quoted or quoted in ("...", "// ..."):
                 continue
             if current is None:
-                errors.append(f"docs/lab.md:{number}: a ```cpp quote before any reference")
+                errors.append(f"{name}:{number}: a ```cpp quote before any reference")
                 continue
             flat = re.sub(r"\s+", " ", quoted)
             if not any(flat in re.sub(r"\s+", " ", l) for l in source(current).splitlines()):
-                errors.append(f"docs/lab.md:{number}: quote not found in {current}: {quoted}")
+                errors.append(f"{name}:{number}: quote not found in {current}: {quoted}")
     check_prose(prose_start, prose)
     if seen == 0:
-        errors.append("docs/lab.md: no `path` → `symbol` reference found")
+        errors.append(f"{name}: no `path` → `symbol` reference found")
     for e in errors:
         print(e)
     print(f"lab references: {seen} checked, {len(errors)} broken: "
