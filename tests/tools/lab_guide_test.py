@@ -12,7 +12,8 @@
 A block whose first line is "# needs root" is skipped, with the reason printed, when not root.
 ```text blocks are example output and are never run. The walkthrough uses the build in
 $UPCASE_BIN (CTest sets it; default build/release/bin) and writes only to a temporary $LAB_OUT.
-Exit status: 0 pass, 1 fail, 77 skipped (a tool the guide uses is not installed).
+Exit status: 0 pass, 1 fail, 77 skipped (a tool the guide uses is not installed, or CPUs 0 and 1
+are not both available).
 """
 import os
 import re
@@ -77,6 +78,10 @@ def walkthrough(guide):
     if missing:
         print(f"SKIP: the guide's commands need {', '.join(missing)} (tools/install-deps installs "
               f"them)")
+        return SKIP
+    if not {0, 1} <= os.sched_getaffinity(0):
+        print("SKIP: the guide pins the server to CPU 0 and the load to CPU 1; this process may "
+              f"not use both (allowed: {sorted(os.sched_getaffinity(0))})")
         return SKIP
     script = ["set -euo pipefail",
               'trap \'echo "lab walkthrough: FAILED: block $__block ($__where): '
