@@ -395,8 +395,8 @@ class Shard {
       const std::uint64_t room =
           std::min<std::uint64_t>(config_.conn_buffer - c.pending.size(), c.read_budget);
       if (room == 0) return Verdict::kKeep;
-      const IoResult r =
-          Recv(c.fd.get(), read_buf_.get(), static_cast<std::size_t>(std::min(kReadChunk, room)));
+      const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(kReadChunk, room));
+      const IoResult r = Recv(c.fd.get(), read_buf_.get(), want);
       switch (r.status) {
         case IoStatus::kWouldBlock:
           return Verdict::kKeep;
@@ -412,6 +412,9 @@ class Shard {
       c.read_budget -= r.bytes;
       UppercaseInPlace(read_buf_.get(), r.bytes);
       if (Verdict v = Reply(c, read_buf_.get(), r.bytes); v != Verdict::kKeep) return v;
+      // A short read emptied the socket. Reading again would only return EAGAIN: one wasted
+      // syscall per request. Level-triggered epoll reports the socket again when more arrives.
+      if (r.bytes < want) return Verdict::kKeep;
     }
     return Verdict::kKeep;
   }
