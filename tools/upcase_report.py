@@ -390,7 +390,7 @@ def plot_throughput(summary: dict, path: pathlib.Path) -> bool:
         ax.minorticks_off()
         _count_axis(ax.yaxis)
         ax.set_xlabel("connections (closed loop, 1 request outstanding each)")
-        ax.set_ylabel("requests/s" if small else "MB/s (request bytes)")
+        ax.set_ylabel("requests/s" if small else "MB/s (replies)")
         ax.set_title(f"TCP {fmt_size(size)} requests")
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
@@ -588,8 +588,8 @@ def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
         lines += [f"![{name[:-4]}]({name})", ""]
     lines += ["## How to read the figures", "",
               "- *req/s*, *MB/s*, latency: from upcase-load's JSON (latency in open loop from the "
-              "intended send time, i.e. corrected for coordinated omission). MB/s counts request "
-              "bytes as upcase-load reports `bytes_per_s`.",
+              "intended send time, i.e. corrected for coordinated omission). MB/s is upcase-load's "
+              "`bytes_per_s`: reply bytes, which equal request bytes for this service.",
               "- *CPU µs/req*: server user+system CPU from `/proc/PID/stat` (all threads, "
               "including exited ones) over the whole run, divided by the requests the server "
               "counted (`--stats-json`). *srv/load CPU*: the server's CPU time over the run's "
