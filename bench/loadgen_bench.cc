@@ -1,0 +1,77 @@
+// upcase-load's per-request user-space work, in isolation: recording a latency, verifying a reply,
+// and the per-interval costs (merging and encoding a histogram). These are what the load generator
+// adds on top of the kernel's send and receive, so they bound how cheap a request can be.
+//
+//   build/release/bin/loadgen_bench --benchmark_format=json
+#include <random>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "loadgen/histogram.h"
+#include "loadgen/payload.h"
+
+namespace upcase::load {
+namespace {
+
+std::vector<std::int64_t> Latencies(std::size_t n) {
+  std::mt19937_64 rng(4);
+  std::lognormal_distribution<double> d(std::log(30e3), 1.0);  // ~30 us with a tail
+  std::vector<std::int64_t> v(n);
+  for (auto& x : v) x = static_cast<std::int64_t>(d(rng));
+  return v;
+}
+
+void BM_HistogramRecord(benchmark::State& state) {
+  const std::vector<std::int64_t> values = Latencies(4096);
+  Histogram h;
+  std::size_t i = 0;
+  for (auto _ : state) {
+    h.Record(values[i++ & 4095]);
+  }
+  benchmark::DoNotOptimize(h.total_count());
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_HistogramRecord);
+
+void BM_VerifyReply(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  const PayloadPool pool(size, 1);
+  Rng rng(2);
+  // Replies as they would sit in the receive buffer: copies, not the pool's own bytes.
+  constexpr std::size_t kReplies = 256;
+  std::vector<std::uint32_t> offsets(kReplies);
+  std::vector<std::vector<char>> replies(kReplies);
+  for (std::size_t i = 0; i < kReplies; ++i) {
+    offsets[i] = pool.RandomOffset(rng, size);
+    replies[i].assign(pool.expected(offsets[i]), pool.expected(offsets[i]) + size);
+  }
+  std::size_t i = 0;
+  for (auto _ : state) {
+    const std::size_t k = i++ % kReplies;
+    benchmark::DoNotOptimize(pool.Matches(offsets[k], replies[k].data(), size));
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * size));
+}
+BENCHMARK(BM_VerifyReply)->Arg(64)->Arg(1024)->Arg(16384);
+
+void BM_HistogramAdd(benchmark::State& state) {
+  Histogram a, b;
+  for (std::int64_t v : Latencies(100'000)) b.Record(v);
+  for (auto _ : state) {
+    a.Add(b);
+    benchmark::DoNotOptimize(a.total_count());
+  }
+}
+BENCHMARK(BM_HistogramAdd);
+
+void BM_HistogramEncodeBase64(benchmark::State& state) {
+  Histogram h;
+  for (std::int64_t v : Latencies(100'000)) h.Record(v);
+  for (auto _ : state) benchmark::DoNotOptimize(h.EncodeBase64());
+}
+BENCHMARK(BM_HistogramEncodeBase64);
+
+}  // namespace
+}  // namespace upcase::load
+
+BENCHMARK_MAIN();
