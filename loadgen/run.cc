@@ -187,17 +187,24 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, &previous);
+  if (const int rc = pthread_sigmask(SIG_BLOCK, &stop_signals, &previous); rc != 0) {
+    return ErrnoError("pthread_sigmask", rc);
+  }
   std::vector<std::thread> workers;
   workers.reserve(plans.size());
   for (int i = 0; i < threads; ++i) {
     workers.emplace_back(RunWorker, std::cref(c), std::cref(plans[i]), std::ref(coordinator),
                          &results[i]);
   }
-  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
   auto join_all = [&] {
     for (std::thread& t : workers) t.join();
   };
+  if (const int rc = pthread_sigmask(SIG_SETMASK, &previous, nullptr); rc != 0) {
+    coordinator.Abort();
+    join_all();
+    return ErrnoError("pthread_sigmask", rc);
+  }
+
   if (absl::Status s = coordinator.AwaitReady(); !s.ok()) {
     coordinator.Abort();
     join_all();

@@ -57,12 +57,12 @@ UdpChannel::UdpChannel(LoopContext* ctx, std::uint32_t id, UdpBatchBuffers* buff
   const Config& c = *ctx->config;
   // In flight: at most --pipeline, and in open loop no more than one socket sends within a
   // timeout (a request older than that is lost, its slot free again).
-  std::uint64_t in_flight = static_cast<std::uint64_t>(ctx->pipeline);
+  std::uint64_t in_flight =
+      std::min<std::uint64_t>(static_cast<std::uint64_t>(ctx->pipeline), kMaxWindow / 2);
   if (c.open_loop()) {
     const double per_socket = c.rate / static_cast<double>(c.connections);
     const double needed = per_socket * absl::ToDoubleSeconds(c.timeout) + kMinWindow;
-    in_flight = std::min<std::uint64_t>(
-        in_flight, static_cast<std::uint64_t>(std::min<double>(needed, kMaxWindow / 2)));
+    in_flight = std::min<std::uint64_t>(in_flight, static_cast<std::uint64_t>(needed));
   }
   // The window is at least twice that, so requests retired recently are still remembered: a
   // duplicate arriving just after its original is told apart from a reply too old to place.
