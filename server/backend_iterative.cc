@@ -38,7 +38,7 @@ class IterativeBackend : public Backend {
     std::thread udp_thread;
     if (!listeners_.udp.empty()) {
       udp_thread =
-          std::thread([this] { ServeBlockingUdp(listeners_.udp[0].get(), stopping_, udp_stats_); });
+          std::thread([this] { ServeBlockingUdp(listeners_.udp[0].get(), stop_, udp_stats_); });
     }
     absl::Status status = listeners_.tcp.empty() ? absl::OkStatus() : AcceptLoop();
     if (udp_thread.joinable()) udp_thread.join();
@@ -48,10 +48,10 @@ class IterativeBackend : public Backend {
 
   void Stop() override {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_.exchange(true)) return;
-    // shutdown() wakes threads blocked in accept/recv/recvfrom on these sockets. On the client
-    // connection, SHUT_RD turns the stop into a half-close: data already received is still read
-    // and answered, then recv returns 0.
+    if (!stop_.Raise(config_.grace)) return;
+    // shutdown(SHUT_RD) wakes threads blocked in accept/recv/recvfrom on these sockets. The
+    // client connection then answers what it had received and ends without losing output (see
+    // blocking_io.h); connections still in the listen backlog were never accepted and are reset.
     for (const Fd& fd : listeners_.tcp) ::shutdown(fd.get(), SHUT_RD);
     for (const Fd& fd : listeners_.udp) ::shutdown(fd.get(), SHUT_RD);
     if (current_ >= 0) ::shutdown(current_, SHUT_RD);
@@ -73,17 +73,17 @@ class IterativeBackend : public Backend {
     while (true) {
       Fd conn(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC));
       if (!conn.valid()) {
-        if (stopping_) return absl::OkStatus();
+        if (stop_.raised()) return absl::OkStatus();
         if (HandleAcceptError(errno, tcp_stats_)) continue;
         return ErrnoError("accept", errno);
       }
       {
         std::lock_guard<std::mutex> lock(mu_);
-        if (stopping_) return absl::OkStatus();
+        if (stop_.raised()) return absl::OkStatus();
         current_ = conn.get();
       }
       ++tcp_stats_.accepted;
-      ServeBlockingConnection(conn.get(), tcp_stats_);
+      ServeBlockingConnection(conn.get(), stop_, tcp_stats_);
       ++tcp_stats_.closed;
       std::lock_guard<std::mutex> lock(mu_);  // Stop() must not shut down a reused fd number
       current_ = -1;
@@ -93,7 +93,7 @@ class IterativeBackend : public Backend {
 
   const ServerConfig config_;
   Listeners listeners_;
-  std::atomic<bool> stopping_{false};
+  StopFlag stop_;
   std::mutex mu_;
   int current_ = -1;  // guarded by mu_: the connection being served, or -1
   GraceTimer grace_;

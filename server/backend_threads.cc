@@ -40,7 +40,7 @@ class ThreadsBackend : public Backend {
     std::thread udp_thread;
     if (!listeners_.udp.empty()) {
       udp_thread =
-          std::thread([this] { ServeBlockingUdp(listeners_.udp[0].get(), stopping_, udp_stats_); });
+          std::thread([this] { ServeBlockingUdp(listeners_.udp[0].get(), stop_, udp_stats_); });
     }
     absl::Status status = listeners_.tcp.empty() ? absl::OkStatus() : AcceptLoop();
     if (!status.ok()) Stop();  // the listener failed: wind the connections down as for a signal
@@ -56,9 +56,9 @@ class ThreadsBackend : public Backend {
 
   void Stop() override {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_.exchange(true)) return;
-    // See the iterative backend: shutdown() wakes blocked calls, and SHUT_RD on a connection
-    // turns the stop into a half-close, so received data is still answered.
+    if (!stop_.Raise(config_.grace)) return;
+    // See the iterative backend: shutdown(SHUT_RD) wakes blocked calls; each connection thread
+    // then answers what it had received and ends without losing output (see blocking_io.h).
     for (const Fd& fd : listeners_.tcp) ::shutdown(fd.get(), SHUT_RD);
     for (const Fd& fd : listeners_.udp) ::shutdown(fd.get(), SHUT_RD);
     for (int fd : conns_) ::shutdown(fd, SHUT_RD);
@@ -81,12 +81,12 @@ class ThreadsBackend : public Backend {
     while (true) {
       Fd conn(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC));
       if (!conn.valid()) {
-        if (stopping_) return absl::OkStatus();
+        if (stop_.raised()) return absl::OkStatus();
         if (HandleAcceptError(errno, acceptor_stats_)) continue;
         return ErrnoError("accept", errno);
       }
       std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_) return absl::OkStatus();
+      if (stop_.raised()) return absl::OkStatus();
       if (conns_.size() >= config_.max_conns) {
         ++acceptor_stats_.rejected;  // conn closes as it goes out of scope
         continue;
@@ -105,7 +105,7 @@ class ThreadsBackend : public Backend {
 
   void ConnectionThread(int fd) {
     ShardStats stats;
-    ServeBlockingConnection(fd, stats);
+    ServeBlockingConnection(fd, stop_, stats);
     std::lock_guard<std::mutex> lock(mu_);
     ++stats.closed;
     conn_stats_ += stats;
@@ -116,7 +116,7 @@ class ThreadsBackend : public Backend {
 
   const ServerConfig config_;
   Listeners listeners_;
-  std::atomic<bool> stopping_{false};
+  StopFlag stop_;
   std::mutex mu_;
   std::condition_variable drained_;  // signalled when a connection thread ends
   std::unordered_set<int> conns_;    // guarded by mu_: descriptors of live connection threads

@@ -1,11 +1,15 @@
 #include "server/blocking_io.h"
 
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 
 #include "common/net.h"
+#include "common/sys.h"
 #include "common/uppercase.h"
 #include "server/config.h"
 
@@ -14,39 +18,97 @@ namespace {
 
 // One recv() takes at most this much; the kernel's socket buffer holds the rest.
 constexpr std::size_t kTcpChunk = 64 * 1024;
+using TcpBuffer = std::array<char, kTcpChunk>;
 // Pause after EMFILE/ENFILE so an acceptor out of descriptors does not spin.
 constexpr absl::Duration kAcceptErrorPause = absl::Milliseconds(20);
+// During shutdown, how often a connection checks whether the client acknowledged its output.
+constexpr absl::Duration kLingerPoll = absl::Milliseconds(10);
+// Reads of discarded input per check, so a client that never stops sending cannot hold us.
+constexpr int kDiscardReadsPerPoll = 16;
+
+// Uppercases and sends back `n` bytes just read; false when the client is gone.
+bool Answer(int fd, char* data, std::size_t n, ShardStats& stats) {
+  stats.bytes_in += n;
+  UppercaseInPlace(data, n);
+  if (!SendAll(fd, data, n).ok()) {
+    ++stats.conn_resets;  // EPIPE / ECONNRESET: the client is gone
+    return false;
+  }
+  stats.bytes_out += n;
+  return true;
+}
+
+// Reads and throws away whatever input is queued, then waits until the kernel holds no output
+// the client has not acknowledged. False when the deadline passed or the connection failed.
+bool WaitUntilAcknowledged(int fd, std::int64_t deadline_ns, TcpBuffer& buf) {
+  while (true) {
+    for (int i = 0; i < kDiscardReadsPerPoll; ++i) {
+      const ssize_t n = ::recv(fd, buf.data(), buf.size(), MSG_DONTWAIT);
+      if (n > 0) continue;
+      if (n == 0 || errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
+      return false;  // reset by the client (or by the kernel, see the header)
+    }
+    int unacked = 0;
+    if (::ioctl(fd, SIOCOUTQ, &unacked) != 0 || unacked == 0) return true;
+    if (MonotonicNanos() >= deadline_ns) return false;
+    std::this_thread::sleep_for(absl::ToChronoMilliseconds(kLingerPoll));
+  }
+}
+
+// The end of a connection once Stop() came (see the header): answer what had arrived, wait for
+// the client to acknowledge it, then FIN, and wait for that acknowledgement too.
+void FinishAtStop(int fd, const StopFlag& stop, TcpBuffer& buf, ShardStats& stats) {
+  int queued = 0;
+  if (::ioctl(fd, SIOCINQ, &queued) != 0) queued = 0;
+  std::size_t left = static_cast<std::size_t>(std::max(queued, 0));
+  while (left > 0) {
+    // Never blocks: at least `left` bytes are queued, and only this thread reads them.
+    const ssize_t n = ::recv(fd, buf.data(), std::min(buf.size(), left), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // reset meanwhile
+    left -= static_cast<std::size_t>(n);
+    if (!Answer(fd, buf.data(), static_cast<std::size_t>(n), stats)) return;
+  }
+  if (!WaitUntilAcknowledged(fd, stop.deadline_ns(), buf)) return;
+  if (::shutdown(fd, SHUT_WR) != 0) return;  // ENOTCONN: the client is gone already
+  WaitUntilAcknowledged(fd, stop.deadline_ns(), buf);
+}
 
 }  // namespace
 
-void ServeBlockingConnection(int fd, ShardStats& stats) {
-  std::array<char, kTcpChunk> buf;
-  while (true) {
+bool StopFlag::Raise(absl::Duration grace) {
+  if (raised()) return false;
+  deadline_ns_ = MonotonicNanos() + absl::ToInt64Nanoseconds(grace);
+  raised_.store(true, std::memory_order_release);
+  return true;
+}
+
+void ServeBlockingConnection(int fd, const StopFlag& stop, ShardStats& stats) {
+  TcpBuffer buf;
+  while (!stop.raised()) {
     const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
-    if (n == 0) return;  // the client closed (or half-closed): everything read was answered
+    if (n == 0) {
+      if (stop.raised()) break;  // Stop()'s shutdown(SHUT_RD) woke us, not the client
+      return;  // the client closed (or half-closed): everything read was answered
+    }
     if (n < 0) {
       if (errno == EINTR) continue;
       ++stats.conn_resets;  // ECONNRESET, or ETIMEDOUT after a vanished peer
       return;
     }
-    stats.bytes_in += static_cast<std::uint64_t>(n);
-    UppercaseInPlace(buf.data(), static_cast<std::size_t>(n));
-    if (!SendAll(fd, buf.data(), static_cast<std::size_t>(n)).ok()) {
-      ++stats.conn_resets;  // EPIPE / ECONNRESET: the client is gone
-      return;
-    }
-    stats.bytes_out += static_cast<std::uint64_t>(n);
+    if (!Answer(fd, buf.data(), static_cast<std::size_t>(n), stats)) return;
   }
+  FinishAtStop(fd, stop, buf, stats);
 }
 
-void ServeBlockingUdp(int fd, const std::atomic<bool>& stopping, ShardStats& stats) {
+void ServeBlockingUdp(int fd, const StopFlag& stop, ShardStats& stats) {
   // One byte more than the largest legal payload, so MSG_TRUNC can tell an oversized datagram.
   std::array<char, kMaxDatagram + 1> buf;
-  while (!stopping.load(std::memory_order_relaxed)) {
+  while (!stop.raised()) {
     SocketAddress peer;
     const ssize_t n =
         ::recvfrom(fd, buf.data(), buf.size(), MSG_TRUNC, peer.mutable_get(), peer.mutable_size());
-    if (stopping.load(std::memory_order_relaxed)) return;  // shutdown() woke us
+    if (stop.raised()) return;  // shutdown() woke us
     if (n < 0) continue;  // EINTR, or an ICMP error queued for an earlier reply: keep serving
     ++stats.datagrams_in;
     if (static_cast<std::size_t>(n) > kMaxDatagram) {

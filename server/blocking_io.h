@@ -1,5 +1,15 @@
 // The blocking request loops shared by the two lab-style backends (iterative and threads): the
 // code a student writes first. A blocking backend decides only *who* runs these loops.
+//
+// Stopping a blocking server gracefully. A thread blocked in recv() only wakes for the socket, so
+// Stop() wakes it with shutdown(SHUT_RD): recv() then returns what is queued, then 0. But a socket
+// must not simply be closed after that: closing with unread input makes Linux reset the
+// connection, and the reset throws away output the client has not acknowledged yet. Nor may it
+// send its FIN early: a socket shut for reading that has sent its FIN resets the connection as
+// soon as more input arrives. So a connection answers what its socket had received when the stop
+// was seen (SIOCINQ), waits, reading and discarding input, until the client has acknowledged all
+// of the output (SIOCOUTQ == 0, checked every few milliseconds), only then sends its FIN, and is
+// closed when that is acknowledged too, or when the grace period ends.
 #ifndef UPCASE_SERVER_BLOCKING_IO_H_
 #define UPCASE_SERVER_BLOCKING_IO_H_
 
@@ -9,19 +19,39 @@
 #include <mutex>
 #include <thread>
 
+#include <cstdint>
+
 #include "absl/time/time.h"
 #include "server/stats.h"
 
 namespace upcase {
 
+// The stop request a blocking backend's Stop() shares with its serving threads: a flag, and when
+// the grace period ends. Raise() publishes the deadline before the flag (release/acquire), so a
+// thread that sees raised() also sees deadline_ns().
+class StopFlag {
+ public:
+  // Returns false when already raised. Callers serialise Raise() (the backend's mutex).
+  bool Raise(absl::Duration grace);
+  bool raised() const { return raised_.load(std::memory_order_acquire); }
+  // CLOCK_MONOTONIC nanoseconds (common/sys.h) at which shutdown gives up; valid once raised().
+  std::int64_t deadline_ns() const { return deadline_ns_; }
+
+ private:
+  std::atomic<bool> raised_{false};
+  std::int64_t deadline_ns_ = 0;  // written once, before raised_
+};
+
 // Serves one TCP connection until the client closes it (or resets it): recv, uppercase in place,
 // send everything, repeat. On a half-close every byte read has been answered before this returns.
+// Once `stop` is raised (and the socket shut down for reading to wake recv), it answers what the
+// socket had received, then ends the connection as the file comment explains, by the deadline.
 // The caller closes `fd`.
-void ServeBlockingConnection(int fd, ShardStats& stats);
+void ServeBlockingConnection(int fd, const StopFlag& stop, ShardStats& stats);
 
 // The lab's datagram loop on a blocking UDP socket: recvfrom, uppercase, sendto the source.
-// Returns once `stopping` is set and the socket has been shut down (which wakes recvfrom).
-void ServeBlockingUdp(int fd, const std::atomic<bool>& stopping, ShardStats& stats);
+// Returns once `stop` is raised and the socket has been shut down (which wakes recvfrom).
+void ServeBlockingUdp(int fd, const StopFlag& stop, ShardStats& stats);
 
 // Handles one accept() failure of a blocking acceptor: counts it, and for running out of file
 // descriptors or memory pauses briefly so the loop does not spin. Returns false when the error
