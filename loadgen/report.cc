@@ -1,6 +1,7 @@
 #include "loadgen/report.h"
 
 #include <algorithm>
+#include <initializer_list>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -42,7 +43,44 @@ nlohmann::json HistogramJson(const Histogram& h) {
           {"hdr", h.EncodeBase64()}};
 }
 
+// nlohmann's get<integer>() of a floating-point number is a plain cast, undefined behaviour when
+// the value does not fit: the integers of a result file must be written as integers.
+absl::Status CheckIntegers(const nlohmann::json& j, std::initializer_list<const char*> keys) {
+  for (const char* key : keys) {
+    if (j.contains(key) && !j.at(key).is_number_integer()) {
+      return absl::InvalidArgumentError(absl::StrCat(key, " is not an integer"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Table() prints these keys of `config`; a result file that gives one a different type is
+// rejected when read, instead of throwing (and aborting merge) when printed.
+absl::Status CheckConfigTypes(const nlohmann::json& c) {
+  if (!c.is_object()) return absl::InvalidArgumentError("config is not an object");
+  struct Key {
+    const char* name;
+    bool (nlohmann::json::*type_ok)() const noexcept;
+  };
+  constexpr Key kPrinted[] = {
+      {"proto", &nlohmann::json::is_string},     {"arrival", &nlohmann::json::is_string},
+      {"host", &nlohmann::json::is_string},      {"size", &nlohmann::json::is_string},
+      {"pipeline", &nlohmann::json::is_number_integer},
+      {"port", &nlohmann::json::is_number_integer},
+      {"reconnect", &nlohmann::json::is_boolean}, {"verify", &nlohmann::json::is_boolean},
+  };
+  for (const Key& key : kPrinted) {
+    if (c.contains(key.name) && !(c.at(key.name).*key.type_ok)()) {
+      return absl::InvalidArgumentError(absl::StrCat("config.", key.name, " has the wrong type"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Histogram> HistogramFromJson(const nlohmann::json& j, const char* name) {
+  if (absl::Status s = CheckIntegers(j, {"count", "min", "max", "sum"}); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ".", s.message()));
+  }
   absl::StatusOr<Histogram> h = Histogram::DecodeBase64(j.at("hdr").get<std::string>());
   if (!h.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": ", h.status().message()));
   if (h->total_count() != j.at("count").get<std::uint64_t>()) {
@@ -147,12 +185,20 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
     if (j.value("tool", "") != "upcase-load") {
       return absl::InvalidArgumentError("not an upcase-load result (no \"tool\": \"upcase-load\")");
     }
+    if (absl::Status s = CheckIntegers(j, {"format", "instances", "threads", "connections",
+                                           "requests", "scheduled", "sent", "unfinished",
+                                           "reconnects", "mismatches"});
+        !s.ok()) {
+      return s;
+    }
     if (j.at("format").get<int>() != kFormatVersion) {
       return absl::InvalidArgumentError(absl::StrCat("result format ", j.at("format").dump(),
                                                      " (this tool reads ", kFormatVersion, ")"));
     }
     Report r;
     r.config = j.at("config");
+    if (r.config.is_null()) r.config = nlohmann::json::object();  // a Report built in code
+    if (absl::Status s = CheckConfigTypes(r.config); !s.ok()) return s;
     r.instances = j.at("instances").get<int>();
     r.sources = j.at("sources").get<std::vector<std::string>>();
     r.start_unix_s = j.at("start_unix_s").get<double>();
@@ -174,10 +220,18 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
     c.connects = j.at("reconnects").get<std::uint64_t>();
     c.mismatches = j.at("mismatches").get<std::uint64_t>();
     for (int i = 0; i < kErrorKinds; ++i) {
-      c.errors[i] =
-          j.at("errors").value(ErrorKindName(static_cast<ErrorKind>(i)), std::uint64_t{0});
+      const char* kind = ErrorKindName(static_cast<ErrorKind>(i));
+      if (absl::Status s = CheckIntegers(j.at("errors"), {kind}); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("errors.", s.message()));
+      }
+      c.errors[i] = j.at("errors").value(kind, std::uint64_t{0});
     }
     const nlohmann::json& udp = j.at("udp");
+    if (absl::Status s = CheckIntegers(
+            udp, {"sent", "received", "lost", "reordered", "duplicated", "late"});
+        !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("udp.", s.message()));
+    }
     c.udp_sent = udp.at("sent").get<std::uint64_t>();
     c.udp_received = udp.at("received").get<std::uint64_t>();
     c.udp_lost = udp.at("lost").get<std::uint64_t>();
