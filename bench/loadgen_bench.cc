@@ -1,14 +1,20 @@
 // upcase-load's per-request user-space work, in isolation: recording a latency, verifying a reply,
-// and the per-interval costs (merging and encoding a histogram). These are what the load generator
-// adds on top of the kernel's send and receive, so they bound how cheap a request can be.
+// the open-loop schedule (next intended send time, and the per-thread min-heap that picks the
+// channel due next), and the per-interval costs (merging and encoding a histogram). These are what
+// the load generator adds on top of the kernel's send and receive, so they bound how cheap a
+// request can be.
 //
 //   build/release/bin/loadgen_bench --benchmark_format=json
+#include <algorithm>
+#include <functional>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "benchmark/benchmark.h"
 #include "loadgen/histogram.h"
 #include "loadgen/payload.h"
+#include "loadgen/schedule.h"
 
 namespace upcase::load {
 namespace {
@@ -32,6 +38,40 @@ void BM_HistogramRecord(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_HistogramRecord);
+
+// One channel's next intended send time: uniform (arithmetic) or Poisson (one log per request).
+void BM_ScheduleNext(benchmark::State& state) {
+  const Arrival arrival = state.range(0) == 0 ? Arrival::kUniform : Arrival::kPoisson;
+  ArrivalSchedule schedule(arrival, 1000.0, 0, 0.25);
+  Rng rng(7);
+  for (auto _ : state) benchmark::DoNotOptimize(schedule.Next(rng));
+  state.SetItemsProcessed(state.iterations());
+  state.SetLabel(arrival == Arrival::kUniform ? "uniform" : "poisson");
+}
+BENCHMARK(BM_ScheduleNext)->Arg(0)->Arg(1);
+
+// What a worker thread does per open-loop request: pop the channel due first from a min-heap of
+// (intended time, channel), draw its next time, push it back. Argument: channels per thread.
+void BM_ScheduleDispatch(benchmark::State& state) {
+  const auto channels = static_cast<std::size_t>(state.range(0));
+  Rng rng(11);
+  std::vector<ArrivalSchedule> schedules;
+  std::vector<std::pair<std::int64_t, std::size_t>> heap;
+  for (std::size_t i = 0; i < channels; ++i) {
+    schedules.emplace_back(Arrival::kPoisson, 100.0, 0, static_cast<double>(i) / channels);
+    heap.emplace_back(schedules.back().Next(rng), i);
+  }
+  std::make_heap(heap.begin(), heap.end(), std::greater<>());
+  for (auto _ : state) {
+    std::pop_heap(heap.begin(), heap.end(), std::greater<>());
+    const std::size_t i = heap.back().second;
+    heap.back().first = schedules[i].Next(rng);
+    std::push_heap(heap.begin(), heap.end(), std::greater<>());
+  }
+  benchmark::DoNotOptimize(heap.front());
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_ScheduleDispatch)->Arg(64)->Arg(512)->Arg(4096);
 
 void BM_VerifyReply(benchmark::State& state) {
   const auto size = static_cast<std::size_t>(state.range(0));
