@@ -559,6 +559,15 @@ TEST_P(FaultTest, FloodBeyondDescriptorLimitKeepsServingAndRecovers) {
     GTEST_SKIP() << "iterative holds one connection at a time: it cannot run out of descriptors";
   }
   if (!InPath("prlimit")) GTEST_SKIP() << "prlimit (util-linux) not installed";
+#if defined(__SANITIZE_ADDRESS__)
+  // UBSan's vptr check probes memory through a pipe (IsAccessibleMemoryRange): in a process out
+  // of descriptors it reports the virtual call that ends every std::thread as invalid, and its
+  // suppressions cannot help (symbolizing needs a descriptor too). A limit of the runtime, not a
+  // finding; the release and tsan builds run this case.
+  if (GetParam().backend == "threads") {
+    GTEST_SKIP() << "UBSan's vptr check needs a free descriptor; see the comment";
+  }
+#endif
   constexpr int kNoFile = 64;     // the server's whole descriptor budget
   constexpr int kMaxFlood = 200;  // far more than fit
   constexpr absl::Duration kFloodTimeout = absl::Seconds(2);
