@@ -248,8 +248,9 @@ absl::StatusOr<Histogram> Histogram::DecodeUncompressed(absl::string_view in) {
   if (normalizing_offset != 0) {
     return absl::InvalidArgumentError("histogram: shifted (normalized) histograms unsupported");
   }
-  if (digits < 1 || digits > 5 || lowest < 1 || highest < 2 * lowest ||
-      FloorLog2(static_cast<std::uint64_t>(lowest)) + 17 > 61) {
+  // The bound on lowest comes before 2 * lowest, which would overflow for a hostile one.
+  if (digits < 1 || digits > 5 || lowest < 1 ||
+      FloorLog2(static_cast<std::uint64_t>(lowest)) + 17 > 61 || highest < 2 * lowest) {
     return absl::InvalidArgumentError(absl::StrCat("histogram: invalid parameters lowest=", lowest,
                                                    " highest=", highest, " digits=", digits));
   }
@@ -262,8 +263,8 @@ absl::StatusOr<Histogram> Histogram::DecodeUncompressed(absl::string_view in) {
     if (!GetZigZag(payload, &pos, &count)) {
       return absl::InvalidArgumentError("histogram: truncated count");
     }
-    if (count < 0) {
-      index += static_cast<std::size_t>(-count);
+    if (count < 0) {  // a run of zeros; negated unsigned, as -INT64_MIN would overflow
+      index += 0 - static_cast<std::uint64_t>(count);
       continue;
     }
     if (index >= h.counts_.size()) {
