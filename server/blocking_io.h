@@ -15,11 +15,10 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <thread>
-
-#include <cstdint>
 
 #include "absl/time/time.h"
 #include "server/stats.h"
