@@ -76,6 +76,7 @@
 #include "common/uppercase.h"
 #include "server/backend.h"
 #include "server/listeners.h"
+#include "server/shards.h"
 
 #ifdef UPCASE_HAVE_URING
 #include <liburing.h>
@@ -1230,7 +1231,7 @@ class UringBackend : public Backend {
     const int count = std::max(config_.shards, 1);
     absl::StatusOr<Listeners> listeners = OpenListeners(config_, count, /*non_blocking=*/true);
     if (!listeners.ok()) return listeners.status();
-    const std::size_t per_shard = (config_.max_conns + count - 1) / count;
+    const std::size_t per_shard = PerShardLimit(config_.max_conns, count);
     for (int i = 0; i < count; ++i) {
       auto shard = std::make_unique<Shard>(i, config_, per_shard, stop_fd_.get());
       Fd tcp = listeners->tcp.empty() ? Fd() : std::move(listeners->tcp[i]);
@@ -1242,28 +1243,8 @@ class UringBackend : public Backend {
   }
 
   absl::Status Run() override {
-    std::vector<absl::Status> results(shards_.size());
-    std::vector<std::thread> threads;
-    auto run_shard = [this, &results](std::size_t i) {
-      results[i] = shards_[i]->Run();
-      if (!results[i].ok()) Stop();  // wind the other shards down as for a signal
-    };
-    for (std::size_t i = 1; i < shards_.size(); ++i) {
-      try {
-        threads.emplace_back(run_shard, i);
-      } catch (const std::system_error& e) {
-        results[i] = absl::ResourceExhaustedError(
-            absl::StrCat("cannot start thread for shard ", i, ": ", e.what()));
-        Stop();
-        break;
-      }
-    }
-    if (!shards_.empty()) run_shard(0);  // shard 0 runs on the calling thread
-    for (std::thread& t : threads) t.join();
-    for (const absl::Status& s : results) {
-      if (!s.ok()) return s;
-    }
-    return absl::OkStatus();
+    return RunShards(
+        shards_.size(), [this](std::size_t i) { return shards_[i]->Run(); }, [this] { Stop(); });
   }
 
   void Stop() override {
