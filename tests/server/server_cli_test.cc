@@ -17,23 +17,12 @@ using testing::BinaryPath;
 using testing::StartServer;
 using testing::Subprocess;
 
-struct Outcome {
-  int exit_code = -1;
-  std::string stdout_text;
-  std::string stderr_text;
-};
+using testing::Outcome;
 
 Outcome RunServer(const std::vector<std::string>& args) {
-  Subprocess p;
   std::vector<std::string> argv = {BinaryPath("upcase-server")};
   argv.insert(argv.end(), args.begin(), args.end());
-  Outcome out;
-  if (!p.Start(argv).ok()) return out;
-  out.stdout_text = p.ReadAll().value_or("");
-  absl::StatusOr<int> status = p.Wait();
-  if (status.ok() && WIFEXITED(*status)) out.exit_code = WEXITSTATUS(*status);
-  out.stderr_text = p.Stderr();
-  return out;
+  return testing::RunToExit(argv);
 }
 
 void ExpectOneLineError(const Outcome& o, const std::string& needle) {

@@ -21,16 +21,11 @@ namespace {
 using ::upcase::testing::BinaryPath;
 using ::upcase::testing::ConnectTcp;
 using ::upcase::testing::ConnectUdp;
+using ::upcase::testing::Outcome;
 using ::upcase::testing::RoundTrip;
 using ::upcase::testing::ServerProcess;
 using ::upcase::testing::StartServer;
 using ::upcase::testing::Subprocess;
-
-struct Outcome {
-  int exit_code = -1;
-  std::string stdout_text;
-  std::string stderr_text;
-};
 
 std::vector<std::string> Denied(const char* err) {
   return {BinaryPath("deny-io-uring"), absl::StrCat("--errno=", err)};
@@ -40,14 +35,7 @@ Outcome RunDenied(const char* err, const std::vector<std::string>& args) {
   std::vector<std::string> argv = Denied(err);
   argv.push_back(BinaryPath("upcase-server"));
   argv.insert(argv.end(), args.begin(), args.end());
-  Subprocess p;
-  Outcome out;
-  if (!p.Start(argv).ok()) return out;
-  out.stdout_text = p.ReadAll().value_or("");
-  absl::StatusOr<int> status = p.Wait();
-  if (status.ok() && WIFEXITED(*status)) out.exit_code = WEXITSTATUS(*status);
-  out.stderr_text = p.Stderr();
-  return out;
+  return testing::RunToExit(argv);
 }
 
 int Lines(const std::string& text) {

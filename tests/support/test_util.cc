@@ -180,6 +180,17 @@ std::string Subprocess::Stderr() const {
   return ss.str();
 }
 
+Outcome RunToExit(const std::vector<std::string>& argv, absl::Duration timeout) {
+  Subprocess p;
+  Outcome out;
+  if (!p.Start(argv).ok()) return out;
+  out.stdout_text = p.ReadAll(timeout).value_or("");
+  absl::StatusOr<int> status = p.Wait(timeout);
+  if (status.ok() && WIFEXITED(*status)) out.exit_code = WEXITSTATUS(*status);
+  out.stderr_text = p.Stderr();
+  return out;
+}
+
 absl::StatusOr<int> ServerProcess::Stop(absl::Duration timeout) {
   process.Signal(SIGTERM);
   return process.Wait(timeout);

@@ -58,6 +58,15 @@ class Subprocess {
   std::string stderr_path_;
 };
 
+// What a command did when run to completion: its exit code (-1 if it did not exit by itself
+// within the timeout or was killed by a signal), its stdout and its stderr.
+struct Outcome {
+  int exit_code = -1;
+  std::string stdout_text;
+  std::string stderr_text;
+};
+Outcome RunToExit(const std::vector<std::string>& argv, absl::Duration timeout = kIoTimeout);
+
 // An upcase-server child process started with PORT 0, parsed from its ready line.
 struct ServerProcess {
   Subprocess process;
