@@ -63,11 +63,14 @@ absl::Status CheckConfigTypes(const nlohmann::json& c) {
     bool (nlohmann::json::*type_ok)() const noexcept;
   };
   constexpr Key kPrinted[] = {
-      {"proto", &nlohmann::json::is_string},     {"arrival", &nlohmann::json::is_string},
-      {"host", &nlohmann::json::is_string},      {"size", &nlohmann::json::is_string},
+      {"proto", &nlohmann::json::is_string},
+      {"arrival", &nlohmann::json::is_string},
+      {"host", &nlohmann::json::is_string},
+      {"size", &nlohmann::json::is_string},
       {"pipeline", &nlohmann::json::is_number_integer},
       {"port", &nlohmann::json::is_number_integer},
-      {"reconnect", &nlohmann::json::is_boolean}, {"verify", &nlohmann::json::is_boolean},
+      {"reconnect", &nlohmann::json::is_boolean},
+      {"verify", &nlohmann::json::is_boolean},
   };
   for (const Key& key : kPrinted) {
     if (c.contains(key.name) && !(c.at(key.name).*key.type_ok)()) {
@@ -185,9 +188,9 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
     if (j.value("tool", "") != "upcase-load") {
       return absl::InvalidArgumentError("not an upcase-load result (no \"tool\": \"upcase-load\")");
     }
-    if (absl::Status s = CheckIntegers(j, {"format", "instances", "threads", "connections",
-                                           "requests", "scheduled", "sent", "unfinished",
-                                           "reconnects", "mismatches"});
+    if (absl::Status s =
+            CheckIntegers(j, {"format", "instances", "threads", "connections", "requests",
+                              "scheduled", "sent", "unfinished", "reconnects", "mismatches"});
         !s.ok()) {
       return s;
     }
@@ -227,8 +230,8 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
       c.errors[i] = j.at("errors").value(kind, std::uint64_t{0});
     }
     const nlohmann::json& udp = j.at("udp");
-    if (absl::Status s = CheckIntegers(
-            udp, {"sent", "received", "lost", "reordered", "duplicated", "late"});
+    if (absl::Status s =
+            CheckIntegers(udp, {"sent", "received", "lost", "reordered", "duplicated", "late"});
         !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("udp.", s.message()));
     }

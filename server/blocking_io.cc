@@ -89,7 +89,7 @@ void ServeBlockingConnection(int fd, const StopFlag& stop, ShardStats& stats) {
     const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
     if (n == 0) {
       if (stop.raised()) break;  // Stop()'s shutdown(SHUT_RD) woke us, not the client
-      return;  // the client closed (or half-closed): everything read was answered
+      return;                    // the client closed (or half-closed): everything read was answered
     }
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -109,7 +109,7 @@ void ServeBlockingUdp(int fd, const StopFlag& stop, ShardStats& stats) {
     const ssize_t n =
         ::recvfrom(fd, buf.data(), buf.size(), MSG_TRUNC, peer.mutable_get(), peer.mutable_size());
     if (stop.raised()) return;  // shutdown() woke us
-    if (n < 0) continue;  // EINTR, or an ICMP error queued for an earlier reply: keep serving
+    if (n < 0) continue;        // EINTR, or an ICMP error queued for an earlier reply: keep serving
     ++stats.datagrams_in;
     if (static_cast<std::size_t>(n) > kMaxDatagram) {
       ++stats.udp_drops;  // larger than any reply we may send back

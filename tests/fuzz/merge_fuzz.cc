@@ -44,8 +44,8 @@ void CheckHistogram(const upcase::load::Histogram& h) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string input(reinterpret_cast<const char*>(data), size);
 
-  for (auto decode : {&upcase::load::Histogram::DecodeBase64,
-                      &upcase::load::Histogram::DecodeCompressed}) {
+  for (auto decode :
+       {&upcase::load::Histogram::DecodeBase64, &upcase::load::Histogram::DecodeCompressed}) {
     absl::StatusOr<upcase::load::Histogram> h = decode(input);
     if (h.ok()) {
       CheckHistogram(*h);

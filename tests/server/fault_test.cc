@@ -139,9 +139,9 @@ absl::StatusOr<std::string> RecvWithin(int fd, std::size_t n, absl::Duration tim
     const int ready = ::poll(&p, 1, PollMs(deadline - absl::Now()));
     if (ready < 0 && errno == EINTR) continue;
     if (ready <= 0) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("no reply within ", absl::FormatDuration(timeout), ": ", out.size(), " of ",
-                       n, " bytes"));
+      return absl::DeadlineExceededError(absl::StrCat("no reply within ",
+                                                      absl::FormatDuration(timeout), ": ",
+                                                      out.size(), " of ", n, " bytes"));
     }
     const ssize_t r = ::recv(fd, buf, std::min(sizeof buf, n - out.size()), MSG_DONTWAIT);
     if (r == 0) return absl::UnavailableError(absl::StrCat("EOF after ", out.size(), " bytes"));
@@ -268,9 +268,8 @@ class FaultTest : public ::testing::TestWithParam<Variant> {
       pollfd none{-1, 0, 0};
       ::poll(&none, 1, 10);  // polling a count in /proc: nothing to wait on
     }
-    ADD_FAILURE() << when << ": the server has " << count << " descriptors open, "
-                  << baseline_fds_ << " at start and " << clients_still_connected
-                  << " clients connected (leaked "
+    ADD_FAILURE() << when << ": the server has " << count << " descriptors open, " << baseline_fds_
+                  << " at start and " << clients_still_connected << " clients connected (leaked "
                   << (count - baseline_fds_ - clients_still_connected) << ")";
   }
 
@@ -541,7 +540,8 @@ TEST_P(FaultTest, FloodBeyondMaxConnsIsTurnedAwayAndServiceRecovers) {
 
   // Once the flood is gone, the server takes new clients again: half the limit, all at once.
   flood.clear();
-  ASSERT_NO_FATAL_FAILURE(ExpectFdsBackToBaseline("after the flood", /*clients_still_connected=*/1));
+  ASSERT_NO_FATAL_FAILURE(
+      ExpectFdsBackToBaseline("after the flood", /*clients_still_connected=*/1));
   std::vector<Fd> again;
   for (int i = 0; i < kMaxConns / 2 - 1; ++i) again.push_back(Tcp());
   for (std::size_t i = 0; i < again.size(); ++i) {
@@ -1011,8 +1011,7 @@ class Soak {
 
   void Send(SoakClient& c) {
     const std::size_t n = std::min(ChunkSize(), c.stream.size() - c.sent);
-    const ssize_t r =
-        ::send(c.fd.get(), c.stream.data() + c.sent, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    const ssize_t r = ::send(c.fd.get(), c.stream.data() + c.sent, n, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (r < 0) {
       if (errno != EAGAIN && errno != EINTR) c.send_failed = true;
       return;
@@ -1042,10 +1041,10 @@ class Soak {
       } else if (c.expected.compare(c.received, n, buf.data(), n) != 0) {
         std::size_t at = 0;
         while (c.expected[c.received + at] == buf[at]) ++at;
-        c.mismatch = absl::StrCat("byte ", c.received + at, ": expected ",
-                                  static_cast<int>(static_cast<unsigned char>(
-                                      c.expected[c.received + at])),
-                                  ", got ", static_cast<int>(static_cast<unsigned char>(buf[at])));
+        c.mismatch =
+            absl::StrCat("byte ", c.received + at, ": expected ",
+                         static_cast<int>(static_cast<unsigned char>(c.expected[c.received + at])),
+                         ", got ", static_cast<int>(static_cast<unsigned char>(buf[at])));
       }
     }
     c.received += n;
@@ -1111,8 +1110,8 @@ TEST_P(FaultTest, SigtermMidSoakDeliversEverythingReceivedThenExitsZero) {
   int partly_answered = 0;
   for (std::size_t i = 0; i < soak.clients().size(); ++i) {
     const SoakClient& c = soak.clients()[i];
-    SCOPED_TRACE(absl::StrCat("client ", i, ": sent ", c.sent, ", acknowledged ",
-                              c.acked_at_signal, " at the signal, received ", c.received));
+    SCOPED_TRACE(absl::StrCat("client ", i, ": sent ", c.sent, ", acknowledged ", c.acked_at_signal,
+                              " at the signal, received ", c.received));
     EXPECT_EQ(c.mismatch, "");
     if (c.received > 0 && c.received < c.stream.size()) ++partly_answered;
     if (iterative && c.received == 0) {
@@ -1150,7 +1149,9 @@ TEST_P(FaultTest, SigtermWithAClientThatNeverReadsEndsWithinGrace) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, FaultTest, ::testing::ValuesIn(AllVariants()),
-                         [](const ::testing::TestParamInfo<Variant>& p) { return p.param.backend; });
+                         [](const ::testing::TestParamInfo<Variant>& p) {
+                           return p.param.backend;
+                         });
 
 }  // namespace
 }  // namespace upcase

@@ -25,7 +25,6 @@ using ::upcase::testing::Outcome;
 using ::upcase::testing::RoundTrip;
 using ::upcase::testing::ServerProcess;
 using ::upcase::testing::StartServer;
-using ::upcase::testing::Subprocess;
 
 std::vector<std::string> Denied(const char* err) {
   return {BinaryPath("deny-io-uring"), absl::StrCat("--errno=", err)};
