@@ -102,14 +102,25 @@ constexpr unsigned kSqThreadIdleMs = 50;
 // is given, so each one given ends up resident: a shard starts with kRecvBuffersInitial and
 // gives more (up to kRecvBuffers, one completion per connection per loop iteration at the
 // 512-connection benchmark point) only when a recv found none left (ENOBUFS).
-constexpr std::uint32_t kRecvBufferSize = 4096;
 constexpr std::uint32_t kRecvBuffers = 1024;  // a power of two, as the buffer ring requires
 constexpr std::uint32_t kRecvBuffersInitial = 128;
 // A multishot recv takes up to this many buffers from one wake-up of its socket before the kernel
 // yields (MULTISHOT_MAX_RETRY, Linux >= 6.8), so a cancel decided now lands after at most this
-// much more data. Older kernels loop until the socket is empty: the bound is looser there.
+// many more buffers. Older kernels loop until the socket is empty: the bound is looser there.
 constexpr std::size_t kMultishotBurst = 32;
-constexpr std::size_t kMultishotHeadroom = kMultishotBurst * kRecvBufferSize;
+// Their size: as large as --conn-buffer allows. A multishot recv stays armed while a whole burst
+// fits into the output queue's free room (see ArmRecv), and that must hold at least while the
+// queue is half full, or every reply would cancel the recv that brought its request. So
+// kMultishotBurst buffers must fit into half the cap: 4 KiB at the default 256 KiB; from a 1 MiB
+// cap on 16 KiB, where a 16 KiB request is one completion and one copy instead of four.
+constexpr std::uint32_t kMinRecvBufferSize = 4 * 1024;
+constexpr std::uint32_t kMaxRecvBufferSize = 16 * 1024;
+
+std::uint32_t RecvBufferSize(std::size_t conn_buffer) {
+  std::uint32_t size = kMinRecvBufferSize;
+  while (size < kMaxRecvBufferSize && kMultishotBurst * (2 * size) <= conn_buffer / 2) size *= 2;
+  return size;
+}
 
 // UDP buffers hold what multishot recvmsg writes: its header, the source address and the
 // payload, which is uppercased in place and sent back from the same buffer. So their number is
@@ -564,6 +575,7 @@ struct Conn {
   bool lingering = false;        // shutdown only: FIN sent, waiting for the client's last ACK
   bool closing = false;          // no more I/O: close once ops == 0
   bool cancel_all_sent = false;  // every request on fd has been asked to stop
+  bool touched = false;          // in Shard::touched_: Progress() runs after this batch
   OutputQueue out;
   std::uint64_t read_total = 0;           // bytes received on this connection
   std::uint64_t read_limit = UINT64_MAX;  // shutdown: what the kernel held when Stop() came //
@@ -601,7 +613,7 @@ class Shard {
     if (listener_.valid()) {
       // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per connection.
       if (absl::Status s = SetNoDelay(listener_.get()); !s.ok()) return s;
-      absl::Status s = tcp_buffers_.Init(&ring_, kTcpBufferGroup, kRecvBuffers, kRecvBufferSize,
+      absl::Status s = tcp_buffers_.Init(&ring_, kTcpBufferGroup, kRecvBuffers, recv_buffer_size_,
                                          kRecvBuffersInitial);
       if (!s.ok()) return s;
     }
@@ -698,7 +710,7 @@ class Shard {
     } else {
       // Never more than the queue can still take: it stays within --conn-buffer exactly.
       const std::size_t room =
-          std::min<std::size_t>(kRecvBufferSize, config_.conn_buffer - c.Unsent());
+          std::min<std::size_t>(recv_buffer_size_, config_.conn_buffer - c.Unsent());
       io_uring_prep_recv(sqe, c.fd, nullptr, room, 0);
     }
     sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -799,7 +811,7 @@ class Shard {
         if (tag.op == Op::kRecv) HandleRecv(cqe, *c);
         if (tag.op == Op::kSend) HandleSend(cqe, *c);
         if (tag.op == Op::kConnCancel) HandleConnCancel(cqe, *c);
-        Progress(*c);
+        Touch(*c);
         break;
       }
       case Op::kClose:
@@ -817,6 +829,16 @@ class Shard {
         // when it was running; in every case its own completion follows or has arrived.
         break;
     }
+  }
+
+  // Progress() for `c` once the whole batch of completions is handled, not after each one: a
+  // large request arrives as several recv completions (one per provided buffer) in one batch, and
+  // they should leave as one send, not as a first send of one buffer and another send of the
+  // rest a loop iteration later.
+  void Touch(Conn& c) {
+    if (c.touched) return;
+    c.touched = true;
+    touched_.push_back(c.index);
   }
 
   Conn* Find(const Tag& tag) {
@@ -979,7 +1001,7 @@ class Shard {
       c.recv_armed = false;
       c.recv_cancelling = false;
     } else if (c.recv_multishot && !c.recv_cancelling && !c.closing &&
-               c.Unsent() + kMultishotHeadroom > config_.conn_buffer) {
+               c.Unsent() + multishot_headroom_ > config_.conn_buffer) {
       AddCancelRecv(c);  // near the cap: Progress() continues with single-shot recvs
     }
   }
@@ -1063,7 +1085,7 @@ class Shard {
   // comes back here through Progress).
   void ArmRecv(Conn& c) {
     const std::size_t unsent = c.Unsent();
-    if (unsent + kMultishotHeadroom <= config_.conn_buffer) {
+    if (unsent + multishot_headroom_ <= config_.conn_buffer) {
       AddRecv(c, /*multishot=*/true);
     } else if (unsent < config_.conn_buffer) {
       AddRecv(c, /*multishot=*/false);
@@ -1140,6 +1162,12 @@ class Shard {
       ++seen;
     }
     io_uring_cq_advance(&ring_, seen);
+    for (const std::uint32_t index : touched_) {
+      Conn& c = conns_[index];
+      c.touched = false;
+      if (c.fd >= 0) Progress(c);
+    }
+    touched_.clear();
     tcp_buffers_.Commit();
     udp_buffers_.Commit();
   }
@@ -1192,6 +1220,9 @@ class Shard {
   const ServerConfig& config_;
   const std::size_t max_conns_;  // this shard's share of --max-conns
   const int stop_fd_;            // the backend's eventfd; readable once Stop() was called
+  const std::uint32_t recv_buffer_size_ = RecvBufferSize(config_.conn_buffer);
+  // Free room in the output queue that keeps a multishot recv armed: one burst of buffers.
+  const std::size_t multishot_headroom_ = kMultishotBurst * recv_buffer_size_;
 
   io_uring ring_{};
   bool ring_open_ = false;
@@ -1202,6 +1233,7 @@ class Shard {
 
   std::deque<Conn> conns_;  // slots; a deque so references stay valid as it grows
   std::vector<std::uint32_t> free_slots_;
+  std::vector<std::uint32_t> touched_;  // slots with completions in this batch, see Touch
   std::size_t live_ = 0;
 
   msghdr udp_recv_msg_{};              // layout template for multishot recvmsg: name, no control

@@ -273,6 +273,8 @@ class FaultTest : public ::testing::TestWithParam<Variant> {
                   << (count - baseline_fds_ - clients_still_connected) << ")";
   }
 
+  void SendForeverAgainst(std::uint64_t cap);
+
   std::unique_ptr<ServerProcess> server_;
   std::string stats_path_;
   int baseline_fds_ = 0;
@@ -280,13 +282,14 @@ class FaultTest : public ::testing::TestWithParam<Variant> {
 
 // ---- clients that send and never read ----
 
-TEST_P(FaultTest, ClientSendingForeverIsStoppedAtABoundedCost) {
-  constexpr std::uint64_t kCap = 64 * 1024;
+// One client sends and never reads, with --conn-buffer=cap: the server stops reading from it
+// at a bounded memory cost and goes on serving another client.
+void FaultTest::SendForeverAgainst(std::uint64_t cap) {
   // A server without backpressure would have to buffer nearly all of this.
   constexpr std::uint64_t kLimit = 128ull << 20;
   constexpr absl::Duration kStalled = absl::Seconds(1);
   ASSERT_NO_FATAL_FAILURE(
-      Start({"--bind=127.0.0.1", "--proto=tcp", absl::StrCat("--conn-buffer=", kCap)}));
+      Start({"--bind=127.0.0.1", "--proto=tcp", absl::StrCat("--conn-buffer=", cap)}));
   const std::string chunk = RandomBytes(1 << 20, 11);
   {
     Fd warm = Tcp();
@@ -304,7 +307,7 @@ TEST_P(FaultTest, ClientSendingForeverIsStoppedAtABoundedCost) {
   const std::uint64_t sent =
       SendUntilStalled(hog.get(), chunk, kLimit, kStalled, pid(), &peak, &stalled);
   EXPECT_TRUE(stalled) << "the server kept reading: " << sent << " bytes sent, none read back";
-  const std::uint64_t bound = MemoryPerBlockedClient(GetParam(), kCap) + kRssSlack;
+  const std::uint64_t bound = MemoryPerBlockedClient(GetParam(), cap) + kRssSlack;
   if (!kSanitized) {
     EXPECT_LT(peak - *baseline, bound)
         << "RSS grew by " << (peak - *baseline) << " bytes after " << sent << " bytes sent";
@@ -327,6 +330,16 @@ TEST_P(FaultTest, ClientSendingForeverIsStoppedAtABoundedCost) {
   other->reset();
   ASSERT_NO_FATAL_FAILURE(ExpectFdsBackToBaseline("after the hog left"));
   StopServer();
+}
+
+TEST_P(FaultTest, ClientSendingForeverIsStoppedAtABoundedCost) {
+  ASSERT_NO_FATAL_FAILURE(SendForeverAgainst(64 * 1024));
+}
+
+// From a 1 MiB cap on, uring receives into 16 KiB buffers instead of 4 KiB ones (RecvBufferSize
+// in backend_uring.cc): a multishot burst is four times larger, and must still fit the cap.
+TEST_P(FaultTest, ClientSendingForeverIsStoppedAtABoundedCostWithALargeCap) {
+  ASSERT_NO_FATAL_FAILURE(SendForeverAgainst(1024 * 1024));
 }
 
 TEST_P(FaultTest, ManyClientsThatNeverReadCostBoundedMemory) {
