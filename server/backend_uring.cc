@@ -75,6 +75,7 @@
 #include "common/sys.h"
 #include "common/uppercase.h"
 #include "server/backend.h"
+#include "server/blocking_io.h"
 #include "server/listeners.h"
 #include "server/shards.h"
 
@@ -864,6 +865,10 @@ class Shard {
       } else {
         listener_.reset();
       }
+    }
+    if (udp_.valid()) {
+      // Datagrams already queued are answered now, as epoll does: the cancel would strand them.
+      AnswerQueuedDatagrams(udp_.get(), stats_);
     }
     if (udp_recv_armed_) AddCancel(Encode(Op::kUdpRecv));
     // Every connection reads what the kernel had received before now, answers it, and closes

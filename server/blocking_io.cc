@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <memory>
 
 #include "common/net.h"
 #include "common/sys.h"
@@ -25,6 +26,35 @@ constexpr absl::Duration kAcceptErrorPause = absl::Milliseconds(20);
 constexpr absl::Duration kLingerPoll = absl::Milliseconds(10);
 // Reads of discarded input per check, so a client that never stops sending cannot hold us.
 constexpr int kDiscardReadsPerPoll = 16;
+
+// One byte more than the largest legal payload, so MSG_TRUNC can tell an oversized datagram.
+using UdpBuffer = std::array<char, kMaxDatagram + 1>;
+// At shutdown, the most datagrams still answered.
+constexpr int kUdpAnswersAtStop = 128;
+
+// Reads one datagram with `flags` and answers it. False when there was none: EAGAIN with
+// MSG_DONTWAIT, or a blocked read woken by Stop's shutdown(SHUT_RD), which returns 0 bytes from
+// no address (a real empty datagram has its sender's).
+bool ServeDatagram(int fd, int flags, UdpBuffer& buf, ShardStats& stats) {
+  SocketAddress peer;
+  const ssize_t n = ::recvfrom(fd, buf.data(), buf.size(), flags | MSG_TRUNC, peer.mutable_get(),
+                               peer.mutable_size());
+  // EINTR, or an ICMP error queued for an earlier reply: nothing read, but keep serving.
+  if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK;
+  if (n == 0 && peer.size() == 0) return false;
+  ++stats.datagrams_in;
+  if (static_cast<std::size_t>(n) > kMaxDatagram) {
+    ++stats.udp_drops;  // larger than any reply we may send back
+    return true;
+  }
+  UppercaseInPlace(buf.data(), static_cast<std::size_t>(n));
+  if (::sendto(fd, buf.data(), static_cast<std::size_t>(n), 0, peer.get(), peer.size()) < 0) {
+    ++stats.udp_drops;
+  } else {
+    ++stats.datagrams_out;
+  }
+  return true;
+}
 
 // Uppercases and sends back `n` bytes just read; false when the client is gone.
 bool Answer(int fd, char* data, std::size_t n, ShardStats& stats) {
@@ -102,25 +132,17 @@ void ServeBlockingConnection(int fd, const StopFlag& stop, ShardStats& stats) {
 }
 
 void ServeBlockingUdp(int fd, const StopFlag& stop, ShardStats& stats) {
-  // One byte more than the largest legal payload, so MSG_TRUNC can tell an oversized datagram.
-  std::array<char, kMaxDatagram + 1> buf;
-  while (!stop.raised()) {
-    SocketAddress peer;
-    const ssize_t n =
-        ::recvfrom(fd, buf.data(), buf.size(), MSG_TRUNC, peer.mutable_get(), peer.mutable_size());
-    if (stop.raised()) return;  // shutdown() woke us
-    if (n < 0) continue;        // EINTR, or an ICMP error queued for an earlier reply: keep serving
-    ++stats.datagrams_in;
-    if (static_cast<std::size_t>(n) > kMaxDatagram) {
-      ++stats.udp_drops;  // larger than any reply we may send back
-      continue;
-    }
-    UppercaseInPlace(buf.data(), static_cast<std::size_t>(n));
-    if (::sendto(fd, buf.data(), static_cast<std::size_t>(n), 0, peer.get(), peer.size()) < 0) {
-      ++stats.udp_drops;
-    } else {
-      ++stats.datagrams_out;
-    }
+  {
+    UdpBuffer buf;
+    while (!stop.raised()) ServeDatagram(fd, 0, buf, stats);  // Stop's shutdown() wakes it
+  }
+  // What the socket had received when Stop() came is answered, as the reactors do.
+  AnswerQueuedDatagrams(fd, stats);
+}
+
+void AnswerQueuedDatagrams(int fd, ShardStats& stats) {
+  auto buf = std::make_unique<UdpBuffer>();
+  for (int i = 0; i < kUdpAnswersAtStop && ServeDatagram(fd, MSG_DONTWAIT, *buf, stats); ++i) {
   }
 }
 

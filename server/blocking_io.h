@@ -52,6 +52,12 @@ void ServeBlockingConnection(int fd, const StopFlag& stop, ShardStats& stats);
 // Returns once `stop` is raised and the socket has been shut down (which wakes recvfrom).
 void ServeBlockingUdp(int fd, const StopFlag& stop, ShardStats& stats);
 
+// Answers, without waiting, the datagrams the socket already holds, at most 128 (as epoll does at
+// shutdown: four recvmmsg batches of 32), so that a flood cannot hold a shutdown up. The shutdown
+// path of ServeBlockingUdp, and of the uring backend, whose cancelled multishot recvmsg would
+// otherwise leave them unanswered.
+void AnswerQueuedDatagrams(int fd, ShardStats& stats);
+
 // Handles one accept() failure of a blocking acceptor: counts it, and for running out of file
 // descriptors or memory pauses briefly so the loop does not spin. Returns false when the error
 // is fatal for the listener (anything but the transient cases).

@@ -32,6 +32,7 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -1159,6 +1160,64 @@ TEST_P(FaultTest, SigtermWithAClientThatNeverReadsEndsWithinGrace) {
   // exit 1 three seconds later).
   Finish(kGrace + absl::Seconds(10));
   EXPECT_LT(absl::Now() - signalled, kGrace + absl::Seconds(10));
+}
+
+// Waits until /proc says the process is stopped (state T), within `timeout`.
+bool StoppedWithin(pid_t pid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+    std::string line;
+    std::getline(stat, line);
+    const std::size_t paren = line.rfind(')');
+    if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'T') {
+      return true;
+    }
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return false;
+}
+
+// Datagrams the server's socket had received when SIGTERM came are answered before it exits, as
+// the bytes a TCP connection had received are. The server is stopped (SIGSTOP) while they arrive,
+// so they are all queued, and gets SIGTERM before it continues.
+TEST_P(FaultTest, SigtermAnswersDatagramsAlreadyQueued) {
+  constexpr int kDatagrams = 64;  // well within the socket's default receive buffer
+  ASSERT_NO_FATAL_FAILURE(Start({"--bind=127.0.0.1", "--proto=udp"}));
+  absl::StatusOr<Fd> fd = ConnectUdp(server_->udp_port, "127.0.0.1", absl::Seconds(2));
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  SetBuffer(fd->get(), SO_RCVBUF, 1 << 20);
+  // UDP may lose the first datagram even on loopback; the warm-up is sent again a few times.
+  bool warm = false;
+  for (int attempt = 0; attempt < 5 && !warm; ++attempt) {
+    ASSERT_EQ(::send(fd->get(), "warm", 4, 0), 4) << std::strerror(errno);
+    char buf[16];
+    warm = ::recv(fd->get(), buf, sizeof buf, 0) == 4 && std::string(buf, 4) == "WARM";
+  }
+  ASSERT_TRUE(warm) << "the server does not answer UDP";
+
+  server_->process.Signal(SIGSTOP);
+  ASSERT_TRUE(StoppedWithin(pid(), absl::Seconds(5)));
+  std::set<std::string> expected;
+  for (int i = 0; i < kDatagrams; ++i) {
+    const std::string request = absl::StrCat("queued datagram ", i);
+    ASSERT_EQ(::send(fd->get(), request.data(), request.size(), 0),
+              static_cast<ssize_t>(request.size()))
+        << std::strerror(errno);
+    expected.insert(Expected(request));
+  }
+  server_->process.Signal(SIGTERM);
+  server_->process.Signal(SIGCONT);
+
+  std::set<std::string> replies;
+  char buf[64];
+  ssize_t n;
+  while (replies.size() < expected.size() && (n = ::recv(fd->get(), buf, sizeof buf, 0)) >= 0) {
+    replies.insert(std::string(buf, static_cast<std::size_t>(n)));
+  }
+  nlohmann::json stats = Finish();
+  EXPECT_EQ(replies, expected) << replies.size() << " of " << kDatagrams << " answered";
+  EXPECT_EQ(stats["total"]["datagrams_out"].get<int>(), kDatagrams + 1) << stats.dump();
 }
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, FaultTest, ::testing::ValuesIn(AllVariants()),
