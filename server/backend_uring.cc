@@ -561,8 +561,25 @@ class OutputQueue {
   Bytes overflow_;
 };
 
+// Input held in the provided buffer it arrived in, uppercased in place, until a direct send takes
+// it (see Shard::AddDirectSend).
+struct Held {
+  std::uint16_t bid;
+  std::uint32_t len;
+};
+
 // One TCP connection, owned by the shard that accepted it. Slots are reused; `ops` counts the
 // requests of this connection the kernel still holds, and a slot is freed only when it is 0.
+//
+// Its output takes one of two paths, never both at once, so bytes leave in arrival order:
+//   - direct (`out` empty): replies are sent straight from the provided buffers their requests
+//     arrived in (`held`), without waiting (MSG_DONTWAIT). The kernel normally takes them at
+//     once and the buffers go back to the ring within the same loop iteration: no copy, and no
+//     per-connection memory touched, which matters for large requests.
+//   - queued: when the socket cannot take everything (a slow or stuck reader), what is left is
+//     copied into `out` and the buffers are returned at once, so a client that does not read
+//     never holds buffers the whole shard shares. Everything after goes through `out` until it
+//     is empty again.
 struct Conn {
   int fd = -1;  // -1: the slot is free
   std::uint32_t index = 0;
@@ -571,18 +588,24 @@ struct Conn {
   bool recv_armed = false;       // a recv is in the kernel (until a completion without F_MORE)
   bool recv_multishot = false;   // ... and it is multishot
   bool recv_cancelling = false;  // ... and a cancel for it is on its way
-  bool send_inflight = false;    // a send of out.front() is in the kernel; at most one, for order
+  bool send_inflight = false;    // a send is in the kernel; at most one, for order
+  bool send_direct = false;      // ... and it sends from `held`, not from `out`
   bool input_closed = false;     // recv returned 0 (the client's FIN), or read_limit was reached
   bool lingering = false;        // shutdown only: FIN sent, waiting for the client's last ACK
   bool closing = false;          // no more I/O: close once ops == 0
   bool cancel_all_sent = false;  // every request on fd has been asked to stop
   bool touched = false;          // in Shard::touched_: Progress() runs after this batch
-  OutputQueue out;
+  OutputQueue out;               // size() <= --conn-buffer, see kMultishotBurst
+  std::vector<Held> held;        // direct path only: non-empty only while `out` is empty
+  std::size_t held_sent = 0;     // bytes of held.front() already sent
+  std::size_t held_bytes = 0;    // bytes in `held` not sent yet
+  std::size_t direct_len = 0;    // bytes the direct send in flight covers (more may arrive)
+  std::vector<iovec> iov;        // a direct send of several buffers; stable while it is in flight
+  msghdr msg{};
   std::uint64_t read_total = 0;           // bytes received on this connection
-  std::uint64_t read_limit = UINT64_MAX;  // shutdown: what the kernel held when Stop() came //
-                                          // size() <= --conn-buffer, see kMultishotBurst
+  std::uint64_t read_limit = UINT64_MAX;  // shutdown: what the kernel held when Stop() came
 
-  std::size_t Unsent() const { return out.size(); }
+  std::size_t Unsent() const { return out.size() + held_bytes; }
 };
 
 struct UdpReply {
@@ -722,11 +745,40 @@ class Shard {
     ++c.ops;
   }
 
+  // Sends from `out`; waits in the kernel until the socket takes at least part of it.
   void AddSend(Conn& c) {
     io_uring_sqe* sqe = GetSqe();
     io_uring_prep_send(sqe, c.fd, c.out.front(), c.out.front_size(), MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, Encode(Op::kSend, c.gen, c.index));
     c.send_inflight = true;
+    c.send_direct = false;
+    ++c.ops;
+  }
+
+  // Sends everything `held` from the provided buffers themselves, one sendmsg for several. With
+  // MSG_DONTWAIT the kernel never parks it: it takes what the socket has room for, or answers
+  // EAGAIN, and HandleSend moves the rest into `out` (see Conn).
+  void AddDirectSend(Conn& c) {
+    io_uring_sqe* sqe = GetSqe();
+    constexpr int kFlags = MSG_NOSIGNAL | MSG_DONTWAIT;
+    const char* first = tcp_buffers_.Buffer(c.held.front().bid) + c.held_sent;
+    if (c.held.size() == 1) {
+      io_uring_prep_send(sqe, c.fd, first, c.held_bytes, kFlags);
+    } else {
+      c.iov.clear();
+      c.iov.push_back({const_cast<char*>(first), c.held.front().len - c.held_sent});
+      for (std::size_t i = 1; i < c.held.size(); ++i) {
+        c.iov.push_back({tcp_buffers_.Buffer(c.held[i].bid), c.held[i].len});
+      }
+      c.msg = {};
+      c.msg.msg_iov = c.iov.data();
+      c.msg.msg_iovlen = c.iov.size();
+      io_uring_prep_sendmsg(sqe, c.fd, &c.msg, kFlags);
+    }
+    io_uring_sqe_set_data64(sqe, Encode(Op::kSend, c.gen, c.index));
+    c.direct_len = c.held_bytes;
+    c.send_inflight = true;
+    c.send_direct = true;
     ++c.ops;
   }
 
@@ -975,15 +1027,7 @@ class Shard {
   void HandleRecv(const io_uring_cqe& cqe, Conn& c) {
     const bool more = cqe.flags & IORING_CQE_F_MORE;
     if (cqe.flags & IORING_CQE_F_BUFFER) {
-      const auto bid = static_cast<std::uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
-      if (cqe.res > 0 && !c.closing) {
-        const auto n = static_cast<std::size_t>(cqe.res);
-        stats_.bytes_in += n;
-        c.read_total += n;
-        if (c.read_total >= c.read_limit) c.input_closed = true;
-        c.out.AppendUppercased(tcp_buffers_.Buffer(bid), n, config_.conn_buffer);
-      }
-      tcp_buffers_.Return(bid);  // at once: the buffer serves every connection of the shard
+      TakeInput(c, static_cast<std::uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT), cqe.res);
     }
     if (cqe.res == 0) {
       c.input_closed = true;
@@ -1011,16 +1055,73 @@ class Shard {
     }
   }
 
+  // The `n` bytes a recv put into buffer `bid`: held there for a direct send while `out` is
+  // empty, else copied into `out` (see Conn). Either way uppercased.
+  void TakeInput(Conn& c, std::uint16_t bid, int res) {
+    char* data = tcp_buffers_.Buffer(bid);
+    if (res > 0 && !c.closing) {
+      const auto n = static_cast<std::size_t>(res);
+      stats_.bytes_in += n;
+      c.read_total += n;
+      if (c.read_total >= c.read_limit) c.input_closed = true;
+      if (c.out.size() == 0) {
+        UppercaseInPlace(data, n);
+        c.held.push_back({bid, static_cast<std::uint32_t>(n)});
+        c.held_bytes += n;
+        return;
+      }
+      c.out.AppendUppercased(data, n, config_.conn_buffer);
+    }
+    tcp_buffers_.Return(bid);  // at once: the buffer serves every connection of the shard
+  }
+
   void HandleSend(const io_uring_cqe& cqe, Conn& c) {
     --c.ops;
     c.send_inflight = false;
+    if (c.send_direct) return HandleDirectSend(cqe, c);
     if (cqe.res >= 0) {
       const auto n = static_cast<std::size_t>(cqe.res);
       stats_.bytes_out += n;
       c.out.Consume(n);  // a short send leaves the rest for the next one
       return;
     }
-    switch (-cqe.res) {
+    HandleSendError(-cqe.res, c);
+  }
+
+  void HandleDirectSend(const io_uring_cqe& cqe, Conn& c) {
+    std::size_t sent = cqe.res > 0 ? static_cast<std::size_t>(cqe.res) : 0;
+    const bool short_send = sent < c.direct_len;
+    stats_.bytes_out += sent;
+    c.held_bytes -= sent;
+    // Buffers sent in full go back to the ring.
+    std::size_t done = 0;
+    for (; done < c.held.size() && sent >= c.held[done].len - c.held_sent; ++done) {
+      sent -= c.held[done].len - c.held_sent;
+      c.held_sent = 0;
+      tcp_buffers_.Return(c.held[done].bid);
+    }
+    c.held.erase(c.held.begin(), c.held.begin() + static_cast<std::ptrdiff_t>(done));
+    c.held_sent += sent;
+    if (cqe.res < 0 && cqe.res != -EAGAIN) return HandleSendError(-cqe.res, c);
+    if (short_send) SpillHeld(c);  // the socket is full: the rest waits in `out`, buffers go back
+  }
+
+  // Moves what `held` has not sent into `out` (still empty, so order is kept) and returns the
+  // buffers.
+  void SpillHeld(Conn& c) {
+    for (const Held& h : c.held) {
+      // Uppercasing again changes nothing; AppendUppercased is simply the one way in.
+      c.out.AppendUppercased(tcp_buffers_.Buffer(h.bid) + c.held_sent, h.len - c.held_sent,
+                             config_.conn_buffer);
+      c.held_sent = 0;
+      tcp_buffers_.Return(h.bid);
+    }
+    c.held.clear();
+    c.held_bytes = 0;
+  }
+
+  void HandleSendError(int err, Conn& c) {
+    switch (err) {
       case ECANCELED:  // closing
       case EINTR:
       case EAGAIN:
@@ -1044,7 +1145,13 @@ class Shard {
   // After any completion on `c`: send what is queued, receive if there is room, close when done.
   void Progress(Conn& c) {
     if (!c.closing && !c.lingering) {
-      if (!c.send_inflight && c.Unsent() > 0) AddSend(c);
+      if (!c.send_inflight) {
+        if (!c.held.empty()) {
+          AddDirectSend(c);
+        } else if (c.out.size() > 0) {
+          AddSend(c);
+        }
+      }
       if (!c.input_closed) {
         if (!c.recv_armed) ArmRecv(c);
       } else if (c.recv_armed) {
@@ -1106,6 +1213,9 @@ class Shard {
     c.read_total = 0;
     c.read_limit = UINT64_MAX;
     c.out.Release();
+    for (const Held& h : c.held) tcp_buffers_.Return(h.bid);  // no send of them is in flight
+    c.held.clear();
+    c.held_sent = c.held_bytes = 0;
     free_slots_.push_back(c.index);
     --live_;
     ++stats_.closed;
