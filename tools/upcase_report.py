@@ -574,7 +574,9 @@ def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
               f"Runs: {s.get('duration_s', '?')} s measured after {s.get('warmup_s', '?')} s "
               f"warm-up, {s.get('repeat', '?')} repeats per point, medians shown; server "
               f"(`--shards=1`) pinned to CPU {s.get('server_cpu', '?')}, upcase-load (1 thread) "
-              f"to CPU {s.get('load_cpu', '?')}; loopback.", ""]
+              f"to CPU {s.get('load_cpu', '?')}; loopback"
+              + (f"; every server also ran with `{' '.join(s['server_args'])}`"
+                 if s.get("server_args") else "") + ".", ""]
     foreign = summary.get("foreign_cpu_share")
     if foreign is not None:
         lines += [f"Other processes used {foreign * 100:.1f} % of those two CPUs during the "
