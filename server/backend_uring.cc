@@ -113,7 +113,7 @@ constexpr std::size_t kMultishotBurst = 32;
 // fits into the output queue's free room (see ArmRecv), and that must hold at least while the
 // queue is half full, or every reply would cancel the recv that brought its request. So
 // kMultishotBurst buffers must fit into half the cap: 4 KiB at the default 256 KiB; from a 1 MiB
-// cap on 16 KiB, where a 16 KiB request is one completion and one copy instead of four.
+// cap on 16 KiB, where a 16 KiB request is one completion instead of four.
 constexpr std::uint32_t kMinRecvBufferSize = 4 * 1024;
 constexpr std::uint32_t kMaxRecvBufferSize = 16 * 1024;
 
@@ -601,8 +601,8 @@ struct Conn {
   std::size_t held_bytes = 0;    // bytes in `held` not sent yet
   std::size_t direct_len = 0;    // bytes the direct send in flight covers (more may arrive)
   std::vector<iovec> iov;        // a direct send of several buffers; stable while it is in flight
-  msghdr msg{};
-  std::uint64_t read_total = 0;           // bytes received on this connection
+  msghdr msg{};                  // ... pointing at `iov`
+  std::uint64_t read_total = 0;  // bytes received on this connection
   std::uint64_t read_limit = UINT64_MAX;  // shutdown: what the kernel held when Stop() came
 
   std::size_t Unsent() const { return out.size() + held_bytes; }
