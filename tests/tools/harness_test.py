@@ -104,6 +104,18 @@ class ReportTest(unittest.TestCase):
             self.assertIn("### uring: where its cost goes", report)
             self.assertIn("perf stat", report)
             self.assertIn("== headline", "\n".join(printed))
+            self.assertNotIn("every server also ran with", report)
+
+    def test_report_names_extra_server_flags(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            d = pathlib.Path(tmp)
+            synthetic_dir(d)
+            meta = json.loads((d / "meta.json").read_text())
+            meta["settings"]["server_args"] = ["--conn-buffer=1M"]
+            (d / "meta.json").write_text(json.dumps(meta))
+            upcase_report.build(d, out=lambda line: None)
+            self.assertIn("every server also ran with `--conn-buffer=1M`",
+                          (d / "report.md").read_text())
 
 
 class RegressTest(unittest.TestCase):
