@@ -39,7 +39,6 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -203,9 +202,7 @@ class FaultTest : public ::testing::TestWithParam<Variant> {
  protected:
   // Starts the backend under test with `flags` plus --stats-json, under `prefix` if given.
   void Start(const std::vector<std::string>& flags, const std::vector<std::string>& prefix = {}) {
-    const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    stats_path_ = absl::StrCat(::testing::TempDir(), "/fault-", ::getpid(), "-",
-                               absl::StrReplaceAll(info->name(), {{"/", "-"}}), ".json");
+    stats_path_ = testing::StatsPathForCurrentTest("fault");
     std::vector<std::string> all = {absl::StrCat("--backend=", GetParam().backend),
                                     absl::StrCat("--shards=", GetParam().shards),
                                     absl::StrCat("--stats-json=", stats_path_)};
@@ -221,16 +218,7 @@ class FaultTest : public ::testing::TestWithParam<Variant> {
   // Waits for the server to exit (after a signal sent by the caller), expects exit status 0, and
   // returns its --stats-json counters.
   nlohmann::json Finish(absl::Duration timeout = testing::kIoTimeout) {
-    absl::StatusOr<int> status = server_->process.Wait(timeout);
-    EXPECT_TRUE(status.ok()) << status.status();
-    if (!status.ok()) return nlohmann::json::object();
-    EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
-        << "wait status " << *status << "; stderr: " << server_->process.Stderr();
-    std::ifstream in(stats_path_);
-    nlohmann::json stats = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-    EXPECT_FALSE(stats.is_discarded()) << "no stats in " << stats_path_;
-    ::unlink(stats_path_.c_str());
-    return stats.is_discarded() ? nlohmann::json::object() : stats;
+    return testing::FinishWithStats(*server_, stats_path_, timeout);
   }
 
   nlohmann::json StopServer() {
@@ -276,6 +264,28 @@ class FaultTest : public ::testing::TestWithParam<Variant> {
 
   void SendForeverAgainst(std::uint64_t cap);
 
+  // A fresh client while clients that never read are still connected: concurrent backends answer
+  // it `round_trips` times right away; iterative (documented) is blocked in send() to the first
+  // of them, so it answers only after `release_hogs()` has disconnected them.
+  void ExpectServedAlongsideHogs(const std::string& request, int round_trips,
+                                 const std::function<void()>& release_hogs) {
+    absl::StatusOr<Fd> other = ConnectTcp(server_->tcp_port, "127.0.0.1", kPrompt);
+    ASSERT_TRUE(other.ok()) << other.status();
+    if (OneClientAtATime(GetParam())) {
+      ASSERT_TRUE(SendAll(other->get(), request.data(), request.size()).ok());
+      EXPECT_TRUE(SilentFor(other->get(), kWaitsBehind)) << "iterative answered a second client";
+      release_hogs();
+      EXPECT_EQ(RecvWithin(other->get(), request.size(), kPrompt).value_or("(none)"),
+                Expected(request));
+      return;
+    }
+    for (int i = 0; i < round_trips; ++i) {
+      ASSERT_EQ(RoundTripWithin(other->get(), request).value_or("(none)"), Expected(request))
+          << "round trip " << i;
+    }
+    release_hogs();
+  }
+
   std::unique_ptr<ServerProcess> server_;
   std::string stats_path_;
   int baseline_fds_ = 0;
@@ -314,21 +324,7 @@ void FaultTest::SendForeverAgainst(std::uint64_t cap) {
         << "RSS grew by " << (peak - *baseline) << " bytes after " << sent << " bytes sent";
   }
 
-  absl::StatusOr<Fd> other = ConnectTcp(server_->tcp_port, "127.0.0.1", kPrompt);
-  ASSERT_TRUE(other.ok()) << other.status();
-  const std::string request = "and me?";
-  if (OneClientAtATime(GetParam())) {
-    // Documented: the server is blocked in send() to the hog; the next client waits, unanswered,
-    // until the hog is gone.
-    ASSERT_TRUE(SendAll(other->get(), request.data(), request.size()).ok());
-    EXPECT_TRUE(SilentFor(other->get(), kWaitsBehind)) << "iterative answered a second client";
-    hog.reset();
-    EXPECT_EQ(RecvWithin(other->get(), request.size(), kPrompt).value_or("(none)"), "AND ME?");
-  } else {
-    EXPECT_EQ(RoundTripWithin(other->get(), request).value_or("(none)"), "AND ME?");
-    hog.reset();
-  }
-  other->reset();
+  ASSERT_NO_FATAL_FAILURE(ExpectServedAlongsideHogs("and me?", 1, [&] { hog.reset(); }));
   ASSERT_NO_FATAL_FAILURE(ExpectFdsBackToBaseline("after the hog left"));
   StopServer();
 }
@@ -402,24 +398,8 @@ TEST_P(FaultTest, ManyClientsThatNeverReadCostBoundedMemory) {
                                        << kClients << " clients that never read";
   }
 
-  absl::StatusOr<Fd> other = ConnectTcp(server_->tcp_port, "127.0.0.1", kPrompt);
-  ASSERT_TRUE(other.ok()) << other.status();
-  const std::string request = "anyone home?";
-  if (OneClientAtATime(GetParam())) {
-    // Documented: the first hog holds the server; everyone else, this client too, waits.
-    ASSERT_TRUE(SendAll(other->get(), request.data(), request.size()).ok());
-    EXPECT_TRUE(SilentFor(other->get(), kWaitsBehind)) << "iterative answered a second client";
-    hogs.clear();  // the server then works through the hogs' connections, each reset
-    EXPECT_EQ(RecvWithin(other->get(), request.size(), kPrompt).value_or("(none)"),
-              Expected(request));
-  } else {
-    for (int i = 0; i < 10; ++i) {
-      ASSERT_EQ(RoundTripWithin(other->get(), request).value_or("(none)"), Expected(request))
-          << "round trip " << i;
-    }
-    hogs.clear();
-  }
-  other->reset();
+  // Iterative then works through the hogs' connections, each reset, before answering.
+  ASSERT_NO_FATAL_FAILURE(ExpectServedAlongsideHogs("anyone home?", 10, [&] { hogs.clear(); }));
   ASSERT_NO_FATAL_FAILURE(ExpectFdsBackToBaseline("after the hogs left"));
   nlohmann::json stats = StopServer();
   EXPECT_EQ(stats["total"]["accepted"], stats["total"]["closed"]) << stats.dump();

@@ -16,14 +16,12 @@
 #include <unistd.h>
 
 #include <cstdint>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -40,12 +38,14 @@ namespace {
 using ::upcase::testing::ConnectTcp;
 using ::upcase::testing::ConnectUdp;
 using ::upcase::testing::Expected;
+using ::upcase::testing::FinishWithStats;
 using ::upcase::testing::RandomBytes;
 using ::upcase::testing::RecvExactly;
 using ::upcase::testing::RoundTrip;
 using ::upcase::testing::RssBytes;
 using ::upcase::testing::ServerProcess;
 using ::upcase::testing::StartServer;
+using ::upcase::testing::StatsPathForCurrentTest;
 
 std::vector<std::string> ShardedBackends() {
   std::vector<std::string> out;
@@ -64,9 +64,7 @@ class ReactorFaultTest : public ::testing::TestWithParam<std::string> {
  protected:
   // Starts the backend under test with `flags` plus --stats-json, under `prefix` if given.
   void Start(const std::vector<std::string>& flags, const std::vector<std::string>& prefix = {}) {
-    const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    stats_path_ = absl::StrCat(::testing::TempDir(), "/reactor-", ::getpid(), "-",
-                               absl::StrReplaceAll(info->name(), {{"/", "-"}}), ".json");
+    stats_path_ = StatsPathForCurrentTest("reactor");
     std::vector<std::string> all = {absl::StrCat("--backend=", GetParam()),
                                     absl::StrCat("--stats-json=", stats_path_)};
     all.insert(all.end(), flags.begin(), flags.end());
@@ -77,18 +75,7 @@ class ReactorFaultTest : public ::testing::TestWithParam<std::string> {
 
   // Waits for the server to exit (after a signal sent by the caller), expects exit status 0, and
   // returns its --stats-json counters.
-  nlohmann::json Finish() {
-    absl::StatusOr<int> status = server_->process.Wait();
-    EXPECT_TRUE(status.ok()) << status.status();
-    if (!status.ok()) return nlohmann::json::object();
-    EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
-        << "wait status " << *status << "; stderr: " << server_->process.Stderr();
-    std::ifstream in(stats_path_);
-    nlohmann::json stats = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-    EXPECT_FALSE(stats.is_discarded()) << "no stats in " << stats_path_;
-    ::unlink(stats_path_.c_str());
-    return stats.is_discarded() ? nlohmann::json::object() : stats;
-  }
+  nlohmann::json Finish() { return FinishWithStats(*server_, stats_path_); }
 
   nlohmann::json StopServer() {
     server_->process.Signal(SIGTERM);

@@ -1,8 +1,7 @@
 // upcase-server's command line contract: the ready line, signals, and one clear stderr line with a
 // non-zero exit for every kind of bad input.
+#include <signal.h>
 #include <sys/wait.h>
-
-#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -103,7 +102,7 @@ TEST(ServerCliTest, ProtoSelectsTheReadyFields) {
 }
 
 TEST(ServerCliTest, StatsJsonCountsTheTraffic) {
-  const std::string path = ::testing::TempDir() + "/upcase-stats.json";
+  const std::string path = testing::StatsPathForCurrentTest("cli");
   absl::StatusOr<testing::ServerProcess> server =
       StartServer({"--backend=threads", absl::StrCat("--stats-json=", path)});
   ASSERT_TRUE(server.ok());
@@ -112,10 +111,8 @@ TEST(ServerCliTest, StatsJsonCountsTheTraffic) {
     ASSERT_TRUE(tcp.ok());
     ASSERT_EQ(testing::RoundTrip(tcp->get(), "twelve bytes").value_or(""), "TWELVE BYTES");
   }
-  absl::StatusOr<int> status = server->Stop();
-  ASSERT_TRUE(status.ok() && WIFEXITED(*status) && WEXITSTATUS(*status) == 0);
-  std::ifstream in(path);
-  nlohmann::json stats = nlohmann::json::parse(in);
+  server->process.Signal(SIGTERM);
+  nlohmann::json stats = testing::FinishWithStats(*server, path);
   EXPECT_EQ(stats["backend"], "threads");
   EXPECT_EQ(stats["total"]["accepted"], 1);
   EXPECT_EQ(stats["total"]["bytes_in"], 12);

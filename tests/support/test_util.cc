@@ -20,8 +20,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/sys.h"
+#include "gtest/gtest.h"
 
 extern char** environ;
 
@@ -328,6 +330,26 @@ absl::StatusOr<std::uint64_t> RssBytes(pid_t pid) {
     }
   }
   return absl::NotFoundError("VmRSS not found");
+}
+
+std::string StatsPathForCurrentTest(absl::string_view tag) {
+  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  return absl::StrCat(::testing::TempDir(), "/", tag, "-", ::getpid(), "-",
+                      absl::StrReplaceAll(info->name(), {{"/", "-"}}), ".json");
+}
+
+nlohmann::json FinishWithStats(ServerProcess& server, const std::string& stats_path,
+                               absl::Duration timeout) {
+  absl::StatusOr<int> status = server.process.Wait(timeout);
+  EXPECT_TRUE(status.ok()) << status.status();
+  if (!status.ok()) return nlohmann::json::object();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
+      << "wait status " << *status << "; stderr: " << server.process.Stderr();
+  std::ifstream in(stats_path);
+  nlohmann::json stats = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  EXPECT_FALSE(stats.is_discarded()) << "no stats in " << stats_path;
+  ::unlink(stats_path.c_str());
+  return stats.is_discarded() ? nlohmann::json::object() : stats;
 }
 
 }  // namespace upcase::testing

@@ -15,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/net.h"
+#include "nlohmann/json.hpp"
 
 namespace upcase::testing {
 
@@ -84,6 +85,14 @@ struct ServerProcess {
 // `prefix` runs it under a wrapper command (e.g. prlimit).
 absl::StatusOr<ServerProcess> StartServer(const std::vector<std::string>& flags,
                                           const std::vector<std::string>& prefix = {});
+
+// A --stats-json path for the running test: TempDir/<tag>-<pid>-<test name>.json.
+std::string StatsPathForCurrentTest(absl::string_view tag);
+// Waits for `server` to exit (after a signal the caller sent) within `timeout`, expects exit
+// status 0, and returns the counters it wrote to `stats_path` (deleting the file). A failed wait
+// or a missing or unparsable file fails the test and returns an empty object.
+nlohmann::json FinishWithStats(ServerProcess& server, const std::string& stats_path,
+                               absl::Duration timeout = kIoTimeout);
 
 // TCP/UDP sockets connected to 127.0.0.1:port (or `host`), with SO_RCVTIMEO/SO_SNDTIMEO set.
 absl::StatusOr<Fd> ConnectTcp(std::uint16_t port, const std::string& host = "127.0.0.1",
