@@ -365,32 +365,8 @@ TEST_P(FaultTest, ManyClientsThatNeverReadCostBoundedMemory) {
     SetBuffer(hogs.back().get(), SO_RCVBUF, 4096);
   }
   // All of them send at once until every one is blocked.
-  std::vector<std::uint64_t> sent(kClients, 0);
   std::uint64_t peak = *baseline;
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while (absl::Now() < deadline) {
-    std::vector<pollfd> pfds;
-    std::vector<int> who;
-    for (int i = 0; i < kClients; ++i) {
-      if (sent[i] < kPerClient) {
-        pfds.push_back({hogs[i].get(), POLLOUT, 0});
-        who.push_back(i);
-      }
-    }
-    if (pfds.empty()) break;
-    const int ready = ::poll(pfds.data(), pfds.size(), PollMs(kStalled));
-    peak = std::max(peak, RssBytes(pid()).value_or(0));
-    if (ready == 0) break;  // every sender is blocked
-    for (std::size_t k = 0; ready > 0 && k < pfds.size(); ++k) {
-      if (pfds[k].revents == 0) continue;
-      const int i = who[k];
-      const ssize_t n = ::send(hogs[i].get(), data.data() + sent[i], kPerClient - sent[i],
-                               MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (n < 0 && errno == EAGAIN) continue;
-      ASSERT_GT(n, 0) << "client " << i << ": " << std::strerror(errno);
-      sent[i] += static_cast<std::uint64_t>(n);
-    }
-  }
+  testing::SendFromAllUntilStalled(hogs, data, kStalled, pid(), &peak);
   peak = std::max(peak, RssBytes(pid()).value_or(0));
   const std::uint64_t bound = kClients * MemoryPerBlockedClient(GetParam(), kCap) + kRssSlack;
   if (!kSanitized) {

@@ -43,6 +43,7 @@ using ::upcase::testing::RandomBytes;
 using ::upcase::testing::RecvExactly;
 using ::upcase::testing::RoundTrip;
 using ::upcase::testing::RssBytes;
+using ::upcase::testing::SendFromAllUntilStalled;
 using ::upcase::testing::ServerProcess;
 using ::upcase::testing::StartServer;
 using ::upcase::testing::StatsPathForCurrentTest;
@@ -148,8 +149,8 @@ TEST_P(ReactorFaultTest, ClientsThatNeverReadCostAtMostTheBufferCap) {
   constexpr std::size_t kPerClient = 1 << 20;
   // Beyond the cap per client: connection state, allocator and thread-arena overhead. Kernel
   // socket buffers (where most of the unread data waits) are not part of the process's RSS; with
-  // loopback autotuning they may even hold the whole 1 MiB, so ClientSendingForever... below is
-  // the check that the cap itself holds.
+  // loopback autotuning they may even hold the whole 1 MiB, so fault_test.cc's
+  // ClientSendingForever... is the check that the cap itself holds.
   constexpr std::uint64_t kSlack = 8 << 20;
   // With every sender blocked this long, the server has stopped reading all of them.
   constexpr absl::Duration kStalled = absl::Seconds(1);
@@ -176,39 +177,12 @@ TEST_P(ReactorFaultTest, ClientsThatNeverReadCostAtMostTheBufferCap) {
     senders.push_back(*std::move(fd));
   }
   const std::string data(kPerClient, 'q');
-  std::vector<std::size_t> sent(kClients, 0);
   std::uint64_t peak = *baseline;
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while (absl::Now() < deadline) {
-    std::vector<pollfd> pfds;
-    std::vector<int> who;
-    for (int i = 0; i < kClients; ++i) {
-      if (sent[i] < kPerClient) {
-        pfds.push_back({senders[i].get(), POLLOUT, 0});
-        who.push_back(i);
-      }
-    }
-    if (pfds.empty()) break;
-    const int ready =
-        ::poll(pfds.data(), pfds.size(), static_cast<int>(absl::ToInt64Milliseconds(kStalled)));
-    ASSERT_GE(ready, 0) << std::strerror(errno);
-    absl::StatusOr<std::uint64_t> rss = RssBytes(pid);
-    ASSERT_TRUE(rss.ok()) << rss.status();
-    peak = std::max(peak, *rss);
-    if (ready == 0) break;  // every sender is blocked
-    for (std::size_t k = 0; k < pfds.size(); ++k) {
-      if (pfds[k].revents == 0) continue;
-      const int i = who[k];
-      const ssize_t n = ::send(senders[i].get(), data.data() + sent[i], kPerClient - sent[i],
-                               MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (n < 0 && errno == EAGAIN) continue;
-      ASSERT_GT(n, 0) << "client " << i << ": " << std::strerror(errno);
-      sent[i] += static_cast<std::size_t>(n);
-    }
-  }
+  const std::vector<std::uint64_t> sent =
+      SendFromAllUntilStalled(senders, data, kStalled, pid, &peak);
   peak = std::max(peak, RssBytes(pid).value_or(0));
   std::uint64_t total_sent = 0;
-  for (std::size_t s : sent) total_sent += s;
+  for (std::uint64_t s : sent) total_sent += s;
   const std::uint64_t bound = kClients * kCap + kSlack;
   EXPECT_LT(peak - *baseline, bound)
       << "RSS grew by " << (peak - *baseline) << " bytes (bound " << bound << ") while " << kClients

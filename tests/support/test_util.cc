@@ -10,8 +10,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -330,6 +332,50 @@ absl::StatusOr<std::uint64_t> RssBytes(pid_t pid) {
     }
   }
   return absl::NotFoundError("VmRSS not found");
+}
+
+std::vector<std::uint64_t> SendFromAllUntilStalled(const std::vector<Fd>& fds,
+                                                   const std::string& data, absl::Duration stalled,
+                                                   pid_t server, std::uint64_t* peak_rss) {
+  std::vector<std::uint64_t> sent(fds.size(), 0);
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < deadline) {
+    std::vector<pollfd> pfds;
+    std::vector<std::size_t> who;
+    for (std::size_t i = 0; i < fds.size(); ++i) {
+      if (sent[i] < data.size()) {
+        pfds.push_back({fds[i].get(), POLLOUT, 0});
+        who.push_back(i);
+      }
+    }
+    if (pfds.empty()) break;
+    const int ready =
+        ::poll(pfds.data(), pfds.size(), static_cast<int>(absl::ToInt64Milliseconds(stalled)));
+    if (ready < 0 && errno != EINTR) {
+      ADD_FAILURE() << "poll: " << std::strerror(errno);
+      break;
+    }
+    absl::StatusOr<std::uint64_t> rss = RssBytes(server);
+    if (!rss.ok()) {
+      ADD_FAILURE() << rss.status();
+      break;
+    }
+    *peak_rss = std::max(*peak_rss, *rss);
+    if (ready == 0) break;  // every sender is blocked
+    for (std::size_t k = 0; k < pfds.size(); ++k) {
+      if (pfds[k].revents == 0) continue;
+      const std::size_t i = who[k];
+      const ssize_t n = ::send(fds[i].get(), data.data() + sent[i], data.size() - sent[i],
+                               MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+      if (n <= 0) {
+        ADD_FAILURE() << "client " << i << ": " << std::strerror(errno);
+        return sent;
+      }
+      sent[i] += static_cast<std::uint64_t>(n);
+    }
+  }
+  return sent;
 }
 
 std::string StatsPathForCurrentTest(absl::string_view tag) {

@@ -86,6 +86,14 @@ struct ServerProcess {
 absl::StatusOr<ServerProcess> StartServer(const std::vector<std::string>& flags,
                                           const std::vector<std::string>& prefix = {});
 
+// Many clients that never read: sends all of `data` on every socket at once (non-blocking,
+// poll), until each is done or every socket has been blocked for `stalled` (the server stopped
+// reading them all), within 60 s. Samples `server`'s RSS into *peak_rss every round. Returns the
+// bytes sent per socket; a failed send or RSS read fails the test.
+std::vector<std::uint64_t> SendFromAllUntilStalled(const std::vector<Fd>& fds,
+                                                   const std::string& data, absl::Duration stalled,
+                                                   pid_t server, std::uint64_t* peak_rss);
+
 // A --stats-json path for the running test: TempDir/<tag>-<pid>-<test name>.json.
 std::string StatsPathForCurrentTest(absl::string_view tag);
 // Waits for `server` to exit (after a signal the caller sent) within `timeout`, expects exit
