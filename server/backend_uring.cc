@@ -294,6 +294,7 @@ class BufferRing {
     return true;
   }
   std::uint32_t given() const { return given_; }
+  std::uint64_t given_bytes() const { return std::uint64_t{given_} * size_; }
 
   char* Buffer(std::uint16_t bid) const { return buffers_ + std::size_t{bid} * size_; }
   std::uint32_t size() const { return size_; }
@@ -651,7 +652,11 @@ class Shard {
     return absl::OkStatus();
   }
 
-  const ShardStats& stats() const { return stats_; }
+  ShardStats stats() const {
+    ShardStats s = stats_;
+    s.provided_buffer_bytes = tcp_buffers_.given_bytes() + udp_buffers_.given_bytes();
+    return s;
+  }
 
   absl::Status Run() {
     if (config_.pin) {

@@ -16,6 +16,7 @@ ShardStats& ShardStats::operator+=(const ShardStats& o) {
   datagrams_out += o.datagrams_out;
   udp_drops += o.udp_drops;
   conn_resets += o.conn_resets;
+  provided_buffer_bytes += o.provided_buffer_bytes;
   return *this;
 }
 
@@ -39,7 +40,8 @@ nlohmann::json ToJson(const ShardStats& s) {
           {"bytes_out", s.bytes_out},
           {"datagrams_in", s.datagrams_in},
           {"datagrams_out", s.datagrams_out},
-          {"udp_drops", s.udp_drops}};
+          {"udp_drops", s.udp_drops},
+          {"provided_buffer_bytes", s.provided_buffer_bytes}};
 }
 }  // namespace
 

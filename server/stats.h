@@ -22,6 +22,10 @@ struct ShardStats {
   std::uint64_t datagrams_out = 0;
   std::uint64_t udp_drops = 0;    // replies not sent (socket buffer full or send error)
   std::uint64_t conn_resets = 0;  // connections ended by ECONNRESET / EPIPE
+  // Memory the shard shares among its connections as buffers handed to the kernel: uring's
+  // provided buffers (the ring grows on ENOBUFS, so at exit this is its peak); 0 for the other
+  // backends, which read into buffers of their own.
+  std::uint64_t provided_buffer_bytes = 0;
 
   std::uint64_t active() const { return accepted - closed; }
   ShardStats& operator+=(const ShardStats& other);

@@ -55,6 +55,7 @@ namespace {
 using ::upcase::testing::ConnectTcp;
 using ::upcase::testing::ConnectUdp;
 using ::upcase::testing::Expected;
+using ::upcase::testing::kSanitized;
 using ::upcase::testing::OpenFdCount;
 using ::upcase::testing::RandomBytes;
 using ::upcase::testing::RssBytes;
@@ -68,13 +69,6 @@ constexpr absl::Duration kPrompt = absl::Seconds(5);
 constexpr absl::Duration kWaitsBehind = absl::Seconds(1);
 // How long the server may take to close what it should close (descriptors back to baseline).
 constexpr absl::Duration kSettle = absl::Seconds(15);
-// Memory figures do not hold under ASan/TSan (shadow memory, quarantined frees): the sanitizer
-// builds check everything but RSS.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
 // Beyond the per-client bounds below, RSS may grow by this much (allocator arenas, thread
 // bookkeeping, pages of shared buffers touched for the first time).
 constexpr std::uint64_t kRssSlack = 8 << 20;
