@@ -148,6 +148,7 @@ nlohmann::json Report::ToJson() const {
                              ? nlohmann::json(throughput_rps / requested_rps)
                              : nlohmann::json(nullptr)},
       {"kept_up", kept_up()},
+      {"client_busy", client_busy()},
       {"scheduled", counters.scheduled},
       {"sent", counters.sent},
       {"sent_rps", sent_rps},
@@ -322,11 +323,17 @@ std::string Report::Table() const {
     const double ratio = requested_rps > 0 ? throughput_rps / requested_rps : 0;
     absl::StrAppendFormat(&out, "rate         requested %s req/s, achieved %s req/s (%.2f %%)\n",
                           FormatRate(requested_rps), FormatRate(throughput_rps), 100 * ratio);
-    if (!kept_up()) {
+    if (!kept_up() && client_busy() < kBusyRatio) {
       absl::StrAppendFormat(&out,
                             "             THE SERVER DID NOT KEEP UP: it answered %.1f %% of the "
                             "requested rate; the corrected latency includes the queueing\n",
                             100 * ratio);
+    } else if (!kept_up()) {
+      absl::StrAppendFormat(
+          &out,
+          "             THE RATE WAS NOT REACHED: %.1f %% of it was answered, and "
+          "upcase-load itself was busy (client cpu below)\n",
+          100 * ratio);
     }
   }
   absl::StrAppendFormat(&out, "%-14s", "latency (us)");
@@ -380,8 +387,17 @@ std::string Report::Table() const {
   const double per_request =
       counters.requests == 0 ? 0.0 : client_cpu_s * 1e6 / static_cast<double>(counters.requests);
   absl::StrAppendFormat(
-      &out, "client cpu   %.3f s in the window, %.2f us per request (process: %.3f s)\n",
-      client_cpu_s, per_request, client_cpu_total_s);
+      &out,
+      "client cpu   %.3f s in the window (%.0f %% busy), %.2f us per request (process: %.3f s)\n",
+      client_cpu_s, 100 * client_busy(), per_request, client_cpu_total_s);
+  if (client_busy() >= kBusyRatio) {
+    absl::StrAppendFormat(
+        &out,
+        "             UPCASE-LOAD WAS %.0f %% BUSY: latency includes time replies waited for it,\n"
+        "             and the rate may be its limit rather than the server's; give "
+        "it more --threads and CPUs\n",
+        100 * client_busy());
+  }
   return out;
 }
 

@@ -24,6 +24,10 @@ inline constexpr int kExitMismatch = 3;  // a reply differed from uppercase(requ
 
 // An open-loop run "kept up" when the replies measured reach this share of the requested rate.
 inline constexpr double kKeptUpRatio = 0.97;
+// Above this share of its threads' time on the CPU, the load generator is (near) saturated: replies
+// wait in its sockets until it gets to them, and a closed loop measures its limit as much as the
+// server's.
+inline constexpr double kBusyRatio = 0.9;
 
 struct Report {
   nlohmann::json config;  // the (first) run's configuration, Config::ToJson()
@@ -51,6 +55,12 @@ struct Report {
   std::string first_mismatch;
 
   bool kept_up() const { return !open_loop || throughput_rps >= kKeptUpRatio * requested_rps; }
+  // client_cpu_s as a share of the window times the threads (0 when either is unknown).
+  double client_busy() const {
+    return duration_s > 0 && threads > 0
+               ? client_cpu_s / (duration_s * static_cast<double>(threads))
+               : 0.0;
+  }
   int ExitCode() const;
   // One line naming why ExitCode() is not 0 (empty when it is).
   std::string FailureReason() const;

@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "loadgen/payload.h"
 #include "loadgen/report.h"
@@ -231,6 +232,32 @@ TEST(ReportMergeTest, MergingJsonResultsEqualsOneRunOverTheUnion) {
   EXPECT_DOUBLE_EQ(a->requested_rps, 2000);
   EXPECT_DOUBLE_EQ(a->throughput_rps, 30'000);
   EXPECT_EQ(a->ToJson()["latency_us"], all.ToJson()["latency_us"]);
+}
+
+// The table names the load generator as a possible limit when its threads were on the CPU for
+// most of the window, and then does not blame a missed rate on the server alone.
+TEST(ReportTableTest, ABusyLoadGeneratorIsSaidSo) {
+  Report r;
+  r.config = {{"proto", "tcp"}, {"rate", 1000}};
+  r.duration_s = 2;
+  r.threads = 2;
+  r.open_loop = true;
+  r.requested_rps = 1000;
+  r.throughput_rps = 1000;
+  r.client_cpu_s = 2.0;  // half of 2 threads x 2 s
+  EXPECT_DOUBLE_EQ(r.client_busy(), 0.5);
+  EXPECT_TRUE(absl::StrContains(r.Table(), "(50 % busy)")) << r.Table();
+  EXPECT_FALSE(absl::StrContains(r.Table(), "BUSY")) << r.Table();
+  EXPECT_EQ(r.ToJson()["client_busy"], 0.5);
+
+  r.client_cpu_s = 3.8;
+  EXPECT_TRUE(absl::StrContains(r.Table(), "UPCASE-LOAD WAS 95 % BUSY")) << r.Table();
+
+  r.throughput_rps = 500;
+  EXPECT_TRUE(absl::StrContains(r.Table(), "THE RATE WAS NOT REACHED: 50.0 %")) << r.Table();
+  EXPECT_FALSE(absl::StrContains(r.Table(), "THE SERVER DID NOT KEEP UP")) << r.Table();
+  r.client_cpu_s = 1.0;
+  EXPECT_TRUE(absl::StrContains(r.Table(), "THE SERVER DID NOT KEEP UP")) << r.Table();
 }
 
 TEST(PayloadTest, SequenceHeaderSurvivesUppercaseAndRoundTrips) {

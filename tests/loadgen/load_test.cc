@@ -307,6 +307,7 @@ TEST(LoadFaultTest, AServerThatCannotKeepUpIsReportedPlainly) {
   EXPECT_LT(r.json["achieved_ratio"].get<double>(), 0.5);
   EXPECT_GT(r.json["unfinished"].get<std::uint64_t>(), 1000u);
   EXPECT_TRUE(absl::StrContains(r.out, "THE SERVER DID NOT KEEP UP")) << r.out;
+  EXPECT_FALSE(absl::StrContains(r.out, "UPCASE-LOAD WAS")) << r.out;  // it waited, idle
 }
 
 TEST(LoadFaultTest, VerificationCatchesOneCorruptByte) {
