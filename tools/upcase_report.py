@@ -596,7 +596,10 @@ def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
               "including exited ones) over the whole run, divided by the requests the server "
               "counted (`--stats-json`). *srv/load CPU*: the server's CPU time over the run's "
               "wall time, and upcase-load's over its measured window (100 % = that side's one "
-              "CPU is saturated, so it is the side that limits req/s).",
+              "CPU is saturated, so it is the side that limits req/s). From 90 % load CPU on, "
+              "replies also wait for upcase-load's loop, so that point's latency includes the "
+              "generator's queueing (on 2 CPUs one thread is over 90 % busy already at the 50 % "
+              "point): compare backends there only side by side.",
               "- *(behind)*: in open loop upcase-load could not send on schedule (the server "
               "fell behind); the latency still counts from the intended send times. Open loop "
               "puts no cap on requests in flight per connection, so a server that falls behind "
