@@ -64,6 +64,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -99,27 +100,33 @@ constexpr unsigned kCqEntries = 16 * 1024;
 constexpr unsigned kSqThreadIdleMs = 50;
 
 // TCP receive buffers, shared by all connections of a shard and handed back as soon as their
-// bytes are copied into the connection's output queue. The kernel cycles through every buffer it
-// is given, so each one given ends up resident: a shard starts with kRecvBuffersInitial and
-// gives more (up to kRecvBuffers, one completion per connection per loop iteration at the
+// bytes are sent or copied into the connection's output queue. The kernel cycles through every
+// buffer it is given, so each one given ends up resident: a shard starts with kRecvBuffersInitial
+// and gives more (up to kRecvBuffers, one completion per connection per loop iteration at the
 // 512-connection benchmark point) only when a recv found none left (ENOBUFS).
 constexpr std::uint32_t kRecvBuffers = 1024;  // a power of two, as the buffer ring requires
 constexpr std::uint32_t kRecvBuffersInitial = 128;
-// A multishot recv takes up to this many buffers from one wake-up of its socket before the kernel
-// yields (MULTISHOT_MAX_RETRY, Linux >= 6.8), so a cancel decided now lands after at most this
-// many more buffers. Older kernels loop until the socket is empty: the bound is looser there.
+// How many buffers a multishot recv may still fill once the output queue decides it has had
+// enough. With the kernel's total-bytes limit (Linux 6.17; see SetMultishotLimit) each recv is
+// armed with the room left less one buffer, and the completion that reaches the limit carries at
+// most one buffer: two. Without it the recv must be cancelled, and it takes up to a burst of
+// kMultishotBurst buffers from one wake-up of its socket before the kernel yields
+// (MULTISHOT_MAX_RETRY, Linux >= 6.8), so the cancel lands after at most that many more (older
+// kernels loop until the socket is empty: the bound is looser there).
+constexpr std::size_t kLimitedRecvBuffers = 2;
 constexpr std::size_t kMultishotBurst = 32;
-// Their size: as large as --conn-buffer allows. A multishot recv stays armed while a whole burst
-// fits into the output queue's free room (see ArmRecv), and that must hold at least while the
-// queue is half full, or every reply would cancel the recv that brought its request. So
-// kMultishotBurst buffers must fit into half the cap: 4 KiB at the default 256 KiB; from a 1 MiB
-// cap on 16 KiB, where a 16 KiB request is one completion instead of four.
+// Their size: as large as --conn-buffer allows. A multishot recv stays armed while the buffers it
+// may still fill fit into the output queue's free room (see ArmRecv), and that must hold at least
+// while the queue is half full, or every reply would end the recv that brought its request. So
+// those buffers must fit into half the cap: with the limit, 16 KiB from a 64 KiB cap on; without
+// it, 4 KiB at the default 256 KiB and 16 KiB from 1 MiB. A 16 KiB request is then one completion
+// instead of four.
 constexpr std::uint32_t kMinRecvBufferSize = 4 * 1024;
 constexpr std::uint32_t kMaxRecvBufferSize = 16 * 1024;
 
-std::uint32_t RecvBufferSize(std::size_t conn_buffer) {
+std::uint32_t RecvBufferSize(std::size_t conn_buffer, std::size_t in_flight) {
   std::uint32_t size = kMinRecvBufferSize;
-  while (size < kMaxRecvBufferSize && kMultishotBurst * (2 * size) <= conn_buffer / 2) size *= 2;
+  while (size < kMaxRecvBufferSize && in_flight * (2 * size) <= conn_buffer / 2) size *= 2;
   return size;
 }
 
@@ -320,16 +327,33 @@ class BufferRing {
   int returned_ = 0;         // added since the last Commit()
 };
 
-// Multishot recv (Linux 6.0) has no feature bit or opcode of its own: try it on a socket pair.
-// Multishot accept (5.19) and recvmsg (6.0) come with it.
-absl::Status ProbeMultishotRecv(io_uring* ring) {
+// Linux 6.17 takes a total-bytes limit for a multishot recv in sqe->optlen, the 32 bits that
+// liburing 2.3's io_uring_sqe still calls file_index. The kernel ends the recv (no
+// IORING_CQE_F_MORE) with the completion that reaches the limit, which may carry up to a buffer
+// less one byte beyond it. 0: no limit.
+void SetMultishotLimit(io_uring_sqe* sqe, std::uint32_t limit) { sqe->file_index = limit; }
+
+// What the kernel answered to one multishot recv of a 1-byte message: the first completion's
+// result, and whether it said more were coming.
+struct RecvProbe {
+  int res = 0;
+  bool more = false;
+};
+
+// Arms a multishot recv on a socket pair (with a total-bytes limit when `limit` > 0), sends it one
+// byte, and reports the first completion. If the recv is still armed then, it is cancelled and
+// its last completion awaited: a request left for io_uring_queue_exit() is cancelled by the
+// kernel asynchronously, with task work that interrupts this thread's next blocking call (EINTR
+// from a recv with SO_RCVTIMEO, say) long after the probe returned.
+absl::StatusOr<RecvProbe> TryMultishotRecv(io_uring* ring, std::uint16_t group,
+                                           std::uint32_t limit) {
   int pair[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
     return ErrnoError("socketpair (io_uring probe)", errno);
   }
   Fd a(pair[0]), b(pair[1]);
   BufferRing buffers;
-  if (absl::Status s = buffers.Init(ring, 0, 2, 64, 2); !s.ok()) {
+  if (absl::Status s = buffers.Init(ring, group, 2, 64, 2); !s.ok()) {
     return absl::UnavailableError(
         absl::StrCat(s.message(), " (provided buffer rings need Linux 5.19)"));
   }
@@ -338,19 +362,15 @@ absl::Status ProbeMultishotRecv(io_uring* ring) {
   io_uring_sqe* sqe = io_uring_get_sqe(ring);
   io_uring_prep_recv_multishot(sqe, a.get(), nullptr, 0, 0);
   sqe->flags |= IOSQE_BUFFER_SELECT;
-  sqe->buf_group = 0;
+  sqe->buf_group = group;
+  SetMultishotLimit(sqe, limit);
   io_uring_sqe_set_data64(sqe, kProbeRecv);
   if (::write(b.get(), "x", 1) != 1) return ErrnoError("write (io_uring probe)", errno);
-  int res = 0;
-  bool first_more = false;  // multishot: the first completion says more are coming
+  RecvProbe first;
   bool more = false;
-  bool first = true;
+  bool seen = false;
   bool cancelled = false;
-  // The recv's first completion answers the question. If it is still armed, cancel it and wait
-  // for its last completion: a request left for io_uring_queue_exit() is cancelled by the
-  // kernel asynchronously, with task work that interrupts this thread's next blocking call
-  // (EINTR from a recv with SO_RCVTIMEO, say) long after this probe returned.
-  while (first || more) {
+  while (!seen || more) {
     if (int ret = io_uring_submit_and_wait(ring, 1); ret < 0 && ret != -EINTR) {
       return ErrnoError("io_uring_enter (io_uring probe)", -ret);
     }
@@ -358,11 +378,8 @@ absl::Status ProbeMultishotRecv(io_uring* ring) {
     while (io_uring_peek_cqe(ring, &cqe) == 0) {
       if (cqe->user_data == kProbeRecv) {
         more = cqe->flags & IORING_CQE_F_MORE;
-        if (first) {
-          res = cqe->res;
-          first_more = more;
-          first = false;
-        }
+        if (!seen) first = {cqe->res, more};
+        seen = true;
         if (more && !cancelled) {
           cancelled = true;
           io_uring_sqe* cancel = io_uring_get_sqe(ring);
@@ -373,17 +390,23 @@ absl::Status ProbeMultishotRecv(io_uring* ring) {
       io_uring_cqe_seen(ring, cqe);
     }
   }
-  if (res == -EINVAL || (res == 1 && !first_more)) {
-    return absl::UnavailableError("kernel lacks multishot recv (needs Linux 6.0)");
-  }
-  if (res < 0) return ErrnoError("multishot recv (io_uring probe)", -res);
-  return absl::OkStatus();
+  return first;
 }
 
-absl::Status ProbeKernel() {
+// What the running kernel offers beyond the minimum (see the file comment).
+struct KernelSupport {
+  absl::Status status;  // ok: the uring backend can run
+  bool recv_limit = false;
+};
+
+KernelSupport ProbeKernel() {
+  KernelSupport support;
   io_uring ring;
-  if (int ret = io_uring_queue_init(8, &ring, 0); ret < 0) return SetupError(-ret);
-  absl::Status status;
+  if (int ret = io_uring_queue_init(8, &ring, 0); ret < 0) {
+    support.status = SetupError(-ret);
+    return support;
+  }
+  absl::Status& status = support.status;
   if (io_uring_probe* probe = io_uring_get_probe_ring(&ring); probe == nullptr) {
     status = absl::UnavailableError("io_uring_register(PROBE) failed (kernel too old: needs 6.0)");
   } else {
@@ -397,28 +420,55 @@ absl::Status ProbeKernel() {
           "kernel lacks io_uring opcodes ", absl::StrJoin(missing, ", "), " (needs Linux 6.0)"));
     }
   }
-  if (status.ok()) status = ProbeMultishotRecv(&ring);
+  // Multishot recv (Linux 6.0) has no feature bit or opcode of its own: try it. Without it the
+  // kernel rejects the flag (EINVAL) or, before 5.19's checks, does one plain recv.
+  if (status.ok()) {
+    absl::StatusOr<RecvProbe> plain = TryMultishotRecv(&ring, 0, 0);
+    if (!plain.ok()) {
+      status = plain.status();
+    } else if (plain->res == -EINVAL || (plain->res == 1 && !plain->more)) {
+      status = absl::UnavailableError("kernel lacks multishot recv (needs Linux 6.0)");
+    } else if (plain->res < 0) {
+      status = ErrnoError("multishot recv (io_uring probe)", -plain->res);
+    }
+  }
+  // A total-bytes limit (Linux 6.17): with a limit of one byte, the one completion ends the recv.
+  // Older kernels reject the field (EINVAL).
+  if (status.ok()) {
+    absl::StatusOr<RecvProbe> limited = TryMultishotRecv(&ring, 1, 1);
+    support.recv_limit = limited.ok() && limited->res == 1 && !limited->more;
+  }
   io_uring_queue_exit(&ring);
-  return status;
+  return support;
 }
 
 // The probe runs on a thread of its own. A task that created or used a ring gets task work from
 // the kernel when that ring is torn down (io_ring_exit_work, with TWA_SIGNAL), some time later
 // and asynchronously; that interrupts whatever the task is blocked in, e.g. a test's recv() with
 // SO_RCVTIMEO fails with EINTR. A thread that has exited is simply skipped.
-absl::Status ProbeKernelOnOwnThread() {
-  absl::Status status;
+KernelSupport ProbeKernelOnOwnThread() {
+  KernelSupport support;
   try {
-    std::thread([&status] { status = ProbeKernel(); }).join();
+    std::thread([&support] { support = ProbeKernel(); }).join();
   } catch (const std::system_error&) {
-    status = ProbeKernel();  // out of threads: probe here, and live with the late interrupt
+    support = ProbeKernel();  // out of threads: probe here, and live with the late interrupt
   }
-  return status;
+  return support;
 }
 
-absl::Status UringAvailable() {
-  static const absl::Status status = ProbeKernelOnOwnThread();  // the kernel does not change
-  return status;
+const KernelSupport& Kernel() {
+  static const KernelSupport support = ProbeKernelOnOwnThread();  // the kernel does not change
+  return support;
+}
+
+absl::Status UringAvailable() { return Kernel().status; }
+
+// Whether multishot recvs get a total-bytes limit: when the kernel has it, unless
+// UPCASE_URING_RECV_LIMIT=off asks for the older cancel-based backpressure (to compare the two,
+// and so that tests cover both on a new kernel).
+bool UseRecvLimit() {
+  const char* env = std::getenv("UPCASE_URING_RECV_LIMIT");
+  return Kernel().recv_limit && (env == nullptr || std::string_view(env) != "off");
 }
 
 // Creates a disabled ring with the richest flags this kernel accepts; see the file comment.
@@ -736,6 +786,13 @@ class Shard {
     io_uring_sqe* sqe = GetSqe();
     if (multishot) {
       io_uring_prep_recv_multishot(sqe, c.fd, nullptr, 0, 0);
+      if (recv_limit_) {
+        // All but one buffer of the room (ArmRecv left at least two): the completion that
+        // reaches the limit may carry up to a buffer more.
+        SetMultishotLimit(sqe,
+                          static_cast<std::uint32_t>(std::min<std::size_t>(
+                              config_.conn_buffer - c.Unsent() - recv_buffer_size_, UINT32_MAX)));
+      }
     } else {
       // Never more than the queue can still take: it stays within --conn-buffer exactly.
       const std::size_t room =
@@ -1054,7 +1111,7 @@ class Shard {
       --c.ops;
       c.recv_armed = false;
       c.recv_cancelling = false;
-    } else if (c.recv_multishot && !c.recv_cancelling && !c.closing &&
+    } else if (!recv_limit_ && c.recv_multishot && !c.recv_cancelling && !c.closing &&
                c.Unsent() + multishot_headroom_ > config_.conn_buffer) {
       AddCancelRecv(c);  // near the cap: Progress() continues with single-shot recvs
     }
@@ -1197,9 +1254,10 @@ class Shard {
     if (::shutdown(c.fd, SHUT_WR) != 0) c.closing = true;  // ENOTCONN: the client is gone
   }
 
-  // Receives as much as the output queue can take: multishot while a whole burst fits, single
-  // recvs of at most the room left near the cap, nothing at the cap (the next send completion
-  // comes back here through Progress).
+  // Receives as much as the output queue can take: multishot while what it may still fill fits
+  // (with the kernel's limit, it ends by itself at the room left; without, a completion that finds
+  // the room short cancels it), single recvs of at most the room left near the cap, nothing at the
+  // cap (the next send completion comes back here through Progress).
   void ArmRecv(Conn& c) {
     const std::size_t unsent = c.Unsent();
     if (unsent + multishot_headroom_ <= config_.conn_buffer) {
@@ -1340,9 +1398,12 @@ class Shard {
   const ServerConfig& config_;
   const std::size_t max_conns_;  // this shard's share of --max-conns
   const int stop_fd_;            // the backend's eventfd; readable once Stop() was called
-  const std::uint32_t recv_buffer_size_ = RecvBufferSize(config_.conn_buffer);
-  // Free room in the output queue that keeps a multishot recv armed: one burst of buffers.
-  const std::size_t multishot_headroom_ = kMultishotBurst * recv_buffer_size_;
+  const bool recv_limit_ = UseRecvLimit();
+  // Buffers a multishot recv may still fill (see kLimitedRecvBuffers), their size, and so the free
+  // room in the output queue that keeps a multishot recv armed.
+  const std::size_t recv_in_flight_ = recv_limit_ ? kLimitedRecvBuffers : kMultishotBurst;
+  const std::uint32_t recv_buffer_size_ = RecvBufferSize(config_.conn_buffer, recv_in_flight_);
+  const std::size_t multishot_headroom_ = recv_in_flight_ * recv_buffer_size_;
 
   io_uring ring_{};
   bool ring_open_ = false;

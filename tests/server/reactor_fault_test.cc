@@ -12,6 +12,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -40,6 +41,7 @@ using ::upcase::testing::ConnectUdp;
 using ::upcase::testing::Expected;
 using ::upcase::testing::FinishWithStats;
 using ::upcase::testing::kSanitized;
+using ::upcase::testing::ProvidedBufferBytes;
 using ::upcase::testing::RandomBytes;
 using ::upcase::testing::RecvExactly;
 using ::upcase::testing::RoundTrip;
@@ -55,6 +57,19 @@ std::vector<std::string> ShardedBackends() {
     if (info.sharded && info.available().ok()) out.emplace_back(info.name);
   }
   return out;
+}
+
+// Whether the running kernel is at least major.minor (from uname).
+bool KernelAtLeast(int major, int minor) {
+  utsname u{};
+  if (::uname(&u) != 0) return false;
+  std::vector<absl::string_view> parts = absl::StrSplit(u.release, absl::MaxSplits('.', 2));
+  int have_major = 0, have_minor = 0;
+  if (parts.size() < 2 || !absl::SimpleAtoi(parts[0], &have_major)) return false;
+  const absl::string_view minor_digits =
+      parts[1].substr(0, parts[1].find_first_not_of("0123456789"));
+  if (!absl::SimpleAtoi(minor_digits, &have_minor)) return false;
+  return have_major > major || (have_major == major && have_minor >= minor);
 }
 
 void SetReceiveBuffer(int fd, int bytes) {
@@ -149,8 +164,8 @@ TEST_P(ReactorFaultTest, ClientsThatNeverReadCostAtMostTheBufferCap) {
   constexpr std::size_t kCap = 64 * 1024;
   constexpr std::size_t kPerClient = 1 << 20;
   // Beyond the cap per client and the buffers a shard shares among its connections (uring's
-  // provided buffers: the ring grows under this flood, up to 4 MiB a shard at this cap; stats.json
-  // reports it): connection state, allocator and thread-arena overhead. Kernel socket buffers
+  // provided buffers: the ring grows under this flood, up to 16 MiB a shard; stats.json reports
+  // it): connection state, allocator and thread-arena overhead. Kernel socket buffers
   // (where most of the unread data waits) are not part of the process's RSS; with loopback
   // autotuning they may even hold the whole 1 MiB, so fault_test.cc's ClientSendingForever... is
   // the check that the cap itself holds.
@@ -198,7 +213,7 @@ TEST_P(ReactorFaultTest, ClientsThatNeverReadCostAtMostTheBufferCap) {
   }
   senders.clear();
   nlohmann::json stats = StopServer();
-  const std::uint64_t shared = stats["total"].value("provided_buffer_bytes", std::uint64_t{0});
+  const std::uint64_t shared = ProvidedBufferBytes(stats);
   EXPECT_EQ(shared > 0, GetParam() == "uring") << stats.dump();
   const std::uint64_t bound = kClients * kCap + shared + kSlack;
   if (!kSanitized) {
@@ -207,6 +222,29 @@ TEST_P(ReactorFaultTest, ClientsThatNeverReadCostAtMostTheBufferCap) {
         << shared << " provided buffers) while " << kClients << " clients sent " << total_sent
         << " bytes and read none";
   }
+}
+
+// Linux 6.17 can end a multishot recv after a number of bytes; uring then needs room for two
+// buffers instead of a burst of 32 and receives into 16 KiB buffers at the default cap, four times
+// the 4 KiB it uses without the limit (RecvBufferSize), which UPCASE_URING_RECV_LIMIT=off asks
+// for. The buffer ring's size at exit shows which the server chose.
+TEST_P(ReactorFaultTest, UringUsesTheKernelsRecvLimitWhenItHasOne) {
+  if (GetParam() != "uring") GTEST_SKIP() << "uring only";
+  auto pool_bytes = [&](const std::vector<std::string>& prefix) -> std::uint64_t {
+    Start({"--shards=1", "--bind=127.0.0.1", "--proto=tcp"}, prefix);
+    if (server_ == nullptr) return 0;
+    absl::StatusOr<Fd> fd = ConnectTcp(server_->tcp_port);
+    EXPECT_TRUE(fd.ok()) << fd.status();
+    if (fd.ok()) {
+      EXPECT_EQ(RoundTrip(fd->get(), "which buffers?").value_or(""), "WHICH BUFFERS?");
+    }
+    return ProvidedBufferBytes(StopServer());
+  };
+  const std::uint64_t with_limit = pool_bytes({});
+  const std::uint64_t without = pool_bytes({"env", "UPCASE_URING_RECV_LIMIT=off"});
+  ASSERT_GT(without, 0u);
+  EXPECT_EQ(with_limit, (KernelAtLeast(6, 17) ? 4 : 1) * without)
+      << "with the limit " << with_limit << " bytes, without " << without;
 }
 
 TEST_P(ReactorFaultTest, SigtermUnderLoadAnswersEverythingReceived) {

@@ -102,6 +102,13 @@ std::string StatsPathForCurrentTest(absl::string_view tag);
 nlohmann::json FinishWithStats(ServerProcess& server, const std::string& stats_path,
                                absl::Duration timeout = kIoTimeout);
 
+// The shared receive buffers a server's --stats-json reported at exit: uring's provided buffers,
+// which grow under load up to a fixed number per shard; 0 for the other backends.
+inline std::uint64_t ProvidedBufferBytes(const nlohmann::json& stats) {
+  return stats.contains("total") ? stats["total"].value("provided_buffer_bytes", std::uint64_t{0})
+                                 : 0;
+}
+
 // TCP/UDP sockets connected to 127.0.0.1:port (or `host`), with SO_RCVTIMEO/SO_SNDTIMEO set.
 absl::StatusOr<Fd> ConnectTcp(std::uint16_t port, const std::string& host = "127.0.0.1",
                               absl::Duration timeout = kIoTimeout);
