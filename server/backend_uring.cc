@@ -41,7 +41,8 @@
 // table lookup in every io_uring_enter().
 //
 // Kernel needs: Linux >= 6.0 (multishot recv and recvmsg, provided buffer rings, cancel by fd);
-// 6.1 for DEFER_TASKRUN. BackendInfo::available() probes all of it at run time and says what is
+// 6.1 for DEFER_TASKRUN; 6.17 for the multishot recv byte limit, used when present (see
+// kLimitedRecvBuffers). BackendInfo::available() probes all of it at run time and says what is
 // missing; without it the default backend falls back to epoll.
 // Try it: upcase-server --backend=uring --shards=2 5050, then `nc 127.0.0.1 5050` and
 // `nc -u 127.0.0.1 5050`; `strace -c -f` on the server shows almost nothing but io_uring_enter.
