@@ -328,7 +328,7 @@ std::string Report::Table() const {
                             "             THE SERVER DID NOT KEEP UP: it answered %.1f %% of the "
                             "requested rate; the corrected latency includes the queueing\n",
                             100 * ratio);
-    } else if (!kept_up()) {
+    } else if (!kept_up()) {  // a busy load generator may be what fell short: not the server alone
       absl::StrAppendFormat(
           &out,
           "             THE RATE WAS NOT REACHED: %.1f %% of it was answered, and "

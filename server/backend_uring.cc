@@ -24,9 +24,11 @@
 // Ordering and backpressure: at most one send is in flight per connection, so bytes leave in the
 // order they arrived, and a short send is simply resubmitted for the rest. Output that cannot be
 // sent yet waits in the connection's queue, capped by --conn-buffer as in epoll: a multishot recv
-// stays armed only while the queue has room for the largest burst the kernel may deliver before
-// it sees a cancel (kMultishotBurst buffers); nearer the cap the shard switches to single-shot
-// recvs no larger than the room left, and at the cap it stops receiving until the queue drains.
+// stays armed only while the queue has room for what the kernel may still deliver (Linux >= 6.17
+// ends it at a byte limit, one buffer of overshoot; older kernels need a cancel, which lands after
+// up to kMultishotBurst buffers: see kLimitedRecvBuffers); nearer the cap the shard switches to
+// single-shot recvs no larger than the room left, and at the cap it stops receiving until the
+// queue drains.
 //
 // Shutdown (Stop): stop accepting; every connection reads what the kernel had received for it
 // when Stop() came (SIOCINQ), answers it, sends its FIN and is closed once the client acknowledged
@@ -647,7 +649,7 @@ struct Conn {
   bool closing = false;          // no more I/O: close once ops == 0
   bool cancel_all_sent = false;  // every request on fd has been asked to stop
   bool touched = false;          // in Shard::touched_: Progress() runs after this batch
-  OutputQueue out;               // size() <= --conn-buffer, see kMultishotBurst
+  OutputQueue out;               // size() <= --conn-buffer, see kLimitedRecvBuffers
   std::vector<Held> held;        // direct path only: non-empty only while `out` is empty
   std::size_t held_sent = 0;     // bytes of held.front() already sent
   std::size_t held_bytes = 0;    // bytes in `held` not sent yet
