@@ -251,6 +251,14 @@ class SshHost:
         text = self.sh("grep Cpus_allowed_list /proc/self/status")
         return h.parse_cpu_list(text.split(":", 1)[1].strip())
 
+    def machine_info(self) -> dict:
+        """What report.md says of this host (as upcase_harness.machine_info does of here)."""
+        lines = self.sh("uname -r; grep -c ^processor /proc/cpuinfo; "
+                        "grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2-", check=False)[1]
+        kernel, nproc, model = (lines.splitlines() + ["?", "?", "?"])[:3]
+        return {"kernel": kernel.strip(), "nproc": nproc.strip(), "cpu_model": model.strip(),
+                "online_cpus": len(self.allowed_cpus())}
+
     def proc_stat(self, pid: int) -> dict:
         return h.parse_proc_stat(self.sh(f"cat /proc/{pid}/stat"))
 

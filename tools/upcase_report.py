@@ -400,7 +400,7 @@ def _scaling_section(summary: dict) -> list[str]:
            f"{what}. *efficiency* = req/s at N shards / (N x req/s at 1 shard): 1 is linear "
            "scaling (with no 1-shard run, against the fewest shards measured). Every closed-loop "
            "point ran at each shard count (`summary.json` → `scaling`); open-loop and syscall "
-           "runs use the largest count, which is also what the tables above show.", ""]
+           "runs use the largest count, which is also what the headline and the per-backend tables show.", ""]
     for b in backend_order(summary["scaling"]):
         rows = summary["scaling"][b].get(key)
         if rows:
@@ -790,7 +790,10 @@ def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
     lines += [f"Command: `{meta.get('command', 'tools/compare')}`  ",
               f"Date: {meta.get('date', '?')}, git {meta.get('git', '?')}  ",
               f"Machine: {machine.get('cpu_model', '?')}, nproc={machine.get('nproc', '?')}, "
-              f"kernel {machine.get('kernel', '?')}, {machine.get('memory', '?')}  ",
+              f"kernel {machine.get('kernel', '?')}, {machine.get('memory', '?')}"
+              + "".join(f"; {name}: {m.get('cpu_model', '?')}, nproc={m.get('nproc', '?')}, "
+                        f"kernel {m.get('kernel', '?')}"
+                        for name, m in meta.get("hosts", {}).items()) + "  ",
               f"Runs: {s.get('duration_s', '?')} s measured after {s.get('warmup_s', '?')} s "
               f"warm-up, {s.get('repeat', '?')} repeats per point, medians shown; "
               f"{placement_text(s)}"
