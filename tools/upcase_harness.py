@@ -474,10 +474,15 @@ class PerfCounter:
         try:
             self._command("disable")
         finally:
-            Children.reap(self.proc, signal.SIGINT, timeout=10)
-            os.close(self.ctl)
-            os.close(self.ack)
-        return parse_perf_csv(self.out.read_text(), self.events)
+            text = self._stop()
+        return parse_perf_csv(text, self.events)
+
+    def _stop(self) -> str:
+        """Ends perf stat; its CSV output."""
+        Children.reap(self.proc, signal.SIGINT, timeout=10)
+        os.close(self.ctl)
+        os.close(self.ack)
+        return self.out.read_text()
 
 
 def parse_perf_csv(text: str, events) -> dict[str, int]:

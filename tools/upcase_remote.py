@@ -6,7 +6,7 @@ Per host, SshHost keeps:
 - one control shell, `ssh HOST sh`, alive for the whole comparison: commands go down its stdin
   and their output comes back up to a marker line (`@@upcase N rc`), so reading
   /proc/PID/stat 20 times a second costs no new connection;
-- a private work folder there (`mktemp -d /tmp/upcase-compare.XXXXXX`: --stats-json and --json
+- a private work folder there (`mktemp -d $TMPDIR/upcase-compare.XXXXXX`: --stats-json and --json
   files, and the binaries with --copy-bins), removed at the end;
 - one ssh session per process it starts. The remote command prints its PID and execs the
   program; a watchdog beside it waits for the session's stdin to close and then sends SIGTERM,
@@ -88,7 +88,7 @@ class SshHost:
             raise h.HarnessError(f"ssh {dest}: cannot run commands there"
                                  + (f": {self._last_error()}" if self._last_error() else "")
                                  + " (needs key-based login: BatchMode=yes never asks)")
-        self.workdir = self.sh("mktemp -d /tmp/upcase-compare.XXXXXX").strip()
+        self.workdir = self.sh('mktemp -d "${TMPDIR:-/tmp}/upcase-compare.XXXXXX"').strip()
         if copy_bins:
             self.bin_dir = f"{self.workdir}/bin"
             self.sh(f"mkdir {shlex.quote(self.bin_dir)}")
@@ -299,7 +299,7 @@ class SshHost:
         return RemotePerf(self, pid, events)
 
 
-class RemotePerf:
+class RemotePerf(h.PerfCounter):
     """PerfCounter's twin over the control shell: `perf stat -p PID` started disabled there,
     switched on and off through its control FIFOs, which the shell holds open read-write
     (fds 5 and 6) so that neither side blocks opening them."""
@@ -322,17 +322,10 @@ class RemotePerf:
             raise h.HarnessError(f"perf stat on {self.host.name} did not acknowledge '{word}'"
                                  + (f": {err.strip().splitlines()[-1]}" if err.strip() else ""))
 
-    def enable(self):
-        self._command("enable")
-
-    def finish(self) -> dict[str, int]:
-        try:
-            self._command("disable")
-        finally:
-            d = shlex.quote(self.dir)
-            self.host.sh(f"kill -INT {self.perf_pid} 2>/dev/null; i=0; while kill -0 "
-                         f"{self.perf_pid} 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; "
-                         f"i=$((i+1)); done; exec 5>&- 6>&-; true", check=False)
-            text = self.host.read_text(f"{self.dir}/out.csv") or ""
-            self.host.sh(f"rm -rf {d}", check=False)
-        return h.parse_perf_csv(text, self.events)
+    def _stop(self) -> str:
+        self.host.sh(f"kill -INT {self.perf_pid} 2>/dev/null; i=0; while kill -0 "
+                     f"{self.perf_pid} 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; "
+                     f"i=$((i+1)); done; exec 5>&- 6>&-; true", check=False)
+        text = self.host.read_text(f"{self.dir}/out.csv") or ""
+        self.host.sh(f"rm -rf {shlex.quote(self.dir)}", check=False)
+        return text

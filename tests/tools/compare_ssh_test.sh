@@ -76,6 +76,7 @@ KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
 LogLevel ERROR
+SetEnv TMPDIR=$tmp/remote
 Subsystem sftp internal-sftp
 EOF
 # sshd's privilege-separation directory (the ssh service creates it at boot; harmless to keep).
@@ -105,8 +106,9 @@ leftovers() {
   pids=$(ip netns pids "$srv_ns" | grep -vx "$sshd_pid" || true)
   for p in $pids; do ps -o pid=,args= -p "$p" || true; done
 }
-workdirs() { ls -d /tmp/upcase-compare.* 2>/dev/null | sort || true; }
-before_dirs=$(workdirs)
+# tools/compare's work folders on the ssh host: its sessions have TMPDIR=$tmp/remote.
+mkdir "$tmp/remote"
+workdirs() { ls -A "$tmp/remote"; }
 
 check_runs() {  # $1: python expression over rec, run for every ok run
   /usr/bin/python3 - "$tmp/out" "$1" <<'EOF'
@@ -176,5 +178,5 @@ loads)
   ;;
 *) fail "unknown mode '$mode' (server or loads)" ;;
 esac
-[ "$before_dirs" = "$(workdirs)" ] || fail "remote work folders left behind: $(workdirs)"
+[ -z "$(workdirs)" ] || fail "remote work folders left behind: $(workdirs)"
 echo "PASS"
