@@ -1,11 +1,17 @@
-"""Runs one measurement: upcase-server on one CPU, upcase-load on another, on loopback.
+"""Runs one measurement: upcase-server on one CPU set, upcase-load on another, on loopback or
+between hosts.
 
-Shared by tools/compare and tools/regress. A run is
+Shared by tools/compare and tools/regress. A run is, by default (2 CPUs),
 
     taskset -c 0 upcase-server --backend=B --bind=127.0.0.1 --shards=1 --proto=P 0
     (wait for its "ready" line, read /proc/PID/stat, enable perf counters on PID)
     taskset -c 1 upcase-load --proto=P ... --json=FILE 127.0.0.1 PORT
     (read /proc/PID/stat again, disable the counters, SIGTERM the server, read --stats-json)
+
+RunSettings widens that: CPU sets for both sides (`taskset -c 0-3 upcase-server --shards=4
+--pin`, `upcase-load --threads=4 --cpus=4-7`), and hosts: a Host runs the processes and reads
+their /proc, locally (LocalHost) or through ssh (upcase_remote.SshHost), and several load hosts
+start together with --start-at and are merged with `upcase-load merge`.
 
 and yields one JSON-able dict: the point, the commands, upcase-load's own JSON untouched, and
 what the server cost (CPU seconds, context switches, peak threads, syscalls when probed, its
@@ -28,6 +34,7 @@ import select
 import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -45,6 +52,11 @@ LOAD_SLACK_S = 30.0
 TCP_LOAD_TIMEOUT_S = 3.0
 # How often peak thread count is sampled while a load runs.
 SAMPLE_PERIOD_S = 0.05
+# With several load hosts, every instance gets the same --start-at this far ahead, time enough to
+# start over ssh and connect before the common start.
+START_AHEAD_S = 3.0
+# The backends that take --shards and --pin (one reactor thread per shard).
+SHARDED_BACKENDS = ("epoll", "uring")
 # Per-syscall tracepoints counted in a probe run; everything else is summed as "other".
 PROBE_SYSCALLS = (
     "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
@@ -78,6 +90,8 @@ LOAD_EXIT_MISMATCH = 3
 
 class Children:
     _live: dict[int, subprocess.Popen] = {}
+    # Called first by kill_all: e.g. stopping remote processes while their ssh still runs.
+    hooks: list = []
 
     @classmethod
     def popen(cls, cmd, **kw) -> subprocess.Popen:
@@ -100,6 +114,12 @@ class Children:
 
     @classmethod
     def kill_all(cls):
+        for hook in list(cls.hooks):
+            try:
+                hook()
+            except Exception as e:  # noqa: BLE001 - cleanup goes on whatever one step did
+                print(f"cleanup: {e}", file=sys.stderr)
+        cls.hooks.clear()
         for p in list(cls._live.values()):
             if p.poll() is None:
                 p.kill()
@@ -171,6 +191,7 @@ class Point:
     rate: float = 0.0     # offered requests/s in total; 0 = closed loop
     label: str = ""       # open loop: e.g. "50%" of the reference maximum
     probe: bool = False   # a syscall-counting run (its CPU figures are not used)
+    shards: int | None = None  # epoll/uring: --shards; None = not swept (--shards=1)
 
     @property
     def mode(self) -> str:
@@ -185,8 +206,9 @@ class Point:
     def describe(self) -> str:
         load = "closed" if self.rate == 0 else f"open {self.label} ({fmt_count(self.rate)}/s)"
         probe = " [syscall probe]" if self.probe else ""
-        return (f"{self.backend} {self.proto} {fmt_size(self.size)} c={self.connections} "
-                f"{load}{probe}")
+        shards = f" shards={self.shards}" if self.shards else ""
+        return (f"{self.backend}{shards} {self.proto} {fmt_size(self.size)} "
+                f"c={self.connections} {load}{probe}")
 
 
 def fmt_size(n: int) -> str:
@@ -210,25 +232,70 @@ def fmt_duration(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# /proc readers.
+# CPU lists ("0-3,8", as taskset and upcase-load --cpus take them).
 
-def proc_stat(pid: int) -> dict:
-    """utime/stime (seconds, all threads, living and exited) and thread count from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        raw = f.read()
+def parse_cpu_list(text: str, allowed=None, flag: str = "--cpus") -> list[int]:
+    """Sorted CPUs of a list such as 0-3,8; ValueError (one line) when malformed, empty, or
+    naming a CPU outside `allowed`."""
+    cpus = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m or (m.group(2) and int(m.group(2)) < int(m.group(1))):
+            raise ValueError(f"{flag}={text}: expected CPUs such as 0-3,8")
+        lo = int(m.group(1))
+        cpus.update(range(lo, int(m.group(2) or lo) + 1))
+    if allowed is not None:
+        outside = sorted(cpus - set(allowed))
+        if outside:
+            raise ValueError(f"{flag}={text}: CPU {fmt_cpu_list(outside)} not in the allowed set "
+                             f"{fmt_cpu_list(allowed)}")
+    return sorted(cpus)
+
+
+def fmt_cpu_list(cpus) -> str:
+    """[0, 1, 2, 3, 8] -> "0-3,8"."""
+    out, run = [], []
+    for c in sorted(set(cpus)):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [c]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def split_cpus(allowed) -> tuple[list[int], list[int], str | None]:
+    """The default placement on one host: server on the first half of the allowed CPUs, load on
+    the second (CPU 0 | CPU 1 on two CPUs); on one CPU both share it, with a note."""
+    cpus = sorted(allowed)
+    if len(cpus) >= 2:
+        half = len(cpus) // 2
+        return cpus[:half], cpus[half:], None
+    return cpus, cpus, (f"only CPU {cpus[0]} is available: server and load share it, "
+                        "so figures are not comparable with 2-CPU results")
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc readers: parsers of the text, so a remote host's /proc (read through ssh) parses alike.
+
+def parse_proc_stat(raw: str) -> dict:
     fields = raw[raw.rindex(")") + 2:].split()  # fields[0] is field 3 (state) of proc(5)
     return {"utime_s": int(fields[11]) / CLK_TCK, "stime_s": int(fields[12]) / CLK_TCK,
             "threads": int(fields[17])}
 
 
-def proc_ctx_switches(pid: int) -> dict:
-    """Context switches summed over the living threads (exited threads are not counted)."""
+def proc_stat(pid: int) -> dict:
+    """utime/stime (seconds, all threads, living and exited) and thread count from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        return parse_proc_stat(f.read())
+
+
+def parse_ctx_switches(statuses) -> dict:
     vol = invol = 0
-    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
-        try:
-            text = (task / "status").read_text()
-        except OSError:
-            continue  # the thread exited meanwhile
+    for text in statuses:
         for line in text.splitlines():
             if line.startswith("voluntary_ctxt_switches:"):
                 vol += int(line.split()[1])
@@ -237,27 +304,87 @@ def proc_ctx_switches(pid: int) -> dict:
     return {"voluntary": vol, "involuntary": invol}
 
 
-def cpu_busy_s(cpus) -> float:
-    """Non-idle time of these CPUs (every process, interrupts included) from /proc/stat."""
+def _task_files(pid: int, name: str) -> list[str]:
+    out = []
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out.append((task / name).read_text())
+        except OSError:
+            continue  # the thread exited meanwhile
+    return out
+
+
+def proc_ctx_switches(pid: int) -> dict:
+    """Context switches summed over the living threads (exited threads are not counted)."""
+    return parse_ctx_switches(_task_files(pid, "status"))
+
+
+def parse_cpu_busy(stat_text: str, cpus) -> float:
+    """Non-idle seconds of these CPUs (every process, interrupts included) from /proc/stat."""
     total = 0
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *vals = line.split()
-            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
-                v = [int(x) for x in vals]
-                total += sum(v[:8]) - v[3] - v[4]  # all but idle and iowait; guest is in user
+    for line in stat_text.splitlines():
+        name, *vals = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            v = [int(x) for x in vals]
+            total += sum(v[:8]) - v[3] - v[4]  # all but idle and iowait; guest is in user
     return total / CLK_TCK
 
 
+def cpu_busy_s(cpus) -> float:
+    with open("/proc/stat") as f:
+        return parse_cpu_busy(f.read(), cpus)
+
+
+def group_thread_names(comms) -> dict[str, int]:
+    # Kernel helpers carry their number in the name (iou-wrk-1234): group them.
+    return dict(collections.Counter(re.sub(r"-?\d+$", "", c.strip()) for c in comms))
+
+
 def thread_names(pid: int) -> dict[str, int]:
-    names = collections.Counter()
-    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
-        try:
-            # Kernel helpers carry their number in the name (iou-wrk-1234): group them.
-            names[re.sub(r"-?\d+$", "", (task / "comm").read_text().strip())] += 1
-        except OSError:
-            pass
-    return dict(names)
+    return group_thread_names(_task_files(pid, "comm"))
+
+
+def parse_allowed_cpus(statuses) -> list[list[int]]:
+    """Cpus_allowed_list of each thread, from /proc/PID/task/*/status texts."""
+    out = []
+    for text in statuses:
+        m = re.search(r"^Cpus_allowed_list:\s*(\S+)", text, re.M)
+        if m:
+            out.append(parse_cpu_list(m.group(1)))
+    return out
+
+
+class LocalHost:
+    """This machine: processes start as children, /proc is read directly."""
+    name = "local"
+    remote = False
+
+    def allowed_cpus(self) -> list[int]:
+        return sorted(os.sched_getaffinity(0))
+
+    def binary(self, name: str) -> str:
+        return str(binary(name))
+
+    def proc_stat(self, pid):
+        return proc_stat(pid)
+
+    def ctx_switches(self, pid):
+        return proc_ctx_switches(pid)
+
+    def thread_names(self, pid):
+        return thread_names(pid)
+
+    def thread_cpus(self, pid) -> list[list[int]]:
+        return parse_allowed_cpus(_task_files(pid, "status"))
+
+    def cpu_busy_s(self, cpus) -> float:
+        return cpu_busy_s(cpus)
+
+    def tracepoint_exists(self, name: str) -> bool:
+        return _tracepoint_exists(name)
+
+
+LOCAL = LocalHost()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,15 +474,25 @@ class PerfCounter:
         try:
             self._command("disable")
         finally:
-            Children.reap(self.proc, signal.SIGINT, timeout=10)
-            os.close(self.ctl)
-            os.close(self.ack)
-        counts = {}
-        for line in self.out.read_text().splitlines():
-            parts = line.split(",")
-            if len(parts) > 2 and parts[2] in self.events:
-                counts[parts[2]] = int(parts[0]) if parts[0].isdigit() else 0
-        return counts
+            text = self._stop()
+        return parse_perf_csv(text, self.events)
+
+    def _stop(self) -> str:
+        """Ends perf stat; its CSV output."""
+        Children.reap(self.proc, signal.SIGINT, timeout=10)
+        os.close(self.ctl)
+        os.close(self.ack)
+        return self.out.read_text()
+
+
+def parse_perf_csv(text: str, events) -> dict[str, int]:
+    """`perf stat -x,` output: count,unit,event,... per line ("<not counted>" counts 0)."""
+    counts = {}
+    for line in text.splitlines():
+        parts = line.split(",")
+        if len(parts) > 2 and parts[2] in events:
+            counts[parts[2]] = int(parts[0]) if parts[0].isdigit() else 0
+    return counts
 
 
 class StraceCounter:
@@ -385,54 +522,77 @@ class StraceCounter:
 
 def _read_line(stream, deadline: float) -> bytes:
     """One line from a pipe, waiting at most until `deadline`; b"" on EOF or timeout."""
-    fd, buf = stream.fileno(), b""
-    while b"\n" not in buf:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        r, _, _ = select.select([fd], [], [], remaining)
-        if r:
-            chunk = os.read(fd, 4096)
-            if not chunk:
+    return LineReader(stream).line(deadline)
+
+
+class LineReader:
+    """Lines from a pipe with a deadline each; keeps what arrived after a line for the next."""
+
+    def __init__(self, stream):
+        self.fd, self.buf = stream.fileno(), b""
+
+    def line(self, deadline: float) -> bytes:
+        while b"\n" not in self.buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
-            buf += chunk
-    return buf.split(b"\n", 1)[0]
+            r, _, _ = select.select([self.fd], [], [], remaining)
+            if r:
+                chunk = os.read(self.fd, 4096)
+                if not chunk:
+                    break
+                self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
 
 
 # ---------------------------------------------------------------------------------------------
 # The server.
 
 class Server:
-    def __init__(self, point: Point, cpu: int | None, workdir: pathlib.Path,
-                 extra_args: list[str] = ()):
-        self.stats_path = workdir / "stats.json"
+    """upcase-server on `host` (this machine or one reached through ssh)."""
+
+    def __init__(self, point: Point, settings: "RunSettings", workdir: pathlib.Path, host=None):
+        self.host = host or LOCAL
         self.log_path = workdir / "server.log"
-        self.command = [str(binary("upcase-server")), f"--backend={point.backend}",
-                        "--bind=127.0.0.1", "--shards=1", f"--proto={point.proto}",
-                        f"--grace={fmt_duration(SERVER_GRACE_S)}",
-                        f"--stats-json={self.stats_path}", *extra_args, "0"]
-        if cpu is not None:
-            self.command = ["taskset", "-c", str(cpu)] + self.command
+        # On a remote host the counters go to its own work folder; read back at stop().
+        self.stats_path = (self.host.work_path(f"stats-{workdir.name}.json") if self.host.remote
+                           else workdir / "stats.json")
+        self.command = [self.host.binary("upcase-server"), f"--backend={point.backend}",
+                        f"--bind={settings.bind_addr()}", f"--shards={point.shards or 1}"]
+        if settings.pin and point.backend in SHARDED_BACKENDS:
+            self.command.append("--pin")
+        self.command += [f"--proto={point.proto}", f"--grace={fmt_duration(SERVER_GRACE_S)}",
+                         f"--stats-json={self.stats_path}", *settings.server_args, "0"]
+        cpus = settings.server_cpu_list()
+        if cpus is not None:
+            self.command = ["taskset", "-c", fmt_cpu_list(cpus)] + self.command
         self.proc = None
+        self.remote_pid = None
         self.port = None
         self.ready_line = None
 
     def start(self):
         log = open(self.log_path, "wb")
-        # taskset execs the server, so proc.pid is the server's PID.
-        self.proc = Children.popen(self.command, stdout=subprocess.PIPE, stderr=log,
-                                   stdin=subprocess.DEVNULL)
+        if self.host.remote:
+            self.proc, self.remote_pid, reader = self.host.spawn(self.command, stderr=log)
+        else:
+            # taskset execs the server, so proc.pid is the server's PID.
+            self.proc = Children.popen(self.command, stdout=subprocess.PIPE, stderr=log,
+                                       stdin=subprocess.DEVNULL)
+            reader = LineReader(self.proc.stdout)
         log.close()
-        line = _read_line(self.proc.stdout, time.monotonic() + READY_TIMEOUT_S).decode()
+        line = reader.line(time.monotonic() + READY_TIMEOUT_S).decode(errors="replace")
         m = re.search(r"^ready .*?(?:tcp|udp)=\S*:(\d+)", line)
         if not m:
-            Children.reap(self.proc, signal.SIGKILL)
+            self.stop(signal.SIGKILL)
             raise ServerStartError(f"server did not get ready: {self.last_log_line() or line}")
         self.ready_line, self.port = line, int(m.group(1))
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        """The server's PID on its host."""
+        return self.remote_pid if self.host.remote else self.proc.pid
 
     def last_log_line(self) -> str:
         try:
@@ -441,12 +601,20 @@ class Server:
             return ""
         return lines[-1] if lines else ""
 
-    def stop(self) -> tuple[int, dict | None]:
-        rc = Children.reap(self.proc, signal.SIGTERM)
+    def stop(self, sig=signal.SIGTERM) -> tuple[int, dict | None]:
+        if self.host.remote:
+            rc = self.host.stop(self.proc, self.remote_pid, sig, STOP_TIMEOUT_S)
+            text = self.host.read_text(self.stats_path, remove=True)
+        else:
+            rc = Children.reap(self.proc, sig)
+            try:
+                text = pathlib.Path(self.stats_path).read_text()
+            except OSError:
+                text = None
         self.proc.stdout.close()
         try:
-            stats = json.loads(self.stats_path.read_text())
-        except (OSError, ValueError):
+            stats = json.loads(text) if text else None
+        except ValueError:
             stats = None
         return rc, stats
 
@@ -462,14 +630,78 @@ class RunSettings:
     load_cpu: int | None = 1
     arrival: str = "poisson"
     server_args: tuple[str, ...] = ()
+    # Placement beyond one CPU each (tools/compare's flags); the defaults keep the above.
+    server_cpus: tuple[int, ...] | None = None  # replaces server_cpu
+    load_cpus: tuple[int, ...] | None = None    # replaces load_cpu
+    load_threads: int = 1
+    pin: bool = False          # epoll/uring get --pin (shard i on the i-th CPU of server_cpus)
+    server_host: object = None  # None: this machine; else an upcase_remote.SshHost
+    load_hosts: tuple = ()      # () : this machine; else LOCAL and/or SshHosts
+    server_addr: str | None = None  # where upcase-load connects (default 127.0.0.1)
+
+    def server_cpu_list(self) -> list[int] | None:
+        if self.server_cpus is not None:
+            return list(self.server_cpus)
+        return None if self.server_cpu is None else [self.server_cpu]
+
+    def load_cpu_list(self) -> list[int] | None:
+        if self.load_cpus is not None:
+            return list(self.load_cpus)
+        return None if self.load_cpu is None else [self.load_cpu]
+
+    def connect_addr(self) -> str:
+        return self.server_addr or "127.0.0.1"
+
+    def bind_addr(self) -> str:
+        """The server binds to the address the load connects to when it is a literal (so it
+        listens on the benchmark network only), else to every IPv4 address."""
+        import ipaddress
+        try:
+            ipaddress.ip_address(self.connect_addr())
+            return self.connect_addr()
+        except ValueError:
+            return "0.0.0.0"
 
 
-def load_command(point: Point, port: int, settings: RunSettings, json_path) -> list[str]:
-    cmd = [str(binary("upcase-load")), f"--proto={point.proto}",
-           f"--connections={point.connections}", "--threads=1",
+def placement(point: Point, settings: RunSettings) -> dict:
+    """Where a run's processes ran, as recorded in runs/*.json and stated by report.md."""
+    server_host = settings.server_host or LOCAL
+    load_hosts = [h for h, _, _ in load_shares(point, settings)]
+    server_cpus, load_cpus = settings.server_cpu_list(), settings.load_cpu_list()
+    shared = any(h is server_host for h in load_hosts)
+    sharded = point.backend in SHARDED_BACKENDS
+    return {"server_host": server_host.name, "server_cpus": server_cpus,
+            "shards": (point.shards or 1) if sharded else None,
+            "pin": bool(settings.pin and sharded),
+            "load_hosts": [h.name for h in load_hosts], "load_cpus": load_cpus,
+            "load_threads": settings.load_threads, "server_addr": settings.connect_addr(),
+            "overlap_cpus": sorted(set(server_cpus) & set(load_cpus))
+            if shared and server_cpus is not None and load_cpus is not None else []}
+
+
+def load_shares(point: Point, settings: RunSettings) -> list[tuple[object, int, float]]:
+    """(host, connections, rate) per load host: the point's connections and rate split evenly;
+    with fewer connections than hosts, only the first hosts take part."""
+    hosts = list(settings.load_hosts) or [LOCAL]
+    hosts = hosts[:max(1, min(len(hosts), point.connections))]
+    out = []
+    for i, host in enumerate(hosts):
+        conns = point.connections // len(hosts) + (1 if i < point.connections % len(hosts) else 0)
+        out.append((host, conns, point.rate * conns / point.connections))
+    return out
+
+
+def load_command(point: Point, port: int, settings: RunSettings, json_path, host=None,
+                 connections: int | None = None, rate: float | None = None,
+                 start_at: float | None = None) -> list[str]:
+    host = host or LOCAL
+    connections = point.connections if connections is None else connections
+    rate = point.rate if rate is None else rate
+    cmd = [host.binary("upcase-load"), f"--proto={point.proto}",
+           f"--connections={connections}", f"--threads={settings.load_threads}",
            f"--duration={fmt_duration(settings.duration)}",
            f"--warmup={fmt_duration(settings.warmup)}", f"--size={point.size}",
-           f"--rate={point.rate:.0f}", f"--json={json_path}", "--quiet"]
+           f"--rate={rate:.0f}", f"--json={json_path}", "--quiet"]
     if point.rate:
         # Open loop: requests leave on schedule whatever is in flight (--pipeline=0, no cap),
         # so a slow server builds a queue instead of slowing the offered load.
@@ -480,78 +712,168 @@ def load_command(point: Point, port: int, settings: RunSettings, json_path) -> l
         # Connect, start-up probe and end-of-run drain may wait this long on a starved or
         # throttled server; UDP keeps the default, since there it also declares a reply lost.
         cmd.append(f"--timeout={fmt_duration(TCP_LOAD_TIMEOUT_S)}")
-    cmd += ["127.0.0.1", str(port)]
-    if settings.load_cpu is not None:
-        cmd = ["taskset", "-c", str(settings.load_cpu)] + cmd
+    cpus = settings.load_cpu_list()
+    if cpus is not None and (len(cpus) > 1 or settings.load_threads > 1):
+        cmd.append(f"--cpus={fmt_cpu_list(cpus)}")  # thread i on the i-th CPU
+    if start_at:
+        cmd.append(f"--start-at={start_at:.3f}")
+    cmd += [settings.connect_addr(), str(port)]
+    if cpus is not None:
+        cmd = ["taskset", "-c", fmt_cpu_list(cpus)] + cmd
     return cmd
+
+
+@dataclasses.dataclass
+class LoadInstance:
+    """One upcase-load process of a run, on its host."""
+    host: object
+    command: list[str]
+    json_path: object   # on its host
+    err_path: pathlib.Path
+    proc: subprocess.Popen | None = None
+    remote_pid: int | None = None
+
+    def start(self):
+        with open(self.err_path, "wb") as err:
+            if self.host.remote:
+                self.proc, self.remote_pid, _ = self.host.spawn(self.command, stderr=err,
+                                                                stdout_null=True)
+            else:
+                self.proc = Children.popen(self.command, stdout=subprocess.DEVNULL, stderr=err,
+                                           stdin=subprocess.DEVNULL)
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            if self.host.remote:
+                self.host.stop(self.proc, self.remote_pid, signal.SIGKILL, 5)
+            else:
+                Children.reap(self.proc, signal.SIGKILL)
+
+    def result(self) -> dict:
+        """Its --json, after it exited; raises HarnessError (MismatchError) on failure."""
+        where = f" on {self.host.name}" if self.host.remote else ""
+        if self.host.remote:
+            self.host.forget(self.proc, self.remote_pid)
+        else:
+            Children._live.pop(self.proc.pid, None)
+        rc = self.proc.returncode
+        if rc != 0:
+            lines = self.err_path.read_text(errors="replace").strip().splitlines()
+            error = MismatchError if rc == LOAD_EXIT_MISMATCH else HarnessError
+            raise error(f"upcase-load{where} exited {rc}" + (f": {lines[-1]}" if lines else ""))
+        try:
+            text = (self.host.read_text(self.json_path, remove=True) if self.host.remote
+                    else pathlib.Path(self.json_path).read_text())
+            return json.loads(text or "")
+        except (OSError, ValueError) as e:
+            raise HarnessError(f"upcase-load{where} wrote no readable --json: {e}")
+
+
+def merge_loads(docs: list[dict], workdir: pathlib.Path) -> dict:
+    """One result from several load hosts' --json, by `upcase-load merge`."""
+    paths = []
+    for i, doc in enumerate(docs):
+        paths.append(workdir / f"load-part-{i}.json")
+        paths[-1].write_text(json.dumps(doc))
+    merged = workdir / "load-merged.json"
+    cmd = [str(binary("upcase-load")), "merge", f"--json={merged}", "--quiet", *map(str, paths)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        lines = r.stderr.strip().splitlines()
+        raise HarnessError("upcase-load merge failed" + (f": {lines[-1]}" if lines else ""))
+    return json.loads(merged.read_text())
 
 
 def run_point(point: Point, settings: RunSettings, tools: Tools, workroot: pathlib.Path) -> dict:
     """Runs one point and returns its record; raises HarnessError when it could not run."""
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="run-", dir=workroot))
-    server = Server(point, settings.server_cpu, workdir, list(settings.server_args))
+    host = settings.server_host or LOCAL
+    server = Server(point, settings, workdir, host)
     server.start()
     record = {"point": dataclasses.asdict(point) | {"key": point.key, "mode": point.mode},
               "settings": {"duration_s": settings.duration, "warmup_s": settings.warmup,
                            "arrival": settings.arrival if point.rate else None},
+              "placement": placement(point, settings),
               "server_ready": server.ready_line, "ok": False}
     counter = None
+    loads: list[LoadInstance] = []
     try:
+        if host.remote:
+            tools = host.tools  # what the server's host can count
         events = []
         if tools.perf_cs:
             events.append("context-switches")
         if point.probe and tools.perf_syscalls:
             events.append("raw_syscalls:sys_enter")
-            events += [f"syscalls:sys_enter_{s}" for s in PROBE_SYSCALLS if _tracepoint_exists(s)]
+            events += [f"syscalls:sys_enter_{s}" for s in PROBE_SYSCALLS
+                       if host.tracepoint_exists(s)]
         if events:
-            counter = PerfCounter(server.pid, events, workdir)
+            counter = (host.perf_counter(server.pid, events) if host.remote
+                       else PerfCounter(server.pid, events, workdir))
             counter.enable()
-        elif point.probe and tools.strace:
+        elif point.probe and tools.strace and not host.remote:
             counter = StraceCounter(server.pid, workdir)
-        ctx_before = proc_ctx_switches(server.pid)
-        before = proc_stat(server.pid)
-        cpus = {c for c in (settings.server_cpu, settings.load_cpu) if c is not None}
-        busy_before = cpu_busy_s(cpus)
+        ctx_before = host.ctx_switches(server.pid)
+        before = host.proc_stat(server.pid)
 
-        json_path = workdir / "load.json"
-        cmd = load_command(point, server.port, settings, json_path)
-        record["commands"] = {"server": shlex.join(server.command), "load": shlex.join(cmd)}
-        err_path = workdir / "load.err"
-        with open(err_path, "wb") as err:
-            load = Children.popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
-                                  stdin=subprocess.DEVNULL)
+        shares = load_shares(point, settings)
+        # Every CPU in use, per host, for the "other processes" figure.
+        sampled: dict[int, tuple[object, set]] = {}
+        for h, cpus in [(host, settings.server_cpu_list())] + [
+                (h, settings.load_cpu_list()) for h, _, _ in shares]:
+            if cpus is not None:
+                sampled.setdefault(id(h), (h, set()))[1].update(cpus)
+        busy_before = sum(h.cpu_busy_s(c) for h, c in sampled.values())
+
+        start_at = time.time() + START_AHEAD_S if len(shares) > 1 else None
+        for i, (h, conns, rate) in enumerate(shares):
+            json_path = (h.work_path(f"load-{workdir.name}-{i}.json") if h.remote
+                         else workdir / ("load.json" if i == 0 else f"load-{i}.json"))
+            cmd = load_command(point, server.port, settings, json_path, h, conns, rate, start_at)
+            loads.append(LoadInstance(h, cmd, json_path, workdir / f"load-{i}.err"))
+            loads[-1].start()
+        record["commands"] = {"server": shlex.join(server.command),
+                              "load": shlex.join(loads[0].command)}
+        if host.remote:
+            record["commands"]["server_host"] = host.name
+        if len(loads) > 1:
+            record["commands"]["loads"] = [{"host": l.host.name, "command": shlex.join(l.command)}
+                                           for l in loads]
         started = time.monotonic()
-        deadline = started + settings.warmup + settings.duration + LOAD_SLACK_S
-        threads_peak, names = before["threads"], thread_names(server.pid)
+        ahead = max(0.0, start_at - time.time()) if start_at else 0.0
+        deadline = started + ahead + settings.warmup + settings.duration + LOAD_SLACK_S
+        threads_peak, names = before["threads"], host.thread_names(server.pid)
         while True:
-            try:
-                load.wait(timeout=SAMPLE_PERIOD_S)
+            running = [l for l in loads if l.proc.poll() is None]
+            if not running:
                 break
+            try:
+                running[0].proc.wait(timeout=SAMPLE_PERIOD_S)
+                continue
             except subprocess.TimeoutExpired:
                 pass
             if time.monotonic() > deadline:
-                Children.reap(load, signal.SIGKILL)
                 raise HarnessError(f"upcase-load did not finish within "
                                    f"{deadline - started:.0f}s; killed")
-            now = proc_stat(server.pid)["threads"]
+            now = host.proc_stat(server.pid)["threads"]
             if now > threads_peak:
-                threads_peak, names = now, thread_names(server.pid)
-        wall = time.monotonic() - started
-        Children._live.pop(load.pid, None)
-        after = proc_stat(server.pid)
-        busy = cpu_busy_s(cpus) - busy_before
-        ctx_after = proc_ctx_switches(server.pid)
+                threads_peak, names = now, host.thread_names(server.pid)
+        wall = time.monotonic() - started - ahead
+        after = host.proc_stat(server.pid)
+        busy = sum(h.cpu_busy_s(c) for h, c in sampled.values()) - busy_before
+        ctx_after = host.ctx_switches(server.pid)
+        # Read late: a shard pins itself when its thread starts, which may follow "ready".
+        thread_cpus = host.thread_cpus(server.pid)
         counts = counter.finish() if counter else {}
         counter = None
-        if load.returncode != 0:
-            lines = err_path.read_text(errors="replace").strip().splitlines()
-            error = MismatchError if load.returncode == LOAD_EXIT_MISMATCH else HarnessError
-            raise error(f"upcase-load exited {load.returncode}"
-                        + (f": {lines[-1]}" if lines else ""))
-        try:
-            record["load"] = json.loads(json_path.read_text())
-        except (OSError, ValueError) as e:
-            raise HarnessError(f"upcase-load wrote no readable --json: {e}")
+        docs = [l.result() for l in loads]
+        record["load"] = docs[0] if len(docs) == 1 else merge_loads(docs, workdir)
+        if len(docs) > 1:
+            record["load_instances"] = [
+                {"host": l.host.name, "connections": d.get("connections"),
+                 "requests": d.get("requests"), "throughput_rps": d.get("throughput_rps"),
+                 "client_cpu_s": d.get("client_cpu_s"), "start_unix_s": d.get("start_unix_s")}
+                for l, d in zip(loads, docs)]
 
         server_info = {
             "pid": server.pid,
@@ -560,7 +882,11 @@ def run_point(point: Point, settings: RunSettings, tools: Tools, workroot: pathl
             "wall_s": wall,
             "threads_peak": threads_peak,
             "thread_names": names,
+            "thread_cpus": sorted({fmt_cpu_list(c) for c in thread_cpus}),
         }
+        server_cpus = settings.server_cpu_list()
+        if server_cpus is not None and any(set(c) - set(server_cpus) for c in thread_cpus):
+            record["placement"]["outside_server_cpus"] = True
         if "context-switches" in counts:
             server_info["ctx_switches"] = {"total": counts["context-switches"], "source": "perf"}
         else:
@@ -575,10 +901,19 @@ def run_point(point: Point, settings: RunSettings, tools: Tools, workroot: pathl
             elif counts:
                 server_info["syscalls"] = {"total": sum(counts.values()), "by_name": counts,
                                            "source": "strace"}
+            elif host.remote:
+                server_info["syscalls_skipped"] = f"perf unusable on {host.name}"
         record["server"] = server_info
-        # What every process used on the two CPUs: minus server and load, the noise.
-        record["cpus"] = {"cpus": sorted(cpus), "busy_s": busy, "wall_s": wall}
+        # What every process used on the CPUs in use: minus server and load, the noise.
+        record["cpus"] = {"cpus": sorted(c for _, cs in sampled.values() for c in cs),
+                          "busy_s": busy, "wall_s": wall,
+                          "client_cpu_s": sum(d.get("client_cpu_total_s",
+                                                    d.get("client_cpu_s", 0.0)) for d in docs)}
+        if len(sampled) > 1:
+            record["cpus"]["hosts"] = {h.name: sorted(c) for h, c in sampled.values()}
     finally:
+        for l in loads:
+            l.kill()
         if counter:
             try:
                 counter.finish()
@@ -652,7 +987,8 @@ class Runner:
                      f"p99 {load.get('latency_us', {}).get('p99', 0):.0f} µs, "
                      f"server {cpu * 1e6 / served if served else 0:.1f} µs CPU/req{extra}")
         rec["repeat"] = repeat
-        name = f"{self.done:03d}-{point.backend}-{point.key}" + (
+        shards = f"-s{point.shards}" if point.shards else ""
+        name = f"{self.done:03d}-{point.backend}{shards}-{point.key}" + (
             "-probe" if point.probe else f"-r{repeat}")
         (self.out / "runs" / f"{name}.json").write_text(json.dumps(rec, indent=1) + "\n")
         return rec
@@ -688,8 +1024,7 @@ def cpus_for_runs() -> tuple[int | None, int | None, str | None]:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) >= 2:
         return cpus[0], cpus[1], None
-    return cpus[0], cpus[0], (f"only CPU {cpus[0]} is available: server and load share it, "
-                              "so figures are not comparable with 2-CPU results")
+    return cpus[0], cpus[0], split_cpus(cpus)[2]
 
 
 def build_release(log=print):

@@ -6,7 +6,11 @@ terminal tables. Reads only saved JSON, so `tools/compare --replot DIR` can redo
     DIR/bench/*.json     Google Benchmark output, when tools/bench wrote it there (optional)
  -> DIR/summary.json     medians per (backend, point) with ratios against `threads`
     DIR/report.md        tables, plots, "where its cost goes" per backend, machine, command
-    DIR/*.png            throughput_vs_connections, latency_spectrum, latency_vs_load
+    DIR/*.png            throughput_vs_connections, latency_spectrum, latency_vs_load, and
+                         scaling (with a --shards sweep)
+
+With a shard sweep, summary.json's `points` hold each sharded backend at its largest shard count
+(the configuration the other backends are compared with) and `scaling` holds every shard count.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import statistics
 import struct
 import zlib
 
-from upcase_harness import HarnessError, fmt_count, fmt_size
+from upcase_harness import SHARDED_BACKENDS, HarnessError, fmt_count, fmt_cpu_list, fmt_size
 
 BASELINE = "threads"  # the blocking, thread-per-connection server every ratio is taken against
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9), ("p9999", 99.99))
@@ -28,6 +32,7 @@ SPECTRUM_KEY = "tcp-64B-c64-open50"
 # Above this share of the two CPUs used by other processes, the report calls the figures noisy.
 NOISY_SHARE = 0.05
 PLOTS = ("throughput_vs_connections.png", "latency_spectrum.png", "latency_vs_load.png")
+SCALING_PLOT = "scaling.png"  # only with a --shards sweep
 # Fixed colours so a backend looks the same in every plot and every report.
 COLORS = {"iterative": "#7f7f7f", "threads": "#1f77b4", "epoll": "#2ca02c", "uring": "#d62728"}
 BACKEND_ORDER = ("iterative", "threads", "epoll", "uring")
@@ -158,7 +163,8 @@ def run_metrics(rec: dict) -> dict:
         m["kept_up"] = 1.0 if load["kept_up"] else 0.0
     cpus = rec.get("cpus")
     if cpus and cpus.get("wall_s"):
-        client = load.get("client_cpu_total_s", load.get("client_cpu_s", 0.0))
+        client = cpus.get("client_cpu_s",
+                          load.get("client_cpu_total_s", load.get("client_cpu_s", 0.0)))
         m["foreign_cpu_share"] = max(0.0, cpus["busy_s"] - cpu - client) / (
             len(cpus["cpus"]) * cpus["wall_s"])
     udp = load.get("udp") or {}
@@ -188,6 +194,11 @@ def backend_order(names) -> list[str]:
     return [b for b in BACKEND_ORDER if b in names] + sorted(names - set(BACKEND_ORDER))
 
 
+def point_shards(p: dict) -> int | None:
+    """A run's shard count: None for a backend without shards (old runs: 1)."""
+    return (p.get("shards") or 1) if p["backend"] in SHARDED_BACKENDS else None
+
+
 def summarize(meta: dict, runs: list[dict]) -> dict:
     groups, probes, failures = {}, {}, []
     for rec in runs:
@@ -195,10 +206,11 @@ def summarize(meta: dict, runs: list[dict]) -> dict:
             failures.append(rec)
             continue
         p = rec["point"]
-        (probes if p.get("probe") else groups).setdefault((p["backend"], p["key"]), []).append(rec)
+        (probes if p.get("probe") else groups).setdefault(
+            (p["backend"], p["key"], point_shards(p)), []).append(rec)
 
-    points = []
-    for (backend, key), recs in groups.items():
+    entries = []
+    for (backend, key, shards), recs in groups.items():
         p = recs[0]["point"]
         per_run = [run_metrics(r) for r in recs]
         names = {k for m in per_run for k in m} - {"syscalls_by_name_per_req", "syscalls_source"}
@@ -206,13 +218,14 @@ def summarize(meta: dict, runs: list[dict]) -> dict:
         if "kept_up" in metrics:  # flag the point if any repeat fell behind its schedule
             metrics["kept_up"] = min(m.get("kept_up", 1.0) for m in per_run)
         rps = [m["rps"] for m in per_run if m["rps"] is not None]
-        entry = {"backend": backend, "key": key, "proto": p["proto"], "size": p["size"],
-                 "connections": p["connections"], "mode": p["mode"], "label": p["label"],
+        entry = {"backend": backend, "key": key, "shards": shards, "proto": p["proto"],
+                 "size": p["size"], "connections": p["connections"], "mode": p["mode"],
+                 "label": p["label"],
                  "rate": p["rate"], "repeats": len(recs), "metrics": metrics,
                  "rps_range": [min(rps), max(rps)] if rps else None,
                  "runs": [r["file"] for r in recs if "file" in r],
                  "ctx_source": recs[0]["server"]["ctx_switches"]["source"]}
-        probe = probes.get((backend, key))
+        probe = probes.get((backend, key, shards))
         if probe:
             pm = run_metrics(probe[0])
             if "syscalls_per_req" in pm:
@@ -221,8 +234,15 @@ def summarize(meta: dict, runs: list[dict]) -> dict:
                                      "source": pm["syscalls_source"],
                                      "run": probe[0].get("file")}
                 metrics["syscalls_per_req"] = pm["syscalls_per_req"]
-        points.append(entry)
-    points.sort(key=_sort_key)
+        entries.append(entry)
+    entries.sort(key=_sort_key)
+    # A sharded backend is compared with the others at its largest shard count; the others
+    # feed the scaling section.
+    main = {}
+    for e in entries:
+        if e["shards"] is not None:
+            main[e["backend"]] = max(main.get(e["backend"], 0), e["shards"])
+    points = [e for e in entries if e["shards"] is None or e["shards"] == main[e["backend"]]]
 
     index = {(p["backend"], p["key"]): p for p in points}
     for p in points:
@@ -238,8 +258,162 @@ def summarize(meta: dict, runs: list[dict]) -> dict:
             "foreign_cpu_share": foreign,
             "backends": backend_order({p["backend"] for p in points}),
             "points": points,
+            "scaling": scaling(entries),
             "failed_runs": [{"point": f["point"], "error": f.get("error"), "file": f.get("file")}
                             for f in failures]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shard scaling.
+
+def efficiency(rps_n: float | None, n: int, rps_base: float | None, base: int = 1) -> float | None:
+    """req/s at n shards over n/base times req/s at `base` shards (1 = linear scaling)."""
+    if not rps_n or not rps_base or not n:
+        return None
+    return rps_n * base / (n * rps_base)
+
+
+def scaling(entries: list[dict]) -> dict:
+    """{backend: {key: [row per shard count]}} for closed-loop points measured at more than one
+    shard count; efficiency is against the smallest count measured (1 in a sweep from 1)."""
+    out = {}
+    by = {}
+    for e in entries:
+        if e["shards"] is not None and e["mode"] == "closed":
+            by.setdefault((e["backend"], e["key"]), []).append(e)
+    for (backend, key), es in by.items():
+        if len(es) < 2:
+            continue
+        es.sort(key=lambda e: e["shards"])
+        base = es[0]
+        rows = []
+        for e in es:
+            m = e["metrics"]
+            rows.append({"shards": e["shards"], "rps": m["rps"], "rps_range": e["rps_range"],
+                         "cpu_us_per_req": m["cpu_us_per_req"],
+                         "server_util": m.get("server_util"), "load_util": m.get("load_util"),
+                         "ideal_rps": base["metrics"]["rps"] * e["shards"] / base["shards"]
+                         if base["metrics"]["rps"] else None,
+                         "efficiency": efficiency(m["rps"], e["shards"], base["metrics"]["rps"],
+                                                  base["shards"])})
+        out.setdefault(backend, {})[key] = rows
+    return out
+
+
+def scaling_key(summary: dict) -> str | None:
+    """The point the scaling section shows: the headline one, else the many-connection TCP one
+    with the smallest requests."""
+    keys = {k for per in summary.get("scaling", {}).values() for k in per}
+    if not keys:
+        return None
+    if HEADLINE_KEY in keys:
+        return HEADLINE_KEY
+    pts = {p["key"]: p for p in summary["points"] if p["key"] in keys}
+    return min(keys, key=lambda k: (pts[k]["proto"] != "tcp", -pts[k]["connections"],
+                                    pts[k]["size"], k) if k in pts else (True, 0, 0, k))
+
+
+def scaling_reference(summary: dict, key: str) -> dict[str, dict]:
+    """Backends without shards at the scaling point (iterative: its 1-connection point)."""
+    out = {}
+    p0 = next((p for p in summary["points"] if p["key"] == key), None)
+    for p in summary["points"]:
+        if p["shards"] is not None or p["mode"] != "closed" or not p0:
+            continue
+        if p["key"] == key or (p["backend"] not in out and p["proto"] == p0["proto"]
+                               and p["size"] == p0["size"] and p["connections"] == 1):
+            if p["backend"] not in out or p["key"] == key:
+                out[p["backend"]] = p
+    return out
+
+
+SCALING_COLUMNS = ("shards", "req/s", "ideal req/s", "efficiency", "CPU µs/req", "srv/load CPU")
+
+
+def scaling_rows(rows: list[dict]) -> list[list[str]]:
+    return [[str(r["shards"]), fmt_count(r["rps"]), fmt_count(r["ideal_rps"]),
+             _f(r["efficiency"], 2), _f(r["cpu_us_per_req"]), _util(r)] for r in rows]
+
+
+def plot_scaling(summary: dict, path: pathlib.Path) -> bool:
+    key = scaling_key(summary)
+    if not key:
+        return False
+    plt = _plt()
+    fig, (ax_rps, ax_cpu) = plt.subplots(1, 2, figsize=(11, 4.2))
+    shards_seen = set()
+    for b in backend_order(summary["scaling"]):
+        rows = summary["scaling"][b].get(key)
+        if not rows:
+            continue
+        xs = [r["shards"] for r in rows]
+        shards_seen.update(xs)
+        ys = [r["rps"] for r in rows]
+        lo = [y - r["rps_range"][0] if r["rps_range"] else 0 for r, y in zip(rows, ys)]
+        hi = [r["rps_range"][1] - y if r["rps_range"] else 0 for r, y in zip(rows, ys)]
+        ax_rps.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, color=_color(b), label=b)
+        ax_rps.plot(xs, [r["ideal_rps"] for r in rows], ls=":", color=_color(b), alpha=0.8,
+                    label=f"{b} ideal (linear)")
+        cpu = [(r["shards"], r["cpu_us_per_req"]) for r in rows if r["cpu_us_per_req"]]
+        ax_cpu.plot([x for x, _ in cpu], [y for _, y in cpu], marker="o", color=_color(b),
+                    label=b)
+    for b, p in scaling_reference(summary, key).items():
+        note = "" if p["key"] == key else f", c={p['connections']}"
+        if p["metrics"]["rps"]:
+            ax_rps.axhline(p["metrics"]["rps"], ls="--", lw=1, color=_color(b),
+                           label=f"{b} (one configuration{note})")
+        if p["metrics"]["cpu_us_per_req"]:
+            ax_cpu.axhline(p["metrics"]["cpu_us_per_req"], ls="--", lw=1, color=_color(b),
+                           label=f"{b} (one configuration{note})")
+    ticks = sorted(shards_seen)
+    for ax in (ax_rps, ax_cpu):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("shards (reactor threads, one pinned per server CPU)")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    _count_axis(ax_rps.yaxis)
+    ax_rps.set_ylabel("requests/s")
+    ax_rps.set_title("Throughput vs shards (dotted: linear from the fewest shards)", fontsize=10)
+    ax_cpu.set_ylabel("server CPU µs per request")
+    ax_cpu.set_title("Server CPU per request vs shards", fontsize=10)
+    p0 = next((p for p in summary["points"] if p["key"] == key), None)
+    if p0:
+        fig.suptitle(f"Shard scaling: {p0['proto'].upper()} {fmt_size(p0['size'])}, "
+                     f"{p0['connections']} connections, closed loop (median of repeats)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _scaling_section(summary: dict) -> list[str]:
+    key = scaling_key(summary)
+    if not key:
+        return []
+    p0 = next((p for p in summary["points"] if p["key"] == key), None)
+    what = (f"{p0['proto'].upper()} {fmt_size(p0['size'])} requests, {p0['connections']} "
+            "connections, closed loop" if p0 else key)
+    out = ["## Shard scaling", "",
+           f"{what}. *efficiency* = req/s at N shards / (N x req/s at 1 shard): 1 is linear "
+           "scaling (with no 1-shard run, against the fewest shards measured). Every closed-loop "
+           "point ran at each shard count (`summary.json` → `scaling`); open-loop and syscall "
+           "runs use the largest count, which is also what the headline and the per-backend tables show.", ""]
+    for b in backend_order(summary["scaling"]):
+        rows = summary["scaling"][b].get(key)
+        if rows:
+            out += [f"### {b}", "", md_table(SCALING_COLUMNS, scaling_rows(rows)), ""]
+    refs = scaling_reference(summary, key)
+    if refs:
+        out += ["For reference, at their one configuration (all the server CPUs): " + "; ".join(
+            f"{b} {fmt_count(p['metrics']['rps'])} req/s, "
+            f"{_f(p['metrics']['cpu_us_per_req'])} µs CPU/req"
+            + ("" if p["key"] == key else f" (c={p['connections']})")
+            for b, p in refs.items()) + ".", ""]
+    out += [f"![scaling]({SCALING_PLOT})", ""]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,12 +505,21 @@ def print_tables(summary: dict, out=print):
     for b in summary["backends"]:
         out(f"\n== {b}")
         out(text_table(TABLE_COLUMNS, table_rows(summary, b)))
+    key = scaling_key(summary)
+    for b in backend_order(summary.get("scaling", {})):
+        rows = summary["scaling"][b].get(key)
+        if rows:
+            out(f"\n== {b} shard scaling ({key}; efficiency = req/s / (N x req/s at 1 shard))")
+            out(text_table(SCALING_COLUMNS, scaling_rows(rows)))
     out("\n== headline (TCP 64 B, 64 connections unless noted)")
     out(text_table(HEADLINE_COLUMNS, headline_rows(summary)))
     foreign = summary.get("foreign_cpu_share")
     if foreign is not None and foreign > NOISY_SHARE:
-        out(f"\nwarning: other processes used {foreign * 100:.0f} % of the two CPUs during the "
-            "runs; the figures are noisy")
+        out(f"\nwarning: other processes used {foreign * 100:.0f} % of the CPUs in use during "
+            "the runs; the figures are noisy")
+    overlap = overlap_text(summary["meta"].get("settings", {}))
+    if overlap:
+        out(f"note: {overlap}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,7 +578,9 @@ def plot_throughput(summary: dict, path: pathlib.Path) -> bool:
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle("Throughput vs connections (server on 1 CPU; median of repeats, bars: min..max)")
+    cpus = summary["meta"].get("settings", {}).get("server_cpus")
+    where = f"server CPUs {fmt_cpu_list(cpus)}" if cpus and len(cpus) > 1 else "server on 1 CPU"
+    fig.suptitle(f"Throughput vs connections ({where}; median of repeats, bars: min..max)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -562,24 +747,61 @@ def _bench_section(d: pathlib.Path) -> list[str]:
             md_table(("benchmark", "GB/s"), rows), ""] if rows else []
 
 
+def placement_text(settings: dict) -> str:
+    """Where the server and the load ran, from meta.json's settings (old sets: one CPU each)."""
+    s = settings
+    if s.get("server_cpus") is None:
+        return (f"server (`--shards=1`) pinned to CPU {s.get('server_cpu', '?')}, upcase-load "
+                f"(1 thread) to CPU {s.get('load_cpu', '?')}; loopback")
+    shards = s.get("shards") or [1]
+    sweep = (f"`--shards={','.join(map(str, shards))}`" if len(shards) > 1
+             else f"`--shards={shards[0]}`")
+    threads = s.get("load_threads", 1)
+    hosts = s.get("load_hosts") or ["local"]
+    server_host = s.get("server_host", "local")
+    where = ("loopback" if s.get("server_addr", "127.0.0.1").startswith("127.")
+             else f"over the network to {s.get('server_addr')}")
+    return (f"server on {'this host' if server_host == 'local' else server_host}, CPUs "
+            f"{fmt_cpu_list(s['server_cpus'])} (epoll/uring {sweep}"
+            + (" `--pin`: shard i on the i-th of those CPUs" if s.get("pin") else "")
+            + f"), upcase-load ({threads} thread{'s' if threads != 1 else ''} per host) on "
+            + ", ".join("this host" if h == "local" else h for h in hosts)
+            + f", CPUs {fmt_cpu_list(s.get('load_cpus') or [])}; {where}")
+
+
+def overlap_text(settings: dict) -> str | None:
+    cpus = settings.get("overlap_cpus")
+    if not cpus:
+        return None
+    return (f"Server CPUs {fmt_cpu_list(settings['server_cpus'])} and load CPUs "
+            f"{fmt_cpu_list(settings['load_cpus'])} overlap on CPU {fmt_cpu_list(cpus)}: there "
+            "the server and upcase-load take turns, so figures that use those CPUs measure the "
+            "pair sharing them, not the server alone.")
+
+
 def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
     meta = summary["meta"]
     machine = meta.get("machine", {})
     s = meta.get("settings", {})
     lines = ["# upcase: I/O models compared", ""]
+    lines += [f"Placement: {placement_text(s)}.", ""]
+    if overlap_text(s):
+        lines += [f"**{overlap_text(s)}**", ""]
     lines += [f"Command: `{meta.get('command', 'tools/compare')}`  ",
               f"Date: {meta.get('date', '?')}, git {meta.get('git', '?')}  ",
               f"Machine: {machine.get('cpu_model', '?')}, nproc={machine.get('nproc', '?')}, "
-              f"kernel {machine.get('kernel', '?')}, {machine.get('memory', '?')}  ",
+              f"kernel {machine.get('kernel', '?')}, {machine.get('memory', '?')}"
+              + "".join(f"; {name}: {m.get('cpu_model', '?')}, nproc={m.get('nproc', '?')}, "
+                        f"kernel {m.get('kernel', '?')}"
+                        for name, m in meta.get("hosts", {}).items()) + "  ",
               f"Runs: {s.get('duration_s', '?')} s measured after {s.get('warmup_s', '?')} s "
-              f"warm-up, {s.get('repeat', '?')} repeats per point, medians shown; server "
-              f"(`--shards=1`) pinned to CPU {s.get('server_cpu', '?')}, upcase-load (1 thread) "
-              f"to CPU {s.get('load_cpu', '?')}; loopback"
+              f"warm-up, {s.get('repeat', '?')} repeats per point, medians shown; "
+              f"{placement_text(s)}"
               + (f"; every server also ran with `{' '.join(s['server_args'])}`"
                  if s.get("server_args") else "") + ".", ""]
     foreign = summary.get("foreign_cpu_share")
     if foreign is not None:
-        lines += [f"Other processes used {foreign * 100:.1f} % of those two CPUs during the "
+        lines += [f"Other processes used {foreign * 100:.1f} % of the CPUs in use during the "
                   "runs (median)" + (": **a busy machine, so these figures are noisy**."
                                      if foreign > NOISY_SHARE else "."), ""]
     lines += ["## Headline", "",
@@ -612,6 +834,7 @@ def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
               f"- *vs thr*: this backend's figure over `{BASELINE}`'s at the same point "
               "(`threads` is the blocking baseline).",
               ""]
+    lines += _scaling_section(summary)
     lines += ["## Per backend", ""]
     for b in summary["backends"]:
         lines += [f"### {b}", "", md_table(TABLE_COLUMNS, table_rows(summary, b)), ""]
@@ -643,6 +866,7 @@ def build(d: pathlib.Path, out=print) -> dict:
         plots.append(PLOTS[1])
     if plot_latency_vs_load(summary, d / PLOTS[2]):
         plots.append(PLOTS[2])
+    plot_scaling(summary, d / SCALING_PLOT)  # the scaling section links it
     write_report(d, summary, plots)
     print_tables(summary, out)
     return summary

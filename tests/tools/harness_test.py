@@ -1,20 +1,38 @@
 """Unit tests of the comparison harness's pure logic on synthetic input: the report's medians and
 ratios (tools/upcase_report.py), the regression check's ratios and tolerances
-(tools/upcase_regress.py), and parsing of the tools' output. No server or load generator runs.
+(tools/upcase_regress.py), tools/compare's flags, placement and shard scaling, and parsing of the
+tools' output. No server or load generator runs.
 
     /usr/bin/python3 tests/tools/harness_test.py
 """
+import importlib.machinery
+import importlib.util
 import json
 import pathlib
+import shutil
 import sys
 import tempfile
 import unittest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tools"))
+TOOLS = pathlib.Path(__file__).resolve().parents[2] / "tools"
+sys.path.insert(0, str(TOOLS))
 
 import upcase_harness  # noqa: E402
 import upcase_regress  # noqa: E402
+import upcase_remote  # noqa: E402
 import upcase_report  # noqa: E402
+
+
+def _load_compare():
+    """tools/compare is a script without .py: load it as a module (main() does not run)."""
+    loader = importlib.machinery.SourceFileLoader("compare_tool", str(TOOLS / "compare"))
+    spec = importlib.util.spec_from_loader("compare_tool", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+compare = _load_compare()
 
 # A made-up machine where requests cost these many server-CPU µs.
 CPU_US = {"iterative": 9.0, "threads": 12.0, "epoll": 6.0, "uring": 4.0}
@@ -22,9 +40,9 @@ SYSCALLS = {"iterative": 2.0, "threads": 2.0, "epoll": 2.2, "uring": 0.3}
 
 
 def synthetic_run(backend, proto="tcp", size=64, conns=64, rate=0.0, label="", repeat=0,
-                  probe=False, rps=None):
+                  probe=False, rps=None, shards=None):
     """One record shaped like upcase_harness.run_point's, with upcase-load's JSON keys."""
-    point = upcase_harness.Point(backend, proto, size, conns, rate, label, probe)
+    point = upcase_harness.Point(backend, proto, size, conns, rate, label, probe, shards)
     rps = rps or rate or 1e6 / CPU_US[backend] * (1 + 0.01 * repeat)
     served = rps * 2.0
     cpu = served * CPU_US[backend] / 1e6
@@ -192,6 +210,276 @@ class HarnessParsingTest(unittest.TestCase):
         self.assertEqual(upcase_harness.fmt_size(16384), "16KiB")
         self.assertEqual(upcase_harness.fmt_duration(0.5), "500ms")
         self.assertEqual(upcase_harness.fmt_duration(2), "2s")
+
+
+
+# ---------------------------------------------------------------------------------------------
+# tools/compare: flags, placement, shard scaling.
+
+class CpuListTest(unittest.TestCase):
+    def test_parse_and_format(self):
+        self.assertEqual(upcase_harness.parse_cpu_list("0-3,8"), [0, 1, 2, 3, 8])
+        self.assertEqual(upcase_harness.parse_cpu_list("5, 1-2,2"), [1, 2, 5])
+        self.assertEqual(upcase_harness.fmt_cpu_list([8, 0, 1, 2, 3, 5]), "0-3,5,8")
+        self.assertEqual(upcase_harness.fmt_cpu_list([1]), "1")
+
+    def test_bad_lists_have_one_line_reasons(self):
+        for text in ("3-1", "a", "", "1,,2", "-1"):
+            with self.assertRaises(ValueError) as e:
+                upcase_harness.parse_cpu_list(text, flag="--server-cpus")
+            self.assertIn("--server-cpus=", str(e.exception))
+            self.assertNotIn("\n", str(e.exception))
+        with self.assertRaisesRegex(ValueError, r"--load-cpus=2-3: CPU 2-3 not in the allowed set "
+                                                r"0-1$"):
+            upcase_harness.parse_cpu_list("2-3", [0, 1], "--load-cpus")
+
+
+class CompareFlagsTest(unittest.TestCase):
+    def test_lists(self):
+        self.assertEqual(compare.parse_list("64,1K,16k,64", "--sizes", compare.parse_size),
+                         [64, 1024, 16384])
+        self.assertEqual(compare.parse_list("tcp", "--protos", compare.proto), ["tcp"])
+        for text, flag, conv, why in (
+                (",", "--sizes", compare.parse_size, "empty list"),
+                ("", "--shards", compare.positive("a shard count"), "empty list"),
+                ("1,0", "--shards", compare.positive("a shard count"), ">= 1"),
+                ("2,x", "--connections", compare.positive("a connection count"), ">= 1"),
+                ("64,1G", "--sizes", compare.parse_size, "byte count"),
+                ("tcp,sctp", "--protos", compare.proto, "not tcp or udp")):
+            with self.assertRaises(ValueError, msg=text) as e:
+                compare.parse_list(text, flag, conv)
+            self.assertIn(why, str(e.exception))
+            self.assertTrue(str(e.exception).startswith(flag), str(e.exception))
+
+    def test_sizes_out_of_range(self):
+        compare.check_sizes([8, 65507], ["udp"])
+        compare.check_sizes([1, 16 << 20], ["tcp"])
+        with self.assertRaisesRegex(ValueError, "70000 bytes is out of range for udp"):
+            compare.check_sizes([64, 70000], ["tcp", "udp"])
+        with self.assertRaisesRegex(ValueError, "out of range for tcp"):
+            compare.check_sizes([(16 << 20) + 1], ["tcp"])
+
+    def test_matrix_lists_replace_their_dimension(self):
+        default = compare.MATRICES["default"]["closed"]
+        self.assertEqual(compare.matrix_points(default, sizes=[64]),
+                         [("tcp", 64, 1), ("tcp", 64, 64), ("tcp", 64, 512), ("udp", 64, 64)])
+        self.assertEqual(compare.matrix_points(default, protos=["udp"], connections=[1, 8]),
+                         [("udp", 64, 1), ("udp", 64, 8)])
+        self.assertEqual(compare.matrix_points(default), default)
+        self.assertEqual(compare.open_base([("tcp", 1024, 8), ("tcp", 64, 1), ("tcp", 64, 8)]),
+                         ("tcp", 64, 8))
+        self.assertIsNone(compare.open_base([("udp", 64, 64), ("tcp", 64, 1)]))
+
+    def test_default_placement_on_two_cpus_is_todays(self):
+        p = compare.resolve_placement([0, 1], [0, 1], True)
+        self.assertEqual((p["server_cpus"], p["load_cpus"], p["shards"], p["load_threads"],
+                          p["overlap_cpus"], p["notes"]), ([0], [1], [1], 1, [], []))
+
+    def test_default_placement_splits_more_cpus_in_halves(self):
+        p = compare.resolve_placement(list(range(8)), list(range(8)), True)
+        self.assertEqual((p["server_cpus"], p["load_cpus"], p["shards"], p["load_threads"]),
+                         ([0, 1, 2, 3], [4, 5, 6, 7], [4], 4))
+        # A container limited to CPUs 4-7 (the allowed set, not os.cpu_count()).
+        p = compare.resolve_placement([4, 5, 6, 7], [4, 5, 6, 7], True)
+        self.assertEqual((p["server_cpus"], p["load_cpus"]), ([4, 5], [6, 7]))
+        p = compare.resolve_placement([3], [3], True)
+        self.assertEqual((p["server_cpus"], p["load_cpus"]), ([3], [3]))
+        self.assertIn("only CPU 3", p["notes"][0])
+
+    def test_one_side_given_takes_the_rest(self):
+        p = compare.resolve_placement(list(range(8)), list(range(8)), True, server_cpus="0-5")
+        self.assertEqual(p["load_cpus"], [6, 7])
+        p = compare.resolve_placement(list(range(8)), list(range(8)), True, load_cpus="7",
+                                      load_threads=2)
+        self.assertEqual((p["server_cpus"], p["load_threads"]), (list(range(7)), 2))
+
+    def test_separate_hosts_use_all_their_cpus(self):
+        p = compare.resolve_placement(list(range(32)), list(range(16)), False,
+                                      shards="32,1,2,4")
+        self.assertEqual((p["server_cpus"], p["load_cpus"], p["shards"], p["load_threads"],
+                          p["overlap_cpus"]), (list(range(32)), list(range(16)), [1, 2, 4, 32],
+                                               16, []))
+
+    def test_overlap_is_allowed_and_stated(self):
+        p = compare.resolve_placement([0, 1], [0, 1], True, server_cpus="0-1", load_cpus="1",
+                                      shards="1,2")
+        self.assertEqual((p["overlap_cpus"], p["shards"]), ([1], [1, 2]))
+        text = upcase_report.overlap_text(p)
+        self.assertIn("Server CPUs 0-1 and load CPUs 1 overlap on CPU 1", text)
+        self.assertIsNone(upcase_report.overlap_text(
+            compare.resolve_placement([0, 1], [0, 1], True)))
+
+    def test_placement_errors(self):
+        for kw, why in ((dict(server_cpus="9"), "--server-cpus=9: CPU 9 not in the allowed set"),
+                        (dict(load_cpus="0-9"), "--load-cpus=0-9: CPU 2-9 not in"),
+                        (dict(shards="0"), "--shards=0"),
+                        (dict(load_threads=0), "--load-threads must be >= 1")):
+            with self.assertRaisesRegex(ValueError, why):
+                compare.resolve_placement([0, 1], [0, 1], True, **kw)
+        p = compare.resolve_placement([0, 1], [0, 1], True, shards="1,4")
+        self.assertIn("--shards up to 4 on 1 server CPU", p["notes"][0])
+
+    def test_plan_sweeps_sharded_backends_only(self):
+        matrix = compare.MATRICES["quick"]
+        closed = compare.matrix_points(matrix["closed"], protos=["tcp"], sizes=[64])
+        epoll_closed, epoll_probes = compare.plan_for("epoll", matrix, closed, closed[-1:], [1, 2])
+        self.assertEqual([(p.connections, p.shards) for p in epoll_closed],
+                         [(1, 1), (64, 1), (1, 2), (64, 2)])
+        self.assertEqual([(p.connections, p.shards) for p in epoll_probes], [(64, 2)])
+        thr_closed, _ = compare.plan_for("threads", matrix, closed, closed[-1:], [1, 2])
+        self.assertEqual([p.shards for p in thr_closed], [None, None])
+        it_closed, it_probes = compare.plan_for("iterative", matrix, closed, closed[-1:], None)
+        self.assertEqual([(p.connections, p.probe) for p in it_closed + it_probes],
+                         [(1, False), (1, True)])
+
+
+class FakeHost:
+    name, remote = "fake", False
+
+    def binary(self, name):
+        return name
+
+
+class LoadSplitTest(unittest.TestCase):
+    def test_default_commands_are_unchanged(self):
+        s = upcase_harness.RunSettings()
+        p = upcase_harness.Point("epoll", "tcp", 64, 64)
+        cmd = upcase_harness.load_command(p, 5050, s, "/x.json", FakeHost())
+        self.assertEqual(cmd[:4], ["taskset", "-c", "1", "upcase-load"])
+        self.assertIn("--threads=1", cmd)
+        self.assertFalse([a for a in cmd if a.startswith(("--cpus", "--start-at"))])
+        self.assertEqual(cmd[-2:], ["127.0.0.1", "5050"])
+        self.assertEqual(s.bind_addr(), "127.0.0.1")
+        self.assertEqual(upcase_harness.placement(p, s)["server_cpus"], [0])
+
+    def test_load_cpus_threads_and_hosts(self):
+        a, b = FakeHost(), FakeHost()
+        s = upcase_harness.RunSettings(load_cpus=(4, 5, 6, 7), load_threads=4,
+                                       server_cpus=(0, 1, 2, 3), load_hosts=(a, b),
+                                       server_addr="198.18.0.1")
+        p = upcase_harness.Point("uring", "tcp", 64, 3, rate=900.0, label="50%", shards=2)
+        shares = upcase_harness.load_shares(p, s)
+        self.assertEqual([(h is a, c, r) for h, c, r in shares], [(True, 2, 600.0),
+                                                                 (False, 1, 300.0)])
+        cmd = upcase_harness.load_command(p, 5050, s, "/x.json", a, 2, 600.0, 1e9)
+        self.assertEqual(cmd[:3], ["taskset", "-c", "4-7"])
+        for arg in ("--threads=4", "--cpus=4-7", "--connections=2", "--rate=600",
+                    "--start-at=1000000000.000", "198.18.0.1"):
+            self.assertIn(arg, cmd)
+        self.assertEqual(s.bind_addr(), "198.18.0.1")
+        self.assertEqual(upcase_harness.RunSettings(server_addr="bench-a").bind_addr(),
+                         "0.0.0.0")
+        one = upcase_harness.Point("uring", "tcp", 64, 1)
+        self.assertEqual(len(upcase_harness.load_shares(one, s)), 1)
+        place = upcase_harness.placement(p, s)
+        self.assertEqual((place["shards"], place["pin"], place["load_hosts"],
+                          place["overlap_cpus"]), (2, False, ["fake", "fake"], []))
+
+    def test_ssh_destinations(self):
+        self.assertEqual(upcase_remote.split_destination("root@198.18.0.1"),
+                         ("root@198.18.0.1", None, "198.18.0.1"))
+        self.assertEqual(upcase_remote.split_destination("ssh://me@bench-a:2222"),
+                         ("me@bench-a", "2222", "bench-a"))
+        self.assertEqual(upcase_remote.split_destination("bench-b")[2], "bench-b")
+        for bad in ("-oProxyCommand=x", "a b", "ssh://", ""):
+            with self.assertRaises(ValueError):
+                upcase_remote.split_destination(bad)
+
+
+def sharded_dir(d: pathlib.Path, overlap=True):
+    """epoll and uring at 1, 2 and 4 shards (epoll scaling 1, 0.9, 0.75), threads once."""
+    (d / "runs").mkdir(parents=True)
+    runs = []
+    for r in range(3):
+        for n, eff in ((1, 1.0), (2, 0.9), (4, 0.75)):
+            runs.append(synthetic_run("epoll", shards=n, rps=100e3 * n * eff * (1 + r / 100),
+                                      repeat=r))
+            runs.append(synthetic_run("uring", shards=n, rps=110e3 * n * (1 + r / 100),
+                                      repeat=r))
+            runs.append(synthetic_run("epoll", conns=1, shards=n, rps=20e3, repeat=r))
+        runs.append(synthetic_run("threads", rps=80e3, repeat=r))
+        runs.append(synthetic_run("threads", conns=1, rps=15e3, repeat=r))
+    for i, rec in enumerate(runs):
+        (d / "runs" / f"{i:03d}.json").write_text(json.dumps(rec))
+    (d / "meta.json").write_text(json.dumps({
+        "command": "tools/compare --shards=1,2,4", "machine": {}, "notes": [],
+        "settings": {"duration_s": 1, "warmup_s": 0.3, "repeat": 3, "server_cpus": [0, 1, 2, 3],
+                     "load_cpus": [3, 4] if overlap else [4, 5], "shards": [1, 2, 4],
+                     "pin": True, "load_threads": 2, "load_hosts": ["local"],
+                     "server_host": "local", "server_addr": "127.0.0.1",
+                     "overlap_cpus": [3] if overlap else []}}))
+
+
+class ScalingTest(unittest.TestCase):
+    def test_efficiency(self):
+        self.assertAlmostEqual(upcase_report.efficiency(150e3, 2, 100e3), 0.75)
+        self.assertAlmostEqual(upcase_report.efficiency(300e3, 4, 200e3, base=2), 0.75)
+        self.assertIsNone(upcase_report.efficiency(None, 2, 100e3))
+        self.assertIsNone(upcase_report.efficiency(1e3, 2, 0))
+
+    def test_summary_keeps_the_largest_shard_count_and_scales_the_rest(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            sharded_dir(pathlib.Path(tmp))
+            summary = upcase_report.summarize(*upcase_report.load_dir(pathlib.Path(tmp)))
+        index = {(p["backend"], p["key"]): p for p in summary["points"]}
+        self.assertEqual(index[("epoll", "tcp-64B-c64-closed")]["shards"], 4)
+        self.assertIsNone(index[("threads", "tcp-64B-c64-closed")]["shards"])
+        self.assertEqual(len([p for p in summary["points"] if p["backend"] == "epoll"]), 2)
+        rows = summary["scaling"]["epoll"]["tcp-64B-c64-closed"]
+        self.assertEqual([r["shards"] for r in rows], [1, 2, 4])
+        self.assertEqual([round(r["efficiency"], 3) for r in rows], [1.0, 0.9, 0.75])
+        self.assertAlmostEqual(rows[2]["ideal_rps"], 4 * 101e3)  # median of the repeats
+        self.assertAlmostEqual(rows[2]["cpu_us_per_req"], 6.0)
+        self.assertEqual([round(r["efficiency"], 3) for r in
+                          summary["scaling"]["uring"]["tcp-64B-c64-closed"]], [1.0, 1.0, 1.0])
+        self.assertEqual(upcase_report.scaling_key(summary), "tcp-64B-c64-closed")
+        self.assertEqual(set(upcase_report.scaling_reference(summary, "tcp-64B-c64-closed")),
+                         {"threads"})
+        self.assertEqual(upcase_report.scaling_rows(rows)[1][:4], ["2", "182k", "202k", "0.9"])
+
+    def test_report_and_plot(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            d = pathlib.Path(tmp)
+            sharded_dir(d)
+            printed = []
+            upcase_report.build(d, out=printed.append)
+            self.assertGreater((d / upcase_report.SCALING_PLOT).stat().st_size, 10000)
+            report = (d / "report.md").read_text()
+        first = report.splitlines()[:6]
+        self.assertTrue(any(l.startswith("Placement: server on this host, CPUs 0-3 (epoll/uring "
+                                          "`--shards=1,2,4` `--pin`") for l in first), first)
+        self.assertTrue(any("overlap on CPU 3" in l for l in first), first)
+        self.assertIn("## Shard scaling", report)
+        self.assertIn("| 4 | 303k | 404k | 0.75 |", report)
+        self.assertIn("For reference, at their one configuration (all the server CPUs): "
+                      "threads 80k req/s", report)
+        self.assertIn("![scaling](scaling.png)", report)
+        self.assertIn("== epoll shard scaling", "\n".join(printed))
+
+    def test_no_sweep_no_scaling(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            d = pathlib.Path(tmp)
+            synthetic_dir(d)
+            upcase_report.build(d, out=lambda line: None)
+            self.assertFalse((d / upcase_report.SCALING_PLOT).exists())
+            report = (d / "report.md").read_text()
+        self.assertNotIn("Shard scaling", report)
+        self.assertIn("Placement: server (`--shards=1`) pinned to CPU 0, upcase-load (1 thread) "
+                      "to CPU 1; loopback", report)
+        self.assertNotIn("overlap", report.split("## Headline")[0])
+
+    def test_replot_of_a_committed_set_without_placement_fields(self):
+        old = TOOLS.parent / "results" / "reference-2core"
+        if not (old / "runs").is_dir():
+            self.skipTest("results/reference-2core is not in this tree")
+        with tempfile.TemporaryDirectory() as tmp:
+            d = pathlib.Path(tmp) / "set"
+            shutil.copytree(old, d)
+            summary = upcase_report.build(d, out=lambda line: None)
+            report = (d / "report.md").read_text()
+        self.assertEqual(summary["scaling"], {})
+        self.assertEqual(summary["backends"], ["iterative", "threads", "epoll", "uring"])
+        self.assertIn("pinned to CPU 0", report)
 
 
 if __name__ == "__main__":
