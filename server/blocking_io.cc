@@ -1,7 +1,5 @@
 #include "server/blocking_io.h"
 
-#include <linux/sockios.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -13,6 +11,7 @@
 #include "common/sys.h"
 #include "common/uppercase.h"
 #include "server/config.h"
+#include "server/shutdown.h"
 
 namespace upcase {
 namespace {
@@ -22,8 +21,6 @@ constexpr std::size_t kTcpChunk = 64 * 1024;
 using TcpBuffer = std::array<char, kTcpChunk>;
 // Pause after EMFILE/ENFILE so an acceptor out of descriptors does not spin.
 constexpr absl::Duration kAcceptErrorPause = absl::Milliseconds(20);
-// During shutdown, how often a connection checks whether the client acknowledged its output.
-constexpr absl::Duration kLingerPoll = absl::Milliseconds(10);
 // Reads of discarded input per check, so a client that never stops sending cannot hold us.
 constexpr int kDiscardReadsPerPoll = 16;
 
@@ -78,8 +75,7 @@ bool WaitUntilAcknowledged(int fd, std::int64_t deadline_ns, TcpBuffer& buf) {
       if (n == 0 || errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
       return false;  // reset by the client (or by the kernel, see the header)
     }
-    int unacked = 0;
-    if (::ioctl(fd, SIOCOUTQ, &unacked) != 0 || unacked == 0) return true;
+    if (OutputAcknowledged(fd)) return true;
     if (MonotonicNanos() >= deadline_ns) return false;
     std::this_thread::sleep_for(absl::ToChronoMilliseconds(kLingerPoll));
   }
@@ -88,12 +84,10 @@ bool WaitUntilAcknowledged(int fd, std::int64_t deadline_ns, TcpBuffer& buf) {
 // The end of a connection once Stop() came (see the header): answer what had arrived, wait for
 // the client to acknowledge it, then FIN, and wait for that acknowledgement too.
 void FinishAtStop(int fd, const StopFlag& stop, TcpBuffer& buf, ShardStats& stats) {
-  int queued = 0;
-  if (::ioctl(fd, SIOCINQ, &queued) != 0) queued = 0;
-  std::size_t left = static_cast<std::size_t>(std::max(queued, 0));
+  std::uint64_t left = ReceivedNotRead(fd);
   while (left > 0) {
     // Never blocks: at least `left` bytes are queued, and only this thread reads them.
-    const ssize_t n = ::recv(fd, buf.data(), std::min(buf.size(), left), 0);
+    const ssize_t n = ::recv(fd, buf.data(), std::min<std::uint64_t>(buf.size(), left), 0);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;  // reset meanwhile
     left -= static_cast<std::size_t>(n);

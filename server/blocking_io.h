@@ -1,15 +1,16 @@
 // The blocking request loops shared by the two lab-style backends (iterative and threads): the
 // code a student writes first. A blocking backend decides only *who* runs these loops.
 //
-// Stopping a blocking server gracefully. A thread blocked in recv() only wakes for the socket, so
-// Stop() wakes it with shutdown(SHUT_RD): recv() then returns what is queued, then 0. But a socket
-// must not simply be closed after that: closing with unread input makes Linux reset the
-// connection, and the reset throws away output the client has not acknowledged yet. Nor may it
-// send its FIN early: a socket shut for reading that has sent its FIN resets the connection as
-// soon as more input arrives. So a connection answers what its socket had received when the stop
-// was seen (SIOCINQ), waits, reading and discarding input, until the client has acknowledged all
-// of the output (SIOCOUTQ == 0, checked every few milliseconds), only then sends its FIN, and is
-// closed when that is acknowledged too, or when the grace period ends.
+// Stopping a blocking server gracefully, by the policy every backend follows (server/shutdown.h).
+// A thread blocked in recv() only wakes for the socket, so Stop() wakes it with shutdown(SHUT_RD):
+// recv() then returns what is queued, then 0. But a socket must not simply be closed after that:
+// closing with unread input makes Linux reset the connection, and the reset throws away output the
+// client has not acknowledged yet. Nor may it send its FIN early: a socket shut for reading that
+// has sent its FIN resets the connection as soon as more input arrives. So a connection answers
+// what its socket had received when the stop was seen (SIOCINQ), waits, reading and discarding
+// input, until the client has acknowledged all of the output (SIOCOUTQ == 0, checked every
+// kLingerPoll), only then sends its FIN, and is closed when that is acknowledged too, or when the
+// grace period ends.
 #ifndef UPCASE_SERVER_BLOCKING_IO_H_
 #define UPCASE_SERVER_BLOCKING_IO_H_
 

@@ -1,0 +1,78 @@
+// What the two multi-reactor backends (epoll, uring) share: N shards, each one thread with its
+// own TCP listener and UDP socket on the same port (SO_REUSEPORT, so the kernel spreads
+// connections and datagrams across them), started, stopped and counted the same way. A backend
+// only says how one shard serves (ReactorShard); ShardedBackend does the rest:
+//
+//   Open()   binds every shard's sockets and creates the shards (CreateShard);
+//   Run()    runs shard 0 on the calling thread and the others on threads of their own, each
+//            pinned to its CPU with --pin;
+//   Stop()   makes the one stop eventfd readable; every shard watches it and shuts down;
+//   Stats()  one entry per shard.
+#ifndef UPCASE_SERVER_SHARDED_BACKEND_H_
+#define UPCASE_SERVER_SHARDED_BACKEND_H_
+
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/net.h"
+#include "server/backend.h"
+#include "server/config.h"
+#include "server/stats.h"
+
+namespace upcase {
+
+// One reactor: a thread's whole world. Created by Open(), run on its own thread, read after.
+class ReactorShard {
+ public:
+  virtual ~ReactorShard() = default;
+  // The event loop: returns once shutdown has finished, or with an error when serving cannot go
+  // on (the message names the call that failed).
+  virtual absl::Status Run() = 0;
+  virtual ShardStats stats() const = 0;
+};
+
+// What Open() hands each new shard.
+struct ShardSetup {
+  int index = 0;
+  Fd tcp;  // the shard's listener; invalid when TCP is not served
+  Fd udp;  // the shard's UDP socket; invalid when UDP is not served
+  // This shard's share of --max-conns, so shards need no shared counter: ceil(max / shards). The
+  // server as a whole may therefore admit up to shards - 1 connections more than max.
+  std::size_t max_conns = 0;
+  // Readable once Stop() was called, and from then on (never read: every shard sees it).
+  int stop_fd = -1;
+};
+
+class ShardedBackend : public Backend {
+ public:
+  explicit ShardedBackend(const ServerConfig& config) : config_(config) {}
+
+  absl::StatusOr<Endpoints> Open() final;
+  absl::Status Run() final;
+  void Stop() final;
+  std::vector<ShardStats> Stats() const final;
+
+ protected:
+  // Creates shard `setup.index` with its sockets; resource problems are reported here, before the
+  // ready line.
+  virtual absl::StatusOr<std::unique_ptr<ReactorShard>> CreateShard(ShardSetup setup) = 0;
+
+  const ServerConfig& config() const { return config_; }
+
+ private:
+  const ServerConfig config_;
+  Fd stop_;                                            // eventfd
+  std::vector<int> cpus_;                              // --pin: shard i runs on cpus_[i % size]
+  std::vector<std::unique_ptr<ReactorShard>> shards_;  // fixed once Open() returned
+};
+
+// The CPUs this process may run on (sched_getaffinity), in increasing order: what --pin spreads
+// the shards over, and how many shards run by default. Never empty.
+std::vector<int> AllowedCpus();
+
+}  // namespace upcase
+
+#endif  // UPCASE_SERVER_SHARDED_BACKEND_H_
