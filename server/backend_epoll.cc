@@ -617,25 +617,13 @@ class Shard : public ReactorShard {
   ShardStats stats_;
 };
 
-class EpollBackend final : public ShardedBackend {
- public:
-  using ShardedBackend::ShardedBackend;
-
- private:
-  absl::StatusOr<std::unique_ptr<ReactorShard>> CreateShard(ShardSetup setup) override {
-    auto shard = std::make_unique<Shard>(config(), setup.max_conns, setup.stop_fd);
-    if (absl::Status s = shard->Init(std::move(setup.tcp), std::move(setup.udp)); !s.ok()) return s;
-    return shard;
-  }
-};
-
 }  // namespace
 
 BackendInfo EpollBackendInfo() {
   return {"epoll", "multi-reactor: one epoll loop per shard, SO_REUSEPORT listeners",
           /*sharded=*/true, [] { return absl::OkStatus(); },
           [](const ServerConfig& c) -> std::unique_ptr<Backend> {
-            return std::make_unique<EpollBackend>(c);
+            return std::make_unique<ShardedBackendOf<Shard>>(c);
           }};
 }
 

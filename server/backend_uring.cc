@@ -12,32 +12,27 @@
 //   - sends are queued as submissions; everything a loop iteration produced (sends, re-arms,
 //     cancels, closes) goes to the kernel in the same io_uring_submit_and_wait() that waits for
 //     the next completions: one system call per loop iteration, whatever the number of requests;
-//   - UDP: one multishot recvmsg, and a sendmsg per datagram back to its source.
+//   - UDP: one multishot recvmsg, and a sendmsg per datagram back to its source (uring_udp.h).
 //
-// With IORING_SETUP_DEFER_TASKRUN the kernel does the deferred work of a request (copying the
-// data of a recv that became ready, posting its completion) only inside our io_uring_enter(),
-// on this thread: no interrupts of the loop, better cache locality, and batches as large as the
-// load makes them. The trade-off against epoll is a more involved life cycle per connection
-// (requests still in flight must complete before a connection's slot can be reused) and memory
-// registered per shard (the provided buffers) instead of one read buffer.
+// With IORING_SETUP_DEFER_TASKRUN the kernel does a request's deferred work (copying a recv's
+// data, posting its completion) only inside our io_uring_enter(), on this thread: no interrupts,
+// better cache locality, batches as large as the load makes them. The trade-off against epoll: a
+// more involved life cycle per connection (a slot is reused only once its requests completed,
+// uring_conn.h) and memory registered per shard (the provided buffers).
 //
-// Ordering and backpressure: at most one send is in flight per connection, so bytes leave in the
-// order they arrived, and a short send is simply resubmitted for the rest. Output that cannot be
-// sent yet waits in the connection's OutputQueue, capped by --conn-buffer as in epoll: a
-// multishot recv is armed with a byte limit of the room left in the queue (Linux >= 6.17), near
-// the cap the shard switches to single-shot recvs no larger than the room left, and at the cap it
-// stops receiving until the queue drains. Older kernels have no byte limit: see the section
-// "Kernels before 6.17" at the end of the shard.
+// Ordering and backpressure: at most one send is in flight per connection, so bytes leave in
+// order; a short send is resubmitted for the rest. Output that cannot be sent yet waits in the
+// connection's OutputQueue, capped by --conn-buffer as in epoll: a multishot recv is armed with a
+// byte limit of the room left (Linux >= 6.17), near the cap single-shot recvs take no more than
+// the room left, and at the cap the shard stops receiving until the queue drains. Older kernels
+// have no byte limit: see "Kernels before 6.17" at the end of the shard.
 //
-// Shutdown follows the policy every backend shares (server/shutdown.h): stop accepting; every
-// connection answers what the kernel had received for it when Stop() came, sends its FIN, and
-// lingers, discarding input, until the client acknowledged everything or --grace runs out.
+// Shutdown follows the policy every backend shares (server/shutdown.h).
 //
-// The ring itself (setup flags and their fallbacks, the provided-buffer rings, the user_data
-// codec, probing the kernel) is in uring_ring.h. Kernel needs: Linux >= 6.0 (multishot recv and
-// recvmsg, provided buffer rings, cancel by fd); 6.1 for DEFER_TASKRUN; 6.17 for the multishot
-// recv byte limit, used when present. BackendInfo::available() probes all of it at run time and
-// says what is missing; without it the default backend falls back to epoll.
+// The ring itself (setup flags and fallbacks, provided-buffer rings, the user_data codec, kernel
+// probing) is in uring_ring.h. Kernel needs: Linux >= 6.0 (multishot recv and recvmsg, provided
+// buffer rings, cancel by fd); 6.1 for DEFER_TASKRUN; 6.17 for the recv byte limit, used when
+// present. BackendInfo::available() probes it all at run time and says what is missing.
 // Try it: upcase-server --backend=uring --shards=2 5050, then `nc 127.0.0.1 5050` and
 // `nc -u 127.0.0.1 5050`; `strace -c -f` on the server shows almost nothing but io_uring_enter.
 #include <liburing.h>
@@ -58,11 +53,12 @@
 #include "common/sys.h"
 #include "common/uppercase.h"
 #include "server/backend.h"
-#include "server/blocking_io.h"
 #include "server/output_queue.h"
 #include "server/sharded_backend.h"
 #include "server/shutdown.h"
+#include "server/uring_conn.h"
 #include "server/uring_ring.h"
+#include "server/uring_udp.h"
 
 namespace upcase {
 namespace {
@@ -77,11 +73,10 @@ constexpr unsigned kCqEntries = 16 * 1024;
 // --sqpoll: how long the kernel's polling thread spins on an empty queue before it sleeps.
 constexpr unsigned kSqThreadIdleMs = 50;
 
-// TCP receive buffers, shared by all connections of a shard and handed back as soon as their
-// bytes are sent or copied into the connection's output queue. The kernel cycles through every
-// buffer it is given, so each one given ends up resident: a shard starts with kRecvBuffersInitial
-// and gives more (up to kRecvBuffers, one completion per connection per loop iteration at the
-// 512-connection benchmark point) only when a recv found none left (ENOBUFS).
+// TCP receive buffers, shared by a shard's connections and handed back once their bytes are sent
+// or copied into an output queue. The kernel cycles through every buffer it is given, so each
+// ends up resident: a shard gives kRecvBuffersInitial, and more (up to kRecvBuffers: one per
+// connection per loop iteration at 512 connections) only when a recv found none left (ENOBUFS).
 constexpr std::uint32_t kRecvBuffers = 1024;  // a power of two, as the buffer ring requires
 constexpr std::uint32_t kRecvBuffersInitial = 128;
 // How many buffers a multishot recv may still fill once the output queue decides it has had
@@ -103,14 +98,6 @@ std::uint32_t RecvBufferSize(std::size_t conn_buffer, std::size_t in_flight) {
   while (size < kMaxRecvBufferSize && in_flight * (2 * size) <= conn_buffer / 2) size *= 2;
   return size;
 }
-
-// UDP buffers hold what multishot recvmsg writes: its header, the source address and the
-// payload, which is uppercased in place and sent back from the same buffer. So their number is
-// also the bound on replies in flight.
-constexpr std::uint32_t kUdpBuffers = 64;  // a power of two
-constexpr std::size_t kUdpPayloadRoom = kMaxDatagram;
-constexpr std::uint32_t kUdpBufferSize =
-    (sizeof(io_uring_recvmsg_out) + sizeof(sockaddr_storage) + kUdpPayloadRoom + 4095) & ~4095u;
 
 constexpr std::uint16_t kTcpBufferGroup = 0;
 constexpr std::uint16_t kUdpBufferGroup = 1;
@@ -148,79 +135,7 @@ constexpr std::uint64_t Encode(Op op, std::uint32_t gen = 0, std::uint32_t index
   return Tag{op, gen, index}.Encode();
 }
 
-// ---- Connection state ----
-
-// Input held in the provided buffer it arrived in, uppercased in place, until a direct send takes
-// it (see Shard::AddDirectSend).
-struct Held {
-  std::uint16_t bid;
-  std::uint32_t len;
-};
-
-// Which recv the kernel holds for a connection:
-//
-//   kNone --ArmRecv--> kMultishot --completion without F_MORE--> kNone
-//                          |
-//                          +--AddCancelRecv--> kCancelling --its last completion--> kNone
-//   kNone --ArmRecv--> kSingle --its completion--> kNone
-//   (kSingle may be cancelled too, when input is over)
-enum class RecvState : std::uint8_t { kNone, kSingle, kMultishot, kCancelling };
-
-// Which send the kernel holds: at most one, so bytes leave in order.
-enum class SendState : std::uint8_t { kNone, kFromQueue, kDirect };
-
-// A connection's life:
-//
-//   kServing --client's FIN, or shutdown's read limit reached--> kInputOver
-//   kInputOver --everything sent; not shutting down--> kClosing
-//   kInputOver --everything sent; shutting down: FIN sent--> kLingering
-//   kLingering --client acknowledged everything, or closed--> kClosing
-//   any --error, reset, grace over--> kClosing
-//   kClosing --AddCancelAll (a recv or send still in flight)--> kCancelled
-//   kClosing, kCancelled --no request left (ops == 0)--> slot released
-enum class Life : std::uint8_t { kServing, kInputOver, kLingering, kClosing, kCancelled };
-
-// One TCP connection, owned by the shard that accepted it. Slots are reused; `ops` counts the
-// requests of this connection the kernel still holds, and a slot is freed only when it is 0.
-//
-// Its output takes one of two paths, never both at once, so bytes leave in arrival order:
-//   - direct (`out` empty): replies are sent straight from the provided buffers their requests
-//     arrived in (`held`), without waiting (MSG_DONTWAIT). The kernel normally takes them at
-//     once and the buffers go back to the ring within the same loop iteration: no copy, and no
-//     per-connection memory touched, which matters for large requests.
-//   - queued: when the socket cannot take everything (a slow or stuck reader), what is left is
-//     copied into `out` and the buffers are returned at once, so a client that does not read
-//     never holds buffers the whole shard shares. Everything after goes through `out` until it
-//     is empty again.
-struct Conn {
-  explicit Conn(OutputPool* pool) : out(pool) {}
-
-  int fd = -1;  // -1: the slot is free
-  std::uint32_t index = 0;
-  std::uint32_t gen = 0;
-  std::uint32_t ops = 0;  // submitted requests whose final completion has not arrived
-  RecvState recv = RecvState::kNone;
-  SendState send = SendState::kNone;
-  Life life = Life::kServing;
-  bool touched = false;          // in Shard::touched_: handled after this batch
-  OutputQueue out;               // size() <= --conn-buffer (see the end of the shard)
-  std::vector<Held> held;        // direct path only: non-empty only while `out` is empty
-  std::size_t held_sent = 0;     // bytes of held.front() already sent
-  std::size_t held_bytes = 0;    // bytes in `held` not sent yet
-  std::size_t direct_len = 0;    // bytes the direct send in flight covers (more may arrive)
-  std::vector<iovec> iov;        // a direct send of several buffers; stable while it is in flight
-  msghdr msg{};                  // ... pointing at `iov`
-  std::uint64_t read_total = 0;  // bytes received on this connection
-  std::uint64_t read_limit = UINT64_MAX;  // shutdown: what the kernel held when Stop() came
-
-  std::size_t Unsent() const { return out.size() + held_bytes; }
-  bool closing() const { return life == Life::kClosing || life == Life::kCancelled; }
-};
-
-struct UdpReply {
-  msghdr msg;
-  iovec iov;
-};
+// ---- Connection state: Conn and its state machines are in uring_conn.h ----
 
 // ---- The shard ----
 
@@ -248,7 +163,6 @@ class Shard : public ReactorShard {
     if (absl::Status s = ring_.Create(options); !s.ok()) return s;
     ring_.set_cancel_all_data(Encode(Op::kCancel));
     listener_ = std::move(listener);
-    udp_ = std::move(udp);
     if (listener_.valid()) {
       // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per connection.
       if (absl::Status s = SetNoDelay(listener_.get()); !s.ok()) return s;
@@ -256,19 +170,12 @@ class Shard : public ReactorShard {
                                          recv_buffer_size_, kRecvBuffersInitial);
       if (!s.ok()) return s;
     }
-    if (udp_.valid()) {
-      absl::Status s =
-          udp_buffers_.Init(ring_.get(), kUdpBufferGroup, kUdpBuffers, kUdpBufferSize, kUdpBuffers);
-      if (!s.ok()) return s;
-      udp_replies_.resize(kUdpBuffers);
-      udp_recv_msg_.msg_namelen = sizeof(sockaddr_storage);
-    }
-    return absl::OkStatus();
+    return udp_.Init(std::move(udp), kUdpBufferGroup);
   }
 
   ShardStats stats() const override {
     ShardStats s = stats_;
-    s.provided_buffer_bytes = tcp_buffers_.given_bytes() + udp_buffers_.given_bytes();
+    s.provided_buffer_bytes = tcp_buffers_.given_bytes() + udp_.buffer_bytes();
     return s;
   }
 
@@ -277,7 +184,7 @@ class Shard : public ReactorShard {
     if (absl::Status s = ring_.Enable(); !s.ok()) return s;
     AddStopPoll();
     if (listener_.valid()) AddAccept();
-    if (udp_.valid()) AddUdpRecv();
+    if (udp_.serving()) udp_.Start();
     absl::Status status = Loop();
     Teardown();
     return status;
@@ -352,18 +259,11 @@ class Shard : public ReactorShard {
   void AddDirectSend(Conn& c) {
     io_uring_sqe* sqe = ring_.GetSqe();
     constexpr int kFlags = MSG_NOSIGNAL | MSG_DONTWAIT;
-    const char* first = tcp_buffers_.Buffer(c.held.front().bid) + c.held_sent;
     if (c.held.size() == 1) {
+      const char* first = tcp_buffers_.Buffer(c.held.front().bid) + c.held_sent;
       io_uring_prep_send(sqe, c.fd, first, c.held_bytes, kFlags);
     } else {
-      c.iov.clear();
-      c.iov.push_back({const_cast<char*>(first), c.held.front().len - c.held_sent});
-      for (std::size_t i = 1; i < c.held.size(); ++i) {
-        c.iov.push_back({tcp_buffers_.Buffer(c.held[i].bid), c.held[i].len});
-      }
-      c.msg = {};
-      c.msg.msg_iov = c.iov.data();
-      c.msg.msg_iovlen = c.iov.size();
+      c.GatherHeld(tcp_buffers_);
       io_uring_prep_sendmsg(sqe, c.fd, &c.msg, kFlags);
     }
     io_uring_sqe_set_data64(sqe, Encode(Op::kSend, c.gen, c.index));
@@ -394,33 +294,6 @@ class Shard : public ReactorShard {
     io_uring_sqe_set_data64(sqe, Encode(Op::kClose));
   }
 
-  void AddUdpRecv() {
-    io_uring_sqe* sqe = ring_.GetSqe();
-    // MSG_TRUNC: payloadlen then reports a datagram's full size, so an oversized one is seen.
-    io_uring_prep_recvmsg_multishot(sqe, udp_.get(), &udp_recv_msg_, MSG_TRUNC);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = kUdpBufferGroup;
-    io_uring_sqe_set_data64(sqe, Encode(Op::kUdpRecv));
-    udp_recv_armed_ = true;
-  }
-
-  void AddUdpSend(std::uint16_t bid, void* peer, socklen_t peer_len, void* payload,
-                  std::size_t len) {
-    UdpReply& r = udp_replies_[bid];
-    r.iov = {payload, len};
-    r.msg = {};
-    r.msg.msg_name = peer;
-    r.msg.msg_namelen = peer_len;
-    r.msg.msg_iov = &r.iov;
-    r.msg.msg_iovlen = 1;
-    io_uring_sqe* sqe = ring_.GetSqe();
-    // MSG_DONTWAIT makes a full socket buffer fail the send (-EAGAIN) instead of the kernel
-    // parking it until there is room: a reply that cannot go now is dropped, never queued.
-    io_uring_prep_sendmsg(sqe, udp_.get(), &r.msg, MSG_DONTWAIT);
-    io_uring_sqe_set_data64(sqe, Encode(Op::kUdpSend, 0, bid));
-    ++udp_sends_;
-  }
-
   // ---- Handlers: one per completion type ----
 
   void Handle(const io_uring_cqe& cqe) {
@@ -444,7 +317,7 @@ class Shard : public ReactorShard {
       case Op::kRecv:
       case Op::kSend:
       case Op::kConnCancel: {
-        Conn* c = Find(tag);
+        Conn* c = conns_.Find(tag.index, tag.gen);
         if (c == nullptr) {
           DieOnRingError(absl::InternalError(
               absl::StrCat("completion for a stale connection slot ", tag.index)));
@@ -460,10 +333,10 @@ class Shard : public ReactorShard {
         // nothing left to undo: the slot was released when the close was submitted.
         break;
       case Op::kUdpRecv:
-        HandleUdpRecv(cqe);
+        udp_.HandleRecv(cqe);
         break;
       case Op::kUdpSend:
-        HandleUdpSend(cqe, static_cast<std::uint16_t>(tag.index));
+        udp_.HandleSend(cqe, static_cast<std::uint16_t>(tag.index));
         break;
       case Op::kCancel:
         // res: 0 or a count when found, -ENOENT when the target had completed already, -EALREADY
@@ -480,12 +353,6 @@ class Shard : public ReactorShard {
     if (c.touched) return;
     c.touched = true;
     touched_.push_back(c.index);
-  }
-
-  Conn* Find(const Tag& tag) {
-    if (tag.index >= conns_.size()) return nullptr;
-    Conn& c = conns_[tag.index];
-    return c.fd >= 0 && c.gen == tag.gen ? &c : nullptr;
   }
 
   void HandleStop(const io_uring_cqe& cqe) {
@@ -506,17 +373,13 @@ class Shard : public ReactorShard {
         listener_.reset();
       }
     }
-    if (udp_.valid()) {
-      // Datagrams already queued are answered now, as epoll does: the cancel would strand them.
-      AnswerQueuedDatagrams(udp_.get(), stats_);
-    }
-    if (udp_recv_armed_) AddCancel(Encode(Op::kUdpRecv));
+    udp_.Stop();
     // Every connection reads what the kernel had received before now, answers it, and lingers.
     // Not shutdown(SHUT_RD): its EOF comes whenever the receive queue runs dry, even while the
     // client's kernel still holds data for it, and once our FIN follows, Linux answers any
     // further data from the client with a reset that discards the replies not yet sent.
-    for (Conn& c : conns_) {
-      if (c.fd < 0 || c.life != Life::kServing) continue;
+    conns_.ForEach([this](Conn& c) {
+      if (c.life != Life::kServing) return;
       const std::uint64_t queued = ReceivedNotRead(c.fd);
       if (queued == 0) {
         c.life = Life::kInputOver;  // nothing waiting (or the client is gone already)
@@ -524,7 +387,7 @@ class Shard : public ReactorShard {
         c.read_limit = c.read_total + queued;
       }
       SendReceiveOrClose(c);
-    }
+    });
     AddTimeout(Op::kGrace, &grace_ts_, config_.grace);
   }
 
@@ -565,51 +428,39 @@ class Shard : public ReactorShard {
     }
   }
 
+  // A timeout completes with -ETIME (expired, as intended) or -ECANCELED (cancelled at exit).
+  static void CheckTimeout(const io_uring_cqe& cqe, const char* what) {
+    if (cqe.res != -ETIME && cqe.res != -ECANCELED) DieOnRingError(ErrnoError(what, -cqe.res));
+  }
+
   void HandleAcceptBackoff(const io_uring_cqe& cqe) {
-    // -ETIME: expired, as intended; -ECANCELED: cancelled at exit. Nothing else is possible.
-    if (cqe.res != -ETIME && cqe.res != -ECANCELED) {
-      DieOnRingError(ErrnoError("accept backoff timeout", -cqe.res));
-    }
+    CheckTimeout(cqe, "accept backoff timeout");
     accept_backoff_ = false;
     if (!stopping_ && !accept_armed_ && listener_.valid()) AddAccept();
   }
 
   void HandleGrace(const io_uring_cqe& cqe) {
+    CheckTimeout(cqe, "grace timeout");
     if (cqe.res == -ECANCELED) return;  // the shard finished first
-    if (cqe.res != -ETIME) DieOnRingError(ErrnoError("grace timeout", -cqe.res));
     // Clients that never read their output: give up on them.
-    for (Conn& c : conns_) {
-      if (c.fd < 0 || c.closing()) continue;
-      c.life = Life::kClosing;
-      SendReceiveOrClose(c);
-    }
+    conns_.ForEach([this](Conn& c) { CloseNow(c); });
   }
 
   void HandleLinger(const io_uring_cqe& cqe) {
-    if (cqe.res != -ETIME && cqe.res != -ECANCELED) {
-      DieOnRingError(ErrnoError("linger timeout", -cqe.res));
-    }
+    CheckTimeout(cqe, "linger timeout");
     linger_armed_ = false;
-    for (Conn& c : conns_) {
-      if (c.fd >= 0 && c.life == Life::kLingering) SendReceiveOrClose(c);
-    }
+    conns_.ForEach([this](Conn& c) {
+      if (c.life == Life::kLingering) SendReceiveOrClose(c);
+    });
   }
 
   void Admit(int fd) {
-    if (live_ >= max_conns_) {
+    if (conns_.live() >= max_conns_) {
       ++stats_.rejected;
       ::close(fd);  // over --max-conns: the client sees an immediate close
       return;
     }
-    if (free_slots_.empty()) {
-      conns_.emplace_back(&output_pool_);
-      conns_.back().index = static_cast<std::uint32_t>(conns_.size() - 1);
-      free_slots_.push_back(conns_.back().index);
-    }
-    Conn& c = conns_[free_slots_.back()];
-    free_slots_.pop_back();
-    c.fd = fd;
-    ++live_;
+    Conn& c = conns_.Add(fd);
     ++stats_.accepted;
     ArmRecv(c);
   }
@@ -656,8 +507,7 @@ class Shard : public ReactorShard {
       if (c.read_total >= c.read_limit) c.life = Life::kInputOver;
       if (c.out.empty()) {
         UppercaseInPlace(data, n);
-        c.held.push_back({bid, static_cast<std::uint32_t>(n)});
-        c.held_bytes += n;
+        c.Hold(bid, static_cast<std::uint32_t>(n));
         return;
       }
       c.out.AppendUppercased(data, n);
@@ -680,33 +530,12 @@ class Shard : public ReactorShard {
   }
 
   void HandleDirectSend(const io_uring_cqe& cqe, Conn& c) {
-    std::size_t sent = cqe.res > 0 ? static_cast<std::size_t>(cqe.res) : 0;
-    const bool short_send = sent < c.direct_len;
+    const std::size_t sent = cqe.res > 0 ? static_cast<std::size_t>(cqe.res) : 0;
     stats_.bytes_out += sent;
-    c.held_bytes -= sent;
-    // Buffers sent in full go back to the ring.
-    std::size_t done = 0;
-    for (; done < c.held.size() && sent >= c.held[done].len - c.held_sent; ++done) {
-      sent -= c.held[done].len - c.held_sent;
-      c.held_sent = 0;
-      tcp_buffers_.Return(c.held[done].bid);
-    }
-    c.held.erase(c.held.begin(), c.held.begin() + static_cast<std::ptrdiff_t>(done));
-    c.held_sent += sent;
+    c.DirectSent(sent, tcp_buffers_);  // buffers sent in full go back to the ring
     if (cqe.res < 0 && cqe.res != -EAGAIN) return HandleSendError(-cqe.res, c);
-    if (short_send) SpillHeld(c);  // the socket is full: the rest waits in `out`, buffers go back
-  }
-
-  // Moves what `held` has not sent into `out` (still empty, so order is kept) and returns the
-  // buffers.
-  void SpillHeld(Conn& c) {
-    for (const Held& h : c.held) {
-      c.out.Append(tcp_buffers_.Buffer(h.bid) + c.held_sent, h.len - c.held_sent);
-      c.held_sent = 0;
-      tcp_buffers_.Return(h.bid);
-    }
-    c.held.clear();
-    c.held_bytes = 0;
+    // A short send: the socket is full. The rest waits in `out`, and the buffers go back.
+    if (sent < c.direct_len) c.SpillHeld(tcp_buffers_);
   }
 
   void HandleSendError(int err, Conn& c) {
@@ -775,6 +604,13 @@ class Shard : public ReactorShard {
     }
   }
 
+  // No more I/O on `c`: its requests are cancelled, and it is closed once they are gone.
+  void CloseNow(Conn& c) {
+    if (c.closing()) return;
+    c.life = Life::kClosing;
+    SendReceiveOrClose(c);
+  }
+
   // Shutdown, once everything is sent (server/shutdown.h): the FIN goes out after the last reply
   // and the connection is closed only once the client has acknowledged all of it (checked every
   // kLingerPoll), so its kernel holds every reply and the FIN whatever follows. Meanwhile input
@@ -799,67 +635,15 @@ class Shard : public ReactorShard {
 
   void Release(Conn& c) {
     AddClose(c.fd);
-    c.fd = -1;
-    c.gen = (c.gen + 1) & Tag::kGenMask;
-    c.recv = RecvState::kNone;
-    c.send = SendState::kNone;
-    c.life = Life::kServing;
-    c.read_total = 0;
-    c.read_limit = UINT64_MAX;
-    c.out.Clear();
-    for (const Held& h : c.held) tcp_buffers_.Return(h.bid);  // no send of them is in flight
-    c.held.clear();
-    c.held_sent = c.held_bytes = 0;
-    free_slots_.push_back(c.index);
-    --live_;
+    c.Reset(tcp_buffers_);
+    conns_.Remove(c, Tag::kGenMask);
     ++stats_.closed;
-  }
-
-  void HandleUdpRecv(const io_uring_cqe& cqe) {
-    if (!(cqe.flags & IORING_CQE_F_MORE)) udp_recv_armed_ = false;
-    if (cqe.flags & IORING_CQE_F_BUFFER) {
-      const auto bid = static_cast<std::uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
-      char* buf = udp_buffers_.Buffer(bid);
-      io_uring_recvmsg_out* out = io_uring_recvmsg_validate(buf, cqe.res, &udp_recv_msg_);
-      ++stats_.datagrams_in;
-      if (out == nullptr || out->namelen > udp_recv_msg_.msg_namelen || (out->flags & MSG_TRUNC) ||
-          out->payloadlen > kMaxDatagram) {
-        // Larger than any reply we may send (IPv6 allows 65527 bytes; the buffer has room).
-        ++stats_.udp_drops;
-        udp_buffers_.Return(bid);
-      } else {
-        void* payload = io_uring_recvmsg_payload(out, &udp_recv_msg_);
-        const unsigned len = io_uring_recvmsg_payload_length(out, cqe.res, &udp_recv_msg_);
-        UppercaseInPlace(static_cast<char*>(payload), len);
-        AddUdpSend(bid, io_uring_recvmsg_name(out), out->namelen, payload, len);
-      }
-    } else if (cqe.res < 0) {
-      // ENOBUFS: every buffer holds a reply in flight; re-armed when one comes back. ECANCELED:
-      // shutdown. Anything else (an ICMP error for an earlier reply) ends the multishot only.
-    }
-    MaybeRearmUdp();
-  }
-
-  void HandleUdpSend(const io_uring_cqe& cqe, std::uint16_t bid) {
-    --udp_sends_;
-    if (cqe.res >= 0) {
-      ++stats_.datagrams_out;
-    } else {
-      ++stats_.udp_drops;  // EAGAIN (socket buffer full), or this destination failed
-    }
-    udp_buffers_.Return(bid);
-    MaybeRearmUdp();
-  }
-
-  void MaybeRearmUdp() {
-    // Only with a buffer to spare, else the new recvmsg would fail at once with ENOBUFS.
-    if (!udp_recv_armed_ && !stopping_ && udp_sends_ < kUdpBuffers) AddUdpRecv();
   }
 
   // ---- The loop ----
 
   bool Finished() const {
-    return stopping_ && live_ == 0 && !accept_armed_ && !udp_recv_armed_ && udp_sends_ == 0;
+    return stopping_ && conns_.live() == 0 && !accept_armed_ && !udp_.busy();
   }
 
   void Reap() {
@@ -871,7 +655,7 @@ class Shard : public ReactorShard {
     }
     touched_.clear();
     tcp_buffers_.Commit();
-    udp_buffers_.Commit();
+    udp_.Commit();
   }
 
   absl::Status Loop() {
@@ -887,19 +671,13 @@ class Shard : public ReactorShard {
   // until the kernel confirmed it, so no request outlives the memory it points into.
   void Teardown() {
     stopping_ = true;
-    for (Conn& c : conns_) {
-      if (c.fd >= 0 && !c.closing()) {
-        c.life = Life::kClosing;
-        SendReceiveOrClose(c);
-      }
-    }
+    conns_.ForEach([this](Conn& c) { CloseNow(c); });
     ring_.CancelEverything(kTeardownTimeout, [this] { Reap(); });
-    for (Conn& c : conns_) {
-      if (c.fd >= 0) ::close(c.fd);  // only if the kernel never confirmed the cancel
-    }
+    // Only if the kernel never confirmed the cancel:
+    conns_.ForEach([](Conn& c) { ::close(c.fd); });
     ring_.Close();  // also drops the registered ring fd of this thread
     listener_.reset();
-    udp_.reset();
+    udp_.Close();
   }
 
   // ---- Kernels before 6.17: no byte limit, so backpressure cancels the recv ----
@@ -934,25 +712,17 @@ class Shard : public ReactorShard {
 
   Ring ring_;
   BufferRing tcp_buffers_;
-  BufferRing udp_buffers_;
   Fd listener_;  // invalid when TCP is not served, and once shutdown stopped accepting
-  Fd udp_;
+  UringUdp udp_{&ring_, &stats_, {Encode(Op::kUdpRecv), Encode(Op::kUdpSend), Encode(Op::kCancel)}};
 
   OutputPool output_pool_;  // storage for the connections' output queues; outlives them
-  std::deque<Conn> conns_;  // slots; a deque so references stay valid as it grows
-  std::vector<std::uint32_t> free_slots_;
+  ConnSlots conns_{&output_pool_};
   std::vector<std::uint32_t> touched_;  // slots with completions in this batch, see Touch
-  std::size_t live_ = 0;
-
-  msghdr udp_recv_msg_{};              // layout template for multishot recvmsg: name, no control
-  std::vector<UdpReply> udp_replies_;  // indexed by UDP buffer id
-  std::uint32_t udp_sends_ = 0;        // replies in flight, each holding its buffer
 
   bool accept_armed_ = false;  // armed iff a multishot accept is in the kernel
   bool accept_backoff_ = false;
   bool linger_armed_ = false;  // a kLinger timeout is in the kernel
-  bool udp_recv_armed_ = false;
-  bool stopping_ = false;  // Stop() was seen
+  bool stopping_ = false;      // Stop() was seen
   __kernel_timespec backoff_ts_{};
   __kernel_timespec grace_ts_{};
   __kernel_timespec linger_ts_{};
@@ -960,24 +730,12 @@ class Shard : public ReactorShard {
   ShardStats stats_;
 };
 
-class UringBackend final : public ShardedBackend {
- public:
-  using ShardedBackend::ShardedBackend;
-
- private:
-  absl::StatusOr<std::unique_ptr<ReactorShard>> CreateShard(ShardSetup setup) override {
-    auto shard = std::make_unique<Shard>(config(), setup.max_conns, setup.stop_fd);
-    if (absl::Status s = shard->Init(std::move(setup.tcp), std::move(setup.udp)); !s.ok()) return s;
-    return shard;
-  }
-};
-
 }  // namespace
 
 BackendInfo UringBackendInfo() {
   return {"uring", "multi-reactor: one io_uring per shard, multishot accept/recv, provided buffers",
           /*sharded=*/true, UringAvailable, [](const ServerConfig& c) -> std::unique_ptr<Backend> {
-            return std::make_unique<UringBackend>(c);
+            return std::make_unique<ShardedBackendOf<Shard>>(c);
           }};
 }
 

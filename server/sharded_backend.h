@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -67,6 +68,21 @@ class ShardedBackend : public Backend {
   Fd stop_;                                            // eventfd
   std::vector<int> cpus_;                              // --pin: shard i runs on cpus_[i % size]
   std::vector<std::unique_ptr<ReactorShard>> shards_;  // fixed once Open() returned
+};
+
+// The ShardedBackend of a backend whose shard class is `Shard`: constructed with
+// (config, max_conns, stop_fd), then Init(tcp, udp) in Open().
+template <typename Shard>
+class ShardedBackendOf final : public ShardedBackend {
+ public:
+  using ShardedBackend::ShardedBackend;
+
+ private:
+  absl::StatusOr<std::unique_ptr<ReactorShard>> CreateShard(ShardSetup setup) override {
+    auto shard = std::make_unique<Shard>(config(), setup.max_conns, setup.stop_fd);
+    if (absl::Status s = shard->Init(std::move(setup.tcp), std::move(setup.udp)); !s.ok()) return s;
+    return shard;
+  }
 };
 
 // The CPUs this process may run on (sched_getaffinity), in increasing order: what --pin spreads
