@@ -145,11 +145,7 @@ Verdict VerdictForError(int err) {
 // One reactor: a thread's whole world. Everything here is touched by that thread only.
 class Shard : public ReactorShard {
  public:
-  Shard(const ServerConfig& config, std::size_t max_conns, int stop_fd)
-      : config_(config),
-        max_conns_(max_conns),
-        stop_fd_(stop_fd),
-        output_pool_(config.conn_buffer) {}
+  using ReactorShard::ReactorShard;
 
   // Creates the epoll instance and registers the sockets (either may be invalid: not served).
   absl::Status Init(Fd listener, Fd udp) {
@@ -170,8 +166,6 @@ class Shard : public ReactorShard {
     read_buf_.reset(new char[kReadChunk]);
     return absl::OkStatus();
   }
-
-  ShardStats stats() const override { return stats_; }
 
   // The event loop. Returns when shutdown has finished, or with an error when serving cannot go on.
   absl::Status Run() override {
@@ -585,16 +579,11 @@ class Shard : public ReactorShard {
     return absl::OkStatus();
   }
 
-  const ServerConfig& config_;
-  const std::size_t max_conns_;  // this shard's share of --max-conns
-  const int stop_fd_;            // the backend's eventfd; readable once Stop() was called
-
   Fd epoll_;
   Fd listener_;  // invalid when TCP is not served, and after shutdown began
   Fd spare_;     // a reserved descriptor, given up to shed connections when out of them
   Fd udp_;       // invalid when UDP is not served, and after shutdown began
 
-  OutputPool output_pool_;  // storage for the connections' pending output; outlives them
   std::vector<std::unique_ptr<Connection>> conns_;  // indexed by descriptor; null: not ours
   std::size_t open_conns_ = 0;
   // Shared by all of this shard's connections: a chunk is read, uppercased and sent (or copied to
@@ -613,8 +602,6 @@ class Shard : public ReactorShard {
   bool draining_ = false;  // Stop() was seen; connections close by grace_deadline_ns_
   std::int64_t grace_deadline_ns_ = 0;
   std::int64_t next_linger_check_ns_ = 0;  // during shutdown: when HandleTimers() looks again
-
-  ShardStats stats_;
 };
 
 }  // namespace

@@ -143,13 +143,7 @@ constexpr std::uint64_t Encode(Op op, std::uint32_t gen = 0, std::uint32_t index
 // reaches it through the eventfd the backend owns.
 class Shard : public ReactorShard {
  public:
-  Shard(const ServerConfig& config, std::size_t max_conns, int stop_fd)
-      : config_(config),
-        max_conns_(max_conns),
-        stop_fd_(stop_fd),
-        output_pool_(config.conn_buffer) {}
-  Shard(const Shard&) = delete;
-  Shard& operator=(const Shard&) = delete;
+  using ReactorShard::ReactorShard;
   ~Shard() override { ring_.Close(); }  // before the buffer rings: the kernel holds their pages
 
   // In Open(): creates the ring (disabled until Run) and the buffer rings, so that any resource
@@ -700,9 +694,6 @@ class Shard : public ReactorShard {
 
   // ---- State ----
 
-  const ServerConfig& config_;
-  const std::size_t max_conns_;  // this shard's share of --max-conns
-  const int stop_fd_;            // the backend's eventfd; readable once Stop() was called
   const bool recv_limit_ = UseRecvLimit();
   // Buffers a multishot recv may still fill, their size, and so the free room in the output queue
   // that keeps a multishot recv armed.
@@ -715,7 +706,6 @@ class Shard : public ReactorShard {
   Fd listener_;  // invalid when TCP is not served, and once shutdown stopped accepting
   UringUdp udp_{&ring_, &stats_, {Encode(Op::kUdpRecv), Encode(Op::kUdpSend), Encode(Op::kCancel)}};
 
-  OutputPool output_pool_;  // storage for the connections' output queues; outlives them
   ConnSlots conns_{&output_pool_};
   std::vector<std::uint32_t> touched_;  // slots with completions in this batch, see Touch
 
@@ -726,8 +716,6 @@ class Shard : public ReactorShard {
   __kernel_timespec backoff_ts_{};
   __kernel_timespec grace_ts_{};
   __kernel_timespec linger_ts_{};
-
-  ShardStats stats_;
 };
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <array>
 #include <cerrno>
 #include <memory>
+#include <utility>
 
 #include "common/net.h"
 #include "common/sys.h"
@@ -155,6 +156,59 @@ bool HandleAcceptError(int err, ShardStats& stats) {
     default:
       return false;
   }
+}
+
+absl::StatusOr<Endpoints> BlockingBackend::Open() {
+  absl::StatusOr<Listeners> listeners = OpenListeners(config_, 1, /*non_blocking=*/false);
+  if (!listeners.ok()) return listeners.status();
+  listeners_ = *std::move(listeners);
+  return listeners_.endpoints;
+}
+
+absl::Status BlockingBackend::Run() {
+  std::thread udp_thread;
+  if (!listeners_.udp.empty()) {
+    udp_thread =
+        std::thread([this] { ServeBlockingUdp(listeners_.udp[0].get(), stop_, udp_stats_); });
+  }
+  absl::Status status = listeners_.tcp.empty() ? absl::OkStatus() : AcceptLoop();
+  if (!status.ok()) Stop();  // the listener failed: wind the connections down as for a signal
+  WaitForConnections();
+  if (udp_thread.joinable()) udp_thread.join();
+  grace_.Cancel();
+  return status;
+}
+
+std::vector<ShardStats> BlockingBackend::Stats() const {
+  ShardStats total = tcp_stats_;
+  total += conn_stats_;
+  total += udp_stats_;
+  return {total};
+}
+
+absl::Status BlockingBackend::AcceptLoop() {
+  while (true) {
+    Fd conn(::accept4(listeners_.tcp[0].get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn.valid()) {
+      if (stop_.raised()) return absl::OkStatus();
+      if (HandleAcceptError(errno, tcp_stats_)) continue;
+      return ErrnoError("accept", errno);
+    }
+    if (!Serve(std::move(conn))) return absl::OkStatus();
+  }
+}
+
+void BlockingBackend::Stop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!stop_.Raise(config_.grace)) return;
+  // Connections still in the listen backlog were never accepted; the kernel resets them.
+  for (const Fd& fd : listeners_.tcp) ::shutdown(fd.get(), SHUT_RD);
+  for (const Fd& fd : listeners_.udp) ::shutdown(fd.get(), SHUT_RD);
+  ShutdownConnections(SHUT_RD);
+  grace_.Arm(config_.grace, [this] {
+    std::lock_guard<std::mutex> expired_lock(mu_);
+    ShutdownConnections(SHUT_RDWR);  // clients that never read
+  });
 }
 
 void GraceTimer::Arm(absl::Duration grace, std::function<void()> on_expire) {

@@ -20,8 +20,15 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/net.h"
+#include "server/backend.h"
+#include "server/config.h"
+#include "server/listeners.h"
 #include "server/stats.h"
 
 namespace upcase {
@@ -81,6 +88,46 @@ class GraceTimer {
   std::condition_variable cv_;
   bool cancelled_ = false;  // guarded by mu_
   std::thread thread_;
+};
+
+// What the two blocking backends share: one blocking TCP listener and one UDP socket (no shards),
+// a UDP thread running ServeBlockingUdp, the accept loop, and the stop with its grace period. A
+// blocking backend says only who serves each accepted connection (Serve).
+class BlockingBackend : public Backend {
+ public:
+  explicit BlockingBackend(const ServerConfig& config) : config_(config) {}
+
+  absl::StatusOr<Endpoints> Open() final;
+  // The UDP thread, and the accept loop on the calling thread, until Stop().
+  absl::Status Run() final;
+  // Raises the stop flag and wakes every blocked call with shutdown(SHUT_RD): accept and recvfrom
+  // return, and each connection answers what it had received and ends without losing output
+  // (see the file comment). After the grace period, connections still open are shut down.
+  void Stop() final;
+  // One entry: the accept loop's, the connections' and the UDP thread's counters summed.
+  std::vector<ShardStats> Stats() const final;
+
+ protected:
+  // Takes an accepted connection into service. False when the stop came meanwhile (the caller
+  // closes it). Runs on the accept loop's thread.
+  virtual bool Serve(Fd conn) = 0;
+  // Under mu_: shutdown(fd, how) for every connection in service.
+  virtual void ShutdownConnections(int how) = 0;
+  // After the accept loop ended: waits until no connection is in service any more.
+  virtual void WaitForConnections() {}
+
+  const ServerConfig config_;
+  StopFlag stop_;
+  std::mutex mu_;          // serialises Stop() with the backend's own bookkeeping
+  ShardStats tcp_stats_;   // owned by the accept loop
+  ShardStats conn_stats_;  // guarded by mu_: connection threads add theirs as they end
+  ShardStats udp_stats_;   // owned by the UDP thread
+
+ private:
+  absl::Status AcceptLoop();
+
+  Listeners listeners_;
+  GraceTimer grace_;
 };
 
 }  // namespace upcase

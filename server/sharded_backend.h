@@ -21,18 +21,36 @@
 #include "common/net.h"
 #include "server/backend.h"
 #include "server/config.h"
+#include "server/output_queue.h"
 #include "server/stats.h"
 
 namespace upcase {
 
-// One reactor: a thread's whole world. Created by Open(), run on its own thread, read after.
+// One reactor: a thread's whole world. Created by Open(), run on its own thread, read after. The
+// state every reactor has is here; a backend's shard adds its kernel interface and connections.
 class ReactorShard {
  public:
+  ReactorShard(const ServerConfig& config, std::size_t max_conns, int stop_fd)
+      : config_(config),
+        max_conns_(max_conns),
+        stop_fd_(stop_fd),
+        output_pool_(config.conn_buffer) {}
   virtual ~ReactorShard() = default;
+  ReactorShard(const ReactorShard&) = delete;
+  ReactorShard& operator=(const ReactorShard&) = delete;
+
   // The event loop: returns once shutdown has finished, or with an error when serving cannot go
   // on (the message names the call that failed).
   virtual absl::Status Run() = 0;
-  virtual ShardStats stats() const = 0;
+  virtual ShardStats stats() const { return stats_; }
+
+ protected:
+  const ServerConfig& config_;
+  const std::size_t max_conns_;  // this shard's share of --max-conns
+  const int stop_fd_;            // the backend's eventfd; readable once Stop() was called
+  // Storage for the connections' output queues. A base member, so it outlives the connections.
+  OutputPool output_pool_;
+  ShardStats stats_;  // read by stats() once Run() has returned
 };
 
 // What Open() hands each new shard.
