@@ -23,19 +23,15 @@
 // reading that connection until the client drains it, so a client that never reads costs at most
 // that much memory here (the rest waits in the kernel's socket buffers, then in the client).
 //
-// Shutdown answers what each connection's socket had received when the stop arrived (SIOCINQ),
-// then half-closes (FIN after the output) and lingers, discarding input, until the client has
-// acknowledged everything or closed: closing a socket with unread input makes Linux reset the
-// connection and throw away output the client has not acknowledged yet.
+// Shutdown follows the policy every backend shares (server/shutdown.h): answer what each socket
+// had received when the stop arrived, send the FIN after the output, and linger, discarding
+// input, until the client has acknowledged everything or closed.
 //
 // Kernel needs: Linux >= 3.9 (SO_REUSEPORT), with recvmmsg (2.6.33) and sendmmsg (3.0).
 // Try it: upcase-server --backend=epoll --shards=2 5050, then `nc 127.0.0.1 5050` in a few
 // terminals and `nc -u 127.0.0.1 5050`; the per-shard counters at exit show who served whom.
 #include <fcntl.h>
-#include <linux/sockios.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -43,11 +39,8 @@
 #include <array>
 #include <cerrno>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <memory>
-#include <system_error>
-#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -55,8 +48,9 @@
 #include "common/sys.h"
 #include "common/uppercase.h"
 #include "server/backend.h"
-#include "server/listeners.h"
-#include "server/shards.h"
+#include "server/output_queue.h"
+#include "server/sharded_backend.h"
+#include "server/shutdown.h"
 
 namespace upcase {
 namespace {
@@ -75,8 +69,6 @@ constexpr int kUdpBatch = 32;
 constexpr int kUdpBatchesPerWakeup = 4;
 // Out of descriptors and the spare one could not help: stop polling the listener this long.
 constexpr absl::Duration kAcceptPause = absl::Milliseconds(100);
-// During shutdown, how often lingering connections are checked for fully acknowledged output.
-constexpr absl::Duration kLingerPoll = absl::Milliseconds(10);
 // A connection's read budget before shutdown: no limit.
 constexpr std::uint64_t kUnlimited = UINT64_MAX;
 
@@ -91,7 +83,7 @@ constexpr std::uint64_t kUnlimited = UINT64_MAX;
 // for a connection closed earlier in the same batch then finds nothing, and one for a descriptor
 // number already reused by a new connection costs at most a read that returns EAGAIN, because
 // handlers act on what recv()/send() say, never on EPOLLERR/EPOLLHUP alone.
-enum class Source : std::uint32_t { kWake, kListener, kUdp, kConnection };
+enum class Source : std::uint32_t { kStop, kListener, kUdp, kConnection };
 
 std::uint64_t EncodeTag(Source source, int fd) {
   return (static_cast<std::uint64_t>(source) << 32) | static_cast<std::uint32_t>(fd);
@@ -128,50 +120,14 @@ IoResult Send(int fd, const char* buf, std::size_t n) {
   }
 }
 
-// Output the kernel did not take yet, in order. Storage (--conn-buffer bytes) exists only while
-// something is pending: taken when a write first comes up short, given back when it drains, so an
-// idle or keeping-up connection holds no buffer. Invariant: begin_ <= end_ <= the capacity passed
-// to Append(), and buf_ is set iff begin_ < end_.
-class PendingOutput {
- public:
-  bool empty() const { return begin_ == end_; }
-  std::size_t size() const { return end_ - begin_; }
-  const char* data() const { return buf_.get() + begin_; }
-
-  // The caller guarantees size() + n <= capacity.
-  void Append(const char* p, std::size_t n, std::size_t capacity) {
-    if (n == 0) return;
-    // Uninitialised on purpose: pages never written stay out of the resident set.
-    if (buf_ == nullptr) buf_.reset(new char[capacity]);
-    if (end_ + n > capacity) {  // slide what is left to the front; it is at most capacity - n
-      std::memmove(buf_.get(), data(), size());
-      end_ = size();
-      begin_ = 0;
-    }
-    std::memcpy(buf_.get() + end_, p, n);
-    end_ += n;
-  }
-
-  void Consume(std::size_t n) {
-    begin_ += n;
-    if (begin_ == end_) {
-      buf_.reset();
-      begin_ = end_ = 0;
-    }
-  }
-
- private:
-  std::unique_ptr<char[]> buf_;
-  std::size_t begin_ = 0;
-  std::size_t end_ = 0;
-};
-
 // One TCP connection, owned by the shard that accepted it. Its life: serving (read, answer); once
 // input is over (the client half-closed, or shutdown's read budget is spent) delivering what is
 // pending; then closed, after lingering when it was shutdown that ended the input.
 struct Connection {
+  Connection(Fd socket, OutputPool* pool) : fd(std::move(socket)), pending(pool) {}
+
   Fd fd;
-  PendingOutput pending;     // size() <= config.conn_buffer
+  OutputQueue pending;       // what the kernel did not take yet; size() <= config.conn_buffer
   bool read_closed = false;  // recv() returned 0: the client sends no more
   // Bytes still to be read and answered: kUnlimited until shutdown, then what was queued.
   std::uint64_t read_budget = kUnlimited;
@@ -186,20 +142,16 @@ Verdict VerdictForError(int err) {
   return err == ECONNRESET || err == EPIPE ? Verdict::kReset : Verdict::kClose;
 }
 
-// One reactor: a thread's whole world. Everything here is touched by that thread only, except
-// Wake(), which Stop() calls from another thread.
-class Shard {
+// One reactor: a thread's whole world. Everything here is touched by that thread only.
+class Shard : public ReactorShard {
  public:
-  Shard(int index, const ServerConfig& config, std::size_t max_conns)
-      : index_(index), config_(config), max_conns_(max_conns) {}
+  using ReactorShard::ReactorShard;
 
   // Creates the epoll instance and registers the sockets (either may be invalid: not served).
   absl::Status Init(Fd listener, Fd udp) {
     epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     if (!epoll_.valid()) return ErrnoError("epoll_create1", errno);
-    wake_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-    if (!wake_.valid()) return ErrnoError("eventfd", errno);
-    if (absl::Status s = Watch(wake_.get(), EPOLLIN, Source::kWake); !s.ok()) return s;
+    if (absl::Status s = Watch(stop_fd_, EPOLLIN, Source::kStop); !s.ok()) return s;
     listener_ = std::move(listener);
     if (listener_.valid()) {
       if (absl::Status s = Watch(listener_.get(), EPOLLIN, Source::kListener); !s.ok()) return s;
@@ -215,21 +167,8 @@ class Shard {
     return absl::OkStatus();
   }
 
-  // Thread-safe: asks the shard to shut down gracefully.
-  void Wake() {
-    const std::uint64_t one = 1;
-    // Cannot fail: the descriptor lives as long as the shard, and the counter would need 2^64
-    // calls to overflow. A failure would leave the shard running forever, so do not go on.
-    if (::write(wake_.get(), &one, sizeof one) != sizeof one) std::abort();
-  }
-
-  const ShardStats& stats() const { return stats_; }
-
   // The event loop. Returns when shutdown has finished, or with an error when serving cannot go on.
-  absl::Status Run() {
-    if (config_.pin) {
-      if (absl::Status s = PinCurrentThread(index_ % OnlineCpus()); !s.ok()) return s;
-    }
+  absl::Status Run() override {
     std::array<epoll_event, kMaxEvents> events;
     while (!draining_ || open_conns_ > 0) {
       const int n = ::epoll_wait(epoll_.get(), events.data(), kMaxEvents, TimeoutMs());
@@ -241,8 +180,8 @@ class Shard {
         const std::uint64_t tag = events[i].data.u64;
         absl::Status status;
         switch (SourceOf(tag)) {
-          case Source::kWake:
-            status = HandleWake();
+          case Source::kStop:
+            status = HandleStop();
             break;
           case Source::kListener:
             status = HandleListener();
@@ -322,8 +261,7 @@ class Shard {
     }
     const int n = fd.get();
     if (static_cast<std::size_t>(n) >= conns_.size()) conns_.resize(n + 1);
-    conns_[n] = std::make_unique<Connection>();
-    conns_[n]->fd = std::move(fd);
+    conns_[n] = std::make_unique<Connection>(std::move(fd), &output_pool_);
     conns_[n]->interest = EPOLLIN;
     ++open_conns_;
     ++stats_.accepted;
@@ -376,7 +314,7 @@ class Shard {
     Connection* c = Find(fd);
     if (c == nullptr) return;  // closed earlier in this batch
     if (c->lingering) {
-      Settle(*c, Discard(*c));
+      CloseLingerOrWatch(*c, Discard(*c));
       return;
     }
     Verdict verdict = Verdict::kKeep;
@@ -385,7 +323,7 @@ class Shard {
         (c->interest & EPOLLIN)) {
       verdict = ReadSome(*c);
     }
-    Settle(*c, verdict);
+    CloseLingerOrWatch(*c, verdict);
   }
 
   // Reads up to the fairness budget, answering each chunk before reading the next, so the shared
@@ -393,8 +331,7 @@ class Shard {
   Verdict ReadSome(Connection& c) {
     for (int i = 0; i < kReadsPerWakeup; ++i) {
       // Never read more than pending output can still take: it stays <= the cap, exactly.
-      const std::uint64_t room =
-          std::min<std::uint64_t>(config_.conn_buffer - c.pending.size(), c.read_budget);
+      const std::uint64_t room = std::min<std::uint64_t>(c.pending.room(), c.read_budget);
       if (room == 0) return Verdict::kKeep;
       const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(kReadChunk, room));
       const IoResult r = Recv(c.fd.get(), read_buf_.get(), want);
@@ -423,14 +360,14 @@ class Shard {
   // Sends a reply straight from the read buffer; what the kernel does not take goes to pending.
   Verdict Reply(Connection& c, const char* data, std::size_t n) {
     if (!c.pending.empty()) {  // older output first
-      c.pending.Append(data, n, config_.conn_buffer);
+      c.pending.Append(data, n);
       return Flush(c);
     }
     const IoResult r = Send(c.fd.get(), data, n);
     if (r.status == IoStatus::kError) return VerdictForError(r.err);
     const std::size_t sent = r.status == IoStatus::kOk ? r.bytes : 0;
     stats_.bytes_out += sent;
-    c.pending.Append(data + sent, n - sent, config_.conn_buffer);
+    c.pending.Append(data + sent, n - sent);
     return Verdict::kKeep;
   }
 
@@ -452,21 +389,25 @@ class Shard {
     return Verdict::kKeep;
   }
 
-  // One send() of pending output. A short one means the socket buffer is full: wait for EPOLLOUT.
+  // Sends pending output until the socket takes less than offered (its buffer is full: wait for
+  // EPOLLOUT) or nothing is left. The queue is a ring, so its bytes may come in two runs.
   Verdict Flush(Connection& c) {
-    const IoResult r = Send(c.fd.get(), c.pending.data(), c.pending.size());
-    if (r.status == IoStatus::kError) return VerdictForError(r.err);
-    if (r.status == IoStatus::kOk) {
+    while (!c.pending.empty()) {
+      const std::size_t offered = c.pending.front_size();
+      const IoResult r = Send(c.fd.get(), c.pending.front(), offered);
+      if (r.status == IoStatus::kError) return VerdictForError(r.err);
+      if (r.status == IoStatus::kWouldBlock) break;
       stats_.bytes_out += r.bytes;
       c.pending.Consume(r.bytes);
+      if (r.bytes < offered) break;
     }
     return Verdict::kKeep;
   }
 
-  // Moves a connection on after a handler ran: closes it when finished, starts lingering when
+  // After a handler ran: closes the connection when it is finished, starts lingering when
   // shutdown's budget is answered, else makes epoll watch what it needs next (readable unless
   // input is over or output is at the cap, writable while output is pending).
-  void Settle(Connection& c, Verdict verdict) {
+  void CloseLingerOrWatch(Connection& c, Verdict verdict) {
     if (verdict == Verdict::kReset) ++stats_.conn_resets;
     if (verdict != Verdict::kKeep) {
       Close(c);
@@ -484,7 +425,7 @@ class Shard {
       }
       c.lingering = true;
     }
-    const bool can_read = !input_over && c.pending.size() < config_.conn_buffer;
+    const bool can_read = !input_over && c.pending.room() > 0;
     const std::uint32_t wanted =
         c.lingering ? EPOLLIN : (can_read ? EPOLLIN : 0u) | (c.pending.empty() ? 0u : EPOLLOUT);
     if (wanted == c.interest) return;
@@ -578,12 +519,12 @@ class Shard {
 
   // ---- shutdown and timers ----
 
-  absl::Status HandleWake() {
-    std::uint64_t count;
-    if (::read(wake_.get(), &count, sizeof count) < 0 && errno != EAGAIN) {
-      return ErrnoError("read eventfd", errno);
-    }
+  absl::Status HandleStop() {
     if (draining_) return absl::OkStatus();
+    // The stop eventfd stays readable (every shard watches it): stop watching it.
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, stop_fd_, nullptr) != 0) {
+      return ErrnoError("epoll_ctl del stop eventfd", errno);
+    }
     // Stop accepting. What is still in this listener's backlog is reset by the kernel.
     draining_ = true;
     grace_deadline_ns_ = MonotonicNanos() + absl::ToInt64Nanoseconds(config_.grace);
@@ -595,13 +536,11 @@ class Shard {
       if (!s.ok()) return s;
     }
     // What each socket has received by now is still read and answered by the normal loop; then
-    // Settle() half-closes it and lets it linger.
+    // CloseLingerOrWatch() half-closes it and lets it linger.
     for (std::unique_ptr<Connection>& c : conns_) {
       if (c == nullptr || c->read_closed) continue;
-      int queued = 0;
-      if (::ioctl(c->fd.get(), SIOCINQ, &queued) != 0) queued = 0;  // fails only for listeners
-      c->read_budget = static_cast<std::uint64_t>(queued);
-      Settle(*c, Verdict::kKeep);
+      c->read_budget = ReceivedNotRead(c->fd.get());
+      CloseLingerOrWatch(*c, Verdict::kKeep);
     }
     return absl::OkStatus();
   }
@@ -635,20 +574,12 @@ class Shard {
       }
       // Everything sent, FIN included, is acknowledged: the client has it all, and a reset caused
       // by input arriving after close() can no longer destroy any of it.
-      int unacked = 0;
-      if (c->lingering && (::ioctl(c->fd.get(), SIOCOUTQ, &unacked) != 0 || unacked == 0)) {
-        Close(*c);
-      }
+      if (c->lingering && OutputAcknowledged(c->fd.get())) Close(*c);
     }
     return absl::OkStatus();
   }
 
-  const int index_;
-  const ServerConfig& config_;
-  const std::size_t max_conns_;  // this shard's share of --max-conns
-
   Fd epoll_;
-  Fd wake_;      // eventfd; Stop() writes it
   Fd listener_;  // invalid when TCP is not served, and after shutdown began
   Fd spare_;     // a reserved descriptor, given up to shed connections when out of them
   Fd udp_;       // invalid when UDP is not served, and after shutdown began
@@ -671,47 +602,6 @@ class Shard {
   bool draining_ = false;  // Stop() was seen; connections close by grace_deadline_ns_
   std::int64_t grace_deadline_ns_ = 0;
   std::int64_t next_linger_check_ns_ = 0;  // during shutdown: when HandleTimers() looks again
-
-  ShardStats stats_;
-};
-
-class EpollBackend : public Backend {
- public:
-  explicit EpollBackend(const ServerConfig& config) : config_(config) {}
-
-  absl::StatusOr<Endpoints> Open() override {
-    const int count = std::max(config_.shards, 1);
-    absl::StatusOr<Listeners> listeners = OpenListeners(config_, count, /*non_blocking=*/true);
-    if (!listeners.ok()) return listeners.status();
-    const std::size_t per_shard = PerShardLimit(config_.max_conns, count);
-    for (int i = 0; i < count; ++i) {
-      auto shard = std::make_unique<Shard>(i, config_, per_shard);
-      Fd tcp = listeners->tcp.empty() ? Fd() : std::move(listeners->tcp[i]);
-      Fd udp = listeners->udp.empty() ? Fd() : std::move(listeners->udp[i]);
-      if (absl::Status s = shard->Init(std::move(tcp), std::move(udp)); !s.ok()) return s;
-      shards_.push_back(std::move(shard));
-    }
-    return listeners->endpoints;
-  }
-
-  absl::Status Run() override {
-    return RunShards(
-        shards_.size(), [this](std::size_t i) { return shards_[i]->Run(); }, [this] { Stop(); });
-  }
-
-  void Stop() override {
-    for (const std::unique_ptr<Shard>& shard : shards_) shard->Wake();
-  }
-
-  std::vector<ShardStats> Stats() const override {
-    std::vector<ShardStats> out;
-    for (const std::unique_ptr<Shard>& shard : shards_) out.push_back(shard->stats());
-    return out;
-  }
-
- private:
-  const ServerConfig config_;
-  std::vector<std::unique_ptr<Shard>> shards_;  // fixed once Open() returned
 };
 
 }  // namespace
@@ -720,7 +610,7 @@ BackendInfo EpollBackendInfo() {
   return {"epoll", "multi-reactor: one epoll loop per shard, SO_REUSEPORT listeners",
           /*sharded=*/true, [] { return absl::OkStatus(); },
           [](const ServerConfig& c) -> std::unique_ptr<Backend> {
-            return std::make_unique<EpollBackend>(c);
+            return std::make_unique<ShardedBackendOf<Shard>>(c);
           }};
 }
 

@@ -23,82 +23,33 @@
 namespace upcase {
 namespace {
 
-class IterativeBackend : public Backend {
+class IterativeBackend : public BlockingBackend {
  public:
-  explicit IterativeBackend(const ServerConfig& config) : config_(config) {}
-
-  absl::StatusOr<Endpoints> Open() override {
-    absl::StatusOr<Listeners> listeners = OpenListeners(config_, 1, /*non_blocking=*/false);
-    if (!listeners.ok()) return listeners.status();
-    listeners_ = *std::move(listeners);
-    return listeners_.endpoints;
-  }
-
-  absl::Status Run() override {
-    std::thread udp_thread;
-    if (!listeners_.udp.empty()) {
-      udp_thread =
-          std::thread([this] { ServeBlockingUdp(listeners_.udp[0].get(), stop_, udp_stats_); });
-    }
-    absl::Status status = listeners_.tcp.empty() ? absl::OkStatus() : AcceptLoop();
-    if (udp_thread.joinable()) udp_thread.join();
-    grace_.Cancel();
-    return status;
-  }
-
-  void Stop() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!stop_.Raise(config_.grace)) return;
-    // shutdown(SHUT_RD) wakes threads blocked in accept/recv/recvfrom on these sockets. The
-    // client connection then answers what it had received and ends without losing output (see
-    // blocking_io.h); connections still in the listen backlog were never accepted and are reset.
-    for (const Fd& fd : listeners_.tcp) ::shutdown(fd.get(), SHUT_RD);
-    for (const Fd& fd : listeners_.udp) ::shutdown(fd.get(), SHUT_RD);
-    if (current_ >= 0) ::shutdown(current_, SHUT_RD);
-    grace_.Arm(config_.grace, [this] {
-      std::lock_guard<std::mutex> expired_lock(mu_);
-      if (current_ >= 0) ::shutdown(current_, SHUT_RDWR);  // a client that never reads
-    });
-  }
-
-  std::vector<ShardStats> Stats() const override {
-    ShardStats total = tcp_stats_;
-    total += udp_stats_;
-    return {total};
-  }
+  using BlockingBackend::BlockingBackend;
 
  private:
-  absl::Status AcceptLoop() {
-    const int listen_fd = listeners_.tcp[0].get();
-    while (true) {
-      Fd conn(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC));
-      if (!conn.valid()) {
-        if (stop_.raised()) return absl::OkStatus();
-        if (HandleAcceptError(errno, tcp_stats_)) continue;
-        return ErrnoError("accept", errno);
-      }
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (stop_.raised()) return absl::OkStatus();
-        current_ = conn.get();
-      }
-      ++tcp_stats_.accepted;
-      ServeBlockingConnection(conn.get(), stop_, tcp_stats_);
-      ++tcp_stats_.closed;
-      std::lock_guard<std::mutex> lock(mu_);  // Stop() must not shut down a reused fd number
-      current_ = -1;
-      conn.reset();
+  // Serves the connection right here, on the accept loop's thread: the next accept() happens only
+  // when this client has gone.
+  bool Serve(Fd conn) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stop_.raised()) return false;
+      current_ = conn.get();
     }
+    ++tcp_stats_.accepted;
+    ServeBlockingConnection(conn.get(), stop_, tcp_stats_);
+    ++tcp_stats_.closed;
+    std::lock_guard<std::mutex> lock(mu_);  // Stop() must not shut down a reused fd number
+    current_ = -1;
+    conn.reset();
+    return true;
   }
 
-  const ServerConfig config_;
-  Listeners listeners_;
-  StopFlag stop_;
-  std::mutex mu_;
+  void ShutdownConnections(int how) override {
+    if (current_ >= 0) ::shutdown(current_, how);
+  }
+
   int current_ = -1;  // guarded by mu_: the connection being served, or -1
-  GraceTimer grace_;
-  ShardStats tcp_stats_;  // owned by the accept loop
-  ShardStats udp_stats_;  // owned by the UDP thread
 };
 
 }  // namespace

@@ -1,18 +1,18 @@
 #include "server/blocking_io.h"
 
-#include <linux/sockios.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <memory>
+#include <utility>
 
 #include "common/net.h"
 #include "common/sys.h"
 #include "common/uppercase.h"
 #include "server/config.h"
+#include "server/shutdown.h"
 
 namespace upcase {
 namespace {
@@ -22,8 +22,6 @@ constexpr std::size_t kTcpChunk = 64 * 1024;
 using TcpBuffer = std::array<char, kTcpChunk>;
 // Pause after EMFILE/ENFILE so an acceptor out of descriptors does not spin.
 constexpr absl::Duration kAcceptErrorPause = absl::Milliseconds(20);
-// During shutdown, how often a connection checks whether the client acknowledged its output.
-constexpr absl::Duration kLingerPoll = absl::Milliseconds(10);
 // Reads of discarded input per check, so a client that never stops sending cannot hold us.
 constexpr int kDiscardReadsPerPoll = 16;
 
@@ -78,8 +76,7 @@ bool WaitUntilAcknowledged(int fd, std::int64_t deadline_ns, TcpBuffer& buf) {
       if (n == 0 || errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
       return false;  // reset by the client (or by the kernel, see the header)
     }
-    int unacked = 0;
-    if (::ioctl(fd, SIOCOUTQ, &unacked) != 0 || unacked == 0) return true;
+    if (OutputAcknowledged(fd)) return true;
     if (MonotonicNanos() >= deadline_ns) return false;
     std::this_thread::sleep_for(absl::ToChronoMilliseconds(kLingerPoll));
   }
@@ -88,12 +85,10 @@ bool WaitUntilAcknowledged(int fd, std::int64_t deadline_ns, TcpBuffer& buf) {
 // The end of a connection once Stop() came (see the header): answer what had arrived, wait for
 // the client to acknowledge it, then FIN, and wait for that acknowledgement too.
 void FinishAtStop(int fd, const StopFlag& stop, TcpBuffer& buf, ShardStats& stats) {
-  int queued = 0;
-  if (::ioctl(fd, SIOCINQ, &queued) != 0) queued = 0;
-  std::size_t left = static_cast<std::size_t>(std::max(queued, 0));
+  std::uint64_t left = ReceivedNotRead(fd);
   while (left > 0) {
     // Never blocks: at least `left` bytes are queued, and only this thread reads them.
-    const ssize_t n = ::recv(fd, buf.data(), std::min(buf.size(), left), 0);
+    const ssize_t n = ::recv(fd, buf.data(), std::min<std::uint64_t>(buf.size(), left), 0);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;  // reset meanwhile
     left -= static_cast<std::size_t>(n);
@@ -161,6 +156,59 @@ bool HandleAcceptError(int err, ShardStats& stats) {
     default:
       return false;
   }
+}
+
+absl::StatusOr<Endpoints> BlockingBackend::Open() {
+  absl::StatusOr<Listeners> listeners = OpenListeners(config_, 1, /*non_blocking=*/false);
+  if (!listeners.ok()) return listeners.status();
+  listeners_ = *std::move(listeners);
+  return listeners_.endpoints;
+}
+
+absl::Status BlockingBackend::Run() {
+  std::thread udp_thread;
+  if (!listeners_.udp.empty()) {
+    udp_thread =
+        std::thread([this] { ServeBlockingUdp(listeners_.udp[0].get(), stop_, udp_stats_); });
+  }
+  absl::Status status = listeners_.tcp.empty() ? absl::OkStatus() : AcceptLoop();
+  if (!status.ok()) Stop();  // the listener failed: wind the connections down as for a signal
+  WaitForConnections();
+  if (udp_thread.joinable()) udp_thread.join();
+  grace_.Cancel();
+  return status;
+}
+
+std::vector<ShardStats> BlockingBackend::Stats() const {
+  ShardStats total = tcp_stats_;
+  total += conn_stats_;
+  total += udp_stats_;
+  return {total};
+}
+
+absl::Status BlockingBackend::AcceptLoop() {
+  while (true) {
+    Fd conn(::accept4(listeners_.tcp[0].get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn.valid()) {
+      if (stop_.raised()) return absl::OkStatus();
+      if (HandleAcceptError(errno, tcp_stats_)) continue;
+      return ErrnoError("accept", errno);
+    }
+    if (!Serve(std::move(conn))) return absl::OkStatus();
+  }
+}
+
+void BlockingBackend::Stop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!stop_.Raise(config_.grace)) return;
+  // Connections still in the listen backlog were never accepted; the kernel resets them.
+  for (const Fd& fd : listeners_.tcp) ::shutdown(fd.get(), SHUT_RD);
+  for (const Fd& fd : listeners_.udp) ::shutdown(fd.get(), SHUT_RD);
+  ShutdownConnections(SHUT_RD);
+  grace_.Arm(config_.grace, [this] {
+    std::lock_guard<std::mutex> expired_lock(mu_);
+    ShutdownConnections(SHUT_RDWR);  // clients that never read
+  });
 }
 
 void GraceTimer::Arm(absl::Duration grace, std::function<void()> on_expire) {

@@ -1,15 +1,16 @@
 // The blocking request loops shared by the two lab-style backends (iterative and threads): the
 // code a student writes first. A blocking backend decides only *who* runs these loops.
 //
-// Stopping a blocking server gracefully. A thread blocked in recv() only wakes for the socket, so
-// Stop() wakes it with shutdown(SHUT_RD): recv() then returns what is queued, then 0. But a socket
-// must not simply be closed after that: closing with unread input makes Linux reset the
-// connection, and the reset throws away output the client has not acknowledged yet. Nor may it
-// send its FIN early: a socket shut for reading that has sent its FIN resets the connection as
-// soon as more input arrives. So a connection answers what its socket had received when the stop
-// was seen (SIOCINQ), waits, reading and discarding input, until the client has acknowledged all
-// of the output (SIOCOUTQ == 0, checked every few milliseconds), only then sends its FIN, and is
-// closed when that is acknowledged too, or when the grace period ends.
+// Stopping a blocking server gracefully, by the policy every backend follows (server/shutdown.h).
+// A thread blocked in recv() only wakes for the socket, so Stop() wakes it with shutdown(SHUT_RD):
+// recv() then returns what is queued, then 0. But a socket must not simply be closed after that:
+// closing with unread input makes Linux reset the connection, and the reset throws away output the
+// client has not acknowledged yet. Nor may it send its FIN early: a socket shut for reading that
+// has sent its FIN resets the connection as soon as more input arrives. So a connection answers
+// what its socket had received when the stop was seen (SIOCINQ), waits, reading and discarding
+// input, until the client has acknowledged all of the output (SIOCOUTQ == 0, checked every
+// kLingerPoll), only then sends its FIN, and is closed when that is acknowledged too, or when the
+// grace period ends.
 #ifndef UPCASE_SERVER_BLOCKING_IO_H_
 #define UPCASE_SERVER_BLOCKING_IO_H_
 
@@ -19,8 +20,15 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/net.h"
+#include "server/backend.h"
+#include "server/config.h"
+#include "server/listeners.h"
 #include "server/stats.h"
 
 namespace upcase {
@@ -80,6 +88,46 @@ class GraceTimer {
   std::condition_variable cv_;
   bool cancelled_ = false;  // guarded by mu_
   std::thread thread_;
+};
+
+// What the two blocking backends share: one blocking TCP listener and one UDP socket (no shards),
+// a UDP thread running ServeBlockingUdp, the accept loop, and the stop with its grace period. A
+// blocking backend says only who serves each accepted connection (Serve).
+class BlockingBackend : public Backend {
+ public:
+  explicit BlockingBackend(const ServerConfig& config) : config_(config) {}
+
+  absl::StatusOr<Endpoints> Open() final;
+  // The UDP thread, and the accept loop on the calling thread, until Stop().
+  absl::Status Run() final;
+  // Raises the stop flag and wakes every blocked call with shutdown(SHUT_RD): accept and recvfrom
+  // return, and each connection answers what it had received and ends without losing output
+  // (see the file comment). After the grace period, connections still open are shut down.
+  void Stop() final;
+  // One entry: the accept loop's, the connections' and the UDP thread's counters summed.
+  std::vector<ShardStats> Stats() const final;
+
+ protected:
+  // Takes an accepted connection into service. False when the stop came meanwhile (the caller
+  // closes it). Runs on the accept loop's thread.
+  virtual bool Serve(Fd conn) = 0;
+  // Under mu_: shutdown(fd, how) for every connection in service.
+  virtual void ShutdownConnections(int how) = 0;
+  // After the accept loop ended: waits until no connection is in service any more.
+  virtual void WaitForConnections() {}
+
+  const ServerConfig config_;
+  StopFlag stop_;
+  std::mutex mu_;          // serialises Stop() with the backend's own bookkeeping
+  ShardStats tcp_stats_;   // owned by the accept loop
+  ShardStats conn_stats_;  // guarded by mu_: connection threads add theirs as they end
+  ShardStats udp_stats_;   // owned by the UDP thread
+
+ private:
+  absl::Status AcceptLoop();
+
+  Listeners listeners_;
+  GraceTimer grace_;
 };
 
 }  // namespace upcase

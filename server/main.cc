@@ -24,6 +24,7 @@
 #include "nlohmann/json.hpp"
 #include "server/backend.h"
 #include "server/config.h"
+#include "server/sharded_backend.h"
 
 namespace upcase {
 namespace {
@@ -69,10 +70,11 @@ std::vector<std::string> ParseFlags(int argc, char** argv, Options& o) {
   for (const BackendInfo& b : Backends()) names.emplace_back(b.name);
   flags.String("backend", &o.backend, "I/O model; default: best available (uring, else epoll)",
                names);
-  flags.Int("shards", &o.shards, 0, 1024, "reactor threads for epoll/uring; 0 = online CPUs");
+  flags.Int("shards", &o.shards, 0, 1024,
+            "reactor threads for epoll/uring; 0 = the CPUs this process may use");
   flags.String("proto", &o.proto, "protocols to serve", {"tcp", "udp", "both"});
   flags.String("bind", &o.bind, "local address, IPv4 or IPv6 (e.g. ::1)");
-  flags.Bool("pin", &o.pin, "pin shard i to CPU i (epoll/uring)");
+  flags.Bool("pin", &o.pin, "pin shard i to the i-th CPU this process may use (epoll/uring)");
   flags.Int("max-conns", &o.max_conns, 1, 10'000'000,
             "TCP connections served at once; over it new ones are closed at once");
   flags.Bytes("conn-buffer", &o.conn_buffer,
@@ -107,7 +109,8 @@ ServerConfig BuildConfig(const Options& o, const std::vector<std::string>& args)
   config.conn_buffer = o.conn_buffer;
   config.grace = o.grace;
   config.sqpoll = o.sqpoll;
-  config.shards = o.shards > 0 ? static_cast<int>(o.shards) : OnlineCpus();
+  config.shards =
+      o.shards > 0 ? static_cast<int>(o.shards) : static_cast<int>(AllowedCpus().size());
   return config;
 }
 

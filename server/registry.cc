@@ -10,7 +10,20 @@ namespace upcase {
 BackendInfo IterativeBackendInfo();
 BackendInfo ThreadsBackendInfo();
 BackendInfo EpollBackendInfo();
+#ifdef UPCASE_HAVE_URING
 BackendInfo UringBackendInfo();
+#else
+// Built without liburing: the backend is listed, and says why it cannot run.
+BackendInfo UringBackendInfo() {
+  return {"uring", "multi-reactor: one io_uring per shard (not in this build)",
+          /*sharded=*/true,
+          [] {
+            return absl::UnimplementedError(
+                "this build has no liburing (install liburing-dev and rebuild)");
+          },
+          [](const ServerConfig&) -> std::unique_ptr<Backend> { return nullptr; }};
+}
+#endif
 
 const std::vector<BackendInfo>& Backends() {
   static const std::vector<BackendInfo> backends = {

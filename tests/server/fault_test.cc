@@ -1128,6 +1128,57 @@ TEST_P(FaultTest, SigtermWithAClientThatNeverReadsEndsWithinGrace) {
   EXPECT_LT(absl::Now() - signalled, kGrace + absl::Seconds(10));
 }
 
+// The shutdown policy (server/shutdown.h): once a connection lingers after the stop, its input is
+// read and discarded, never answered. So a client that is still sending when the stop comes is
+// not wedged against a full receive window: its sends complete, and it then reads every reply to
+// what the server had received, and a clean EOF. The client does not read until its sends are
+// done, so the server's output waits unacknowledged and the connection lingers meanwhile.
+TEST_P(FaultTest, SigtermLingeringDiscardsInputSoASendingClientIsNotWedged) {
+  ASSERT_NO_FATAL_FAILURE(
+      Start({"--bind=127.0.0.1", "--proto=tcp", "--conn-buffer=64K", "--grace=30s"}));
+  Fd client = Tcp();
+  SetBuffer(client.get(), SO_RCVBUF, 4096);
+  SetBuffer(client.get(), SO_SNDBUF, 16 << 10);  // a fixed size: no autotuning takes the rest
+  const std::string request = RandomBytes(64 << 10, 31);
+  ASSERT_TRUE(SendAll(client.get(), request.data(), request.size()).ok()) << std::strerror(errno);
+  // Every byte of the request reached the server's kernel, so the stop must answer all of it.
+  const absl::Time deadline = absl::Now() + kPrompt;
+  while (Unacknowledged(client.get()) > 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_EQ(Unacknowledged(client.get()), 0u);
+
+  server_->process.Signal(SIGTERM);
+  // The listeners close when the stop is handled: from then on, new connections are refused.
+  bool refused = false;
+  while (!refused && absl::Now() < deadline + kPrompt) {
+    refused = !ConnectTcp(server_->tcp_port, "127.0.0.1", absl::Seconds(1)).ok();
+    if (!refused) absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_TRUE(refused) << "the server still accepts after SIGTERM";
+
+  // Far more than the kernel buffers between here and the server can hold: it all goes only if
+  // the server reads it.
+  const std::string more = RandomBytes(4 << 20, 32);
+  bool stalled = false;
+  const std::uint64_t sent =
+      SendUntilStalled(client.get(), more, more.size(), kPrompt, pid(), nullptr, &stalled);
+  EXPECT_EQ(sent, more.size()) << "the lingering server stopped reading: the client is wedged";
+
+  absl::StatusOr<std::string> reply = testing::RecvUntilEof(client.get());
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  ASSERT_GE(reply->size(), request.size());
+  EXPECT_TRUE(reply->compare(0, request.size(), Expected(request)) == 0)
+      << "the reply to what the server had received differs";
+  // A blocking backend's connection thread takes its snapshot when it wakes, a moment after the
+  // listener closed: bytes that arrived meanwhile are answered too, in order.
+  const std::size_t extra = reply->size() - request.size();
+  EXPECT_LE(extra, more.size());
+  EXPECT_TRUE(reply->compare(request.size(), extra, Expected(more.substr(0, extra))) == 0);
+  nlohmann::json stats = Finish();
+  EXPECT_EQ(stats["total"]["bytes_out"], reply->size()) << stats.dump();
+}
+
 // Waits until /proc says the process is stopped (state T), within `timeout`.
 bool StoppedWithin(pid_t pid, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;

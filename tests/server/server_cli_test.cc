@@ -1,12 +1,24 @@
 // upcase-server's command line contract: the ready line, signals, and one clear stderr line with a
 // non-zero exit for every kind of bad input.
+#include <dirent.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "server/backend.h"
 #include "tests/support/test_util.h"
 
 namespace upcase {
@@ -169,6 +181,96 @@ TEST(ClientCliTest, BindPortSetsTheLocalPort) {
   EXPECT_NE(out.find("Return text from the server: ABC"), std::string::npos) << out;
   ASSERT_TRUE(server->Stop().ok());
 }
+
+// ---- --pin and the default --shards follow the CPUs the process may use ----
+
+// Cpus_allowed_list of every thread of `pid`, by thread id.
+std::vector<std::string> ThreadCpuLists(pid_t pid) {
+  std::vector<std::string> lists;
+  const std::string dir = absl::StrCat("/proc/", pid, "/task");
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return lists;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream status(absl::StrCat(dir, "/", e->d_name, "/status"));
+    std::string line;
+    while (std::getline(status, line)) {
+      absl::string_view rest = line;
+      if (absl::ConsumePrefix(&rest, "Cpus_allowed_list:")) {
+        lists.emplace_back(absl::StripAsciiWhitespace(rest));
+      }
+    }
+  }
+  ::closedir(d);
+  return lists;
+}
+
+bool MayUseCpus(std::initializer_list<int> cpus) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return false;
+  for (int cpu : cpus) {
+    if (!CPU_ISSET(cpu, &set)) return false;
+  }
+  return true;
+}
+
+// Waits, within `timeout`, until the threads of `pid` have exactly the CPU lists `expected`
+// (shards pin themselves once running, which is after the ready line). Returns what it saw last.
+std::set<std::string> WaitForCpuLists(pid_t pid, const std::set<std::string>& expected,
+                                      absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::set<std::string> seen;
+  while (absl::Now() < deadline) {
+    const std::vector<std::string> lists = ThreadCpuLists(pid);
+    seen = std::set<std::string>(lists.begin(), lists.end());
+    if (seen == expected) break;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return seen;
+}
+
+class PinTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<const BackendInfo*> info = FindBackend(GetParam());
+    if (!info.ok()) GTEST_SKIP() << info.status();
+    if (::access("/usr/bin/taskset", X_OK) != 0) GTEST_SKIP() << "taskset (util-linux) missing";
+  }
+};
+
+// In a CPU set that excludes CPU 0 (here: taskset -c 1), --pin puts shard 0 on the set's first
+// CPU, not on CPU 0, and the default shard count is the size of the set, not the online CPUs.
+TEST_P(PinTest, PinAndDefaultShardsFollowTheAllowedCpus) {
+  if (!MayUseCpus({1})) GTEST_SKIP() << "CPU 1 does not exist or may not be used here";
+  absl::StatusOr<testing::ServerProcess> server =
+      StartServer({absl::StrCat("--backend=", GetParam()), "--proto=tcp", "--pin"},
+                  {"/usr/bin/taskset", "-c", "1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ(server->shards, 1) << server->ready_line;
+  absl::StatusOr<Fd> tcp = testing::ConnectTcp(server->tcp_port);
+  ASSERT_TRUE(tcp.ok()) << tcp.status();
+  EXPECT_EQ(testing::RoundTrip(tcp->get(), "pinned").value_or(""), "PINNED");
+  EXPECT_EQ(WaitForCpuLists(server->process.pid(), {"1"}, absl::Seconds(5)),
+            std::set<std::string>{"1"});
+  ASSERT_TRUE(server->Stop().ok());
+}
+
+// Without a restriction, two shards on CPUs 0 and 1 each run on their own CPU.
+TEST_P(PinTest, ShardIRunsOnTheIthAllowedCpu) {
+  if (!MayUseCpus({0, 1})) GTEST_SKIP() << "CPUs 0 and 1 are not both usable here";
+  absl::StatusOr<testing::ServerProcess> server =
+      StartServer({absl::StrCat("--backend=", GetParam()), "--proto=tcp", "--shards=2", "--pin"},
+                  {"/usr/bin/taskset", "-c", "0,1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  // Main thread: both CPUs; shard 0 (the runner thread) on 0; shard 1 on 1.
+  const std::set<std::string> expected = {"0-1", "0", "1"};
+  EXPECT_EQ(WaitForCpuLists(server->process.pid(), expected, absl::Seconds(5)), expected);
+  ASSERT_TRUE(server->Stop().ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(ShardedBackends, PinTest, ::testing::Values("epoll", "uring"),
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
 }  // namespace
 }  // namespace upcase

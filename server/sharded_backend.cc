@@ -1,0 +1,118 @@
+#include "server/sharded_backend.h"
+
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <functional>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/sys.h"
+#include "server/listeners.h"
+
+namespace upcase {
+namespace {
+
+// Runs run_shard(i) for every i in [0, count): shard 0 on the calling thread (so --shards=1 runs
+// no extra thread), the others on threads of their own. When a shard fails, or its thread cannot
+// be started, stop() is called so the other shards wind down as for a signal. Returns after every
+// shard has returned: the first error, or OK.
+absl::Status RunShards(std::size_t count, const std::function<absl::Status(std::size_t)>& run_shard,
+                       const std::function<void()>& stop) {
+  std::vector<absl::Status> results(count);
+  auto run = [&](std::size_t i) {
+    results[i] = run_shard(i);
+    if (!results[i].ok()) stop();
+  };
+  std::vector<std::thread> threads;
+  for (std::size_t i = 1; i < count; ++i) {
+    try {
+      threads.emplace_back(run, i);
+    } catch (const std::system_error& e) {
+      results[i] = absl::ResourceExhaustedError(
+          absl::StrCat("cannot start thread for shard ", i, ": ", e.what()));
+      stop();
+      break;
+    }
+  }
+  if (count > 0) run(0);
+  for (std::thread& t : threads) t.join();
+  for (const absl::Status& s : results) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Endpoints> ShardedBackend::Open() {
+  stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stop_.valid()) return ErrnoError("eventfd", errno);
+  cpus_ = AllowedCpus();
+  const int count = std::max(config_.shards, 1);
+  absl::StatusOr<Listeners> listeners = OpenListeners(config_, count, /*non_blocking=*/true);
+  if (!listeners.ok()) return listeners.status();
+  for (int i = 0; i < count; ++i) {
+    ShardSetup setup;
+    setup.index = i;
+    if (!listeners->tcp.empty()) setup.tcp = std::move(listeners->tcp[i]);
+    if (!listeners->udp.empty()) setup.udp = std::move(listeners->udp[i]);
+    setup.max_conns = (config_.max_conns + count - 1) / count;
+    setup.stop_fd = stop_.get();
+    absl::StatusOr<std::unique_ptr<ReactorShard>> shard = CreateShard(std::move(setup));
+    if (!shard.ok()) return shard.status();
+    shards_.push_back(*std::move(shard));
+  }
+  return listeners->endpoints;
+}
+
+absl::Status ShardedBackend::Run() {
+  return RunShards(
+      shards_.size(),
+      [this](std::size_t i) {
+        if (config_.pin) {
+          if (absl::Status s = PinCurrentThread(cpus_[i % cpus_.size()]); !s.ok()) return s;
+        }
+        return shards_[i]->Run();
+      },
+      [this] { Stop(); });
+}
+
+void ShardedBackend::Stop() {
+  if (!stop_.valid()) return;
+  // One eventfd for all shards: nobody reads it, so it stays readable and every shard sees it.
+  const std::uint64_t one = 1;
+  // Cannot fail: the descriptor lives as long as the backend and the counter would need 2^64
+  // calls to overflow. A failure would leave the shards running forever, so do not go on.
+  if (::write(stop_.get(), &one, sizeof one) != sizeof one) std::abort();
+}
+
+std::vector<ShardStats> ShardedBackend::Stats() const {
+  std::vector<ShardStats> out;
+  for (const std::unique_ptr<ReactorShard>& shard : shards_) out.push_back(shard->stats());
+  return out;
+}
+
+std::vector<int> AllowedCpus() {
+  std::vector<int> cpus;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+    }
+  }
+  // Fails only for a CPU set larger than CPU_SETSIZE (1024 CPUs): then every online CPU.
+  if (cpus.empty()) {
+    for (int cpu = 0; cpu < OnlineCpus(); ++cpu) cpus.push_back(cpu);
+  }
+  return cpus;
+}
+
+}  // namespace upcase

@@ -1,0 +1,112 @@
+// What the two multi-reactor backends (epoll, uring) share: N shards, each one thread with its
+// own TCP listener and UDP socket on the same port (SO_REUSEPORT, so the kernel spreads
+// connections and datagrams across them), started, stopped and counted the same way. A backend
+// only says how one shard serves (ReactorShard); ShardedBackend does the rest:
+//
+//   Open()   binds every shard's sockets and creates the shards (CreateShard);
+//   Run()    runs shard 0 on the calling thread and the others on threads of their own, each
+//            pinned to its CPU with --pin;
+//   Stop()   makes the one stop eventfd readable; every shard watches it and shuts down;
+//   Stats()  one entry per shard.
+#ifndef UPCASE_SERVER_SHARDED_BACKEND_H_
+#define UPCASE_SERVER_SHARDED_BACKEND_H_
+
+#include <cstddef>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/net.h"
+#include "server/backend.h"
+#include "server/config.h"
+#include "server/output_queue.h"
+#include "server/stats.h"
+
+namespace upcase {
+
+// One reactor: a thread's whole world. Created by Open(), run on its own thread, read after. The
+// state every reactor has is here; a backend's shard adds its kernel interface and connections.
+class ReactorShard {
+ public:
+  ReactorShard(const ServerConfig& config, std::size_t max_conns, int stop_fd)
+      : config_(config),
+        max_conns_(max_conns),
+        stop_fd_(stop_fd),
+        output_pool_(config.conn_buffer) {}
+  virtual ~ReactorShard() = default;
+  ReactorShard(const ReactorShard&) = delete;
+  ReactorShard& operator=(const ReactorShard&) = delete;
+
+  // The event loop: returns once shutdown has finished, or with an error when serving cannot go
+  // on (the message names the call that failed).
+  virtual absl::Status Run() = 0;
+  virtual ShardStats stats() const { return stats_; }
+
+ protected:
+  const ServerConfig& config_;
+  const std::size_t max_conns_;  // this shard's share of --max-conns
+  const int stop_fd_;            // the backend's eventfd; readable once Stop() was called
+  // Storage for the connections' output queues. A base member, so it outlives the connections.
+  OutputPool output_pool_;
+  ShardStats stats_;  // read by stats() once Run() has returned
+};
+
+// What Open() hands each new shard.
+struct ShardSetup {
+  int index = 0;
+  Fd tcp;  // the shard's listener; invalid when TCP is not served
+  Fd udp;  // the shard's UDP socket; invalid when UDP is not served
+  // This shard's share of --max-conns, so shards need no shared counter: ceil(max / shards). The
+  // server as a whole may therefore admit up to shards - 1 connections more than max.
+  std::size_t max_conns = 0;
+  // Readable once Stop() was called, and from then on (never read: every shard sees it).
+  int stop_fd = -1;
+};
+
+class ShardedBackend : public Backend {
+ public:
+  explicit ShardedBackend(const ServerConfig& config) : config_(config) {}
+
+  absl::StatusOr<Endpoints> Open() final;
+  absl::Status Run() final;
+  void Stop() final;
+  std::vector<ShardStats> Stats() const final;
+
+ protected:
+  // Creates shard `setup.index` with its sockets; resource problems are reported here, before the
+  // ready line.
+  virtual absl::StatusOr<std::unique_ptr<ReactorShard>> CreateShard(ShardSetup setup) = 0;
+
+  const ServerConfig& config() const { return config_; }
+
+ private:
+  const ServerConfig config_;
+  Fd stop_;                                            // eventfd
+  std::vector<int> cpus_;                              // --pin: shard i runs on cpus_[i % size]
+  std::vector<std::unique_ptr<ReactorShard>> shards_;  // fixed once Open() returned
+};
+
+// The ShardedBackend of a backend whose shard class is `Shard`: constructed with
+// (config, max_conns, stop_fd), then Init(tcp, udp) in Open().
+template <typename Shard>
+class ShardedBackendOf final : public ShardedBackend {
+ public:
+  using ShardedBackend::ShardedBackend;
+
+ private:
+  absl::StatusOr<std::unique_ptr<ReactorShard>> CreateShard(ShardSetup setup) override {
+    auto shard = std::make_unique<Shard>(config(), setup.max_conns, setup.stop_fd);
+    if (absl::Status s = shard->Init(std::move(setup.tcp), std::move(setup.udp)); !s.ok()) return s;
+    return shard;
+  }
+};
+
+// The CPUs this process may run on (sched_getaffinity), in increasing order: what --pin spreads
+// the shards over, and how many shards run by default. Never empty.
+std::vector<int> AllowedCpus();
+
+}  // namespace upcase
+
+#endif  // UPCASE_SERVER_SHARDED_BACKEND_H_

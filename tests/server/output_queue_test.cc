@@ -1,0 +1,151 @@
+// OutputQueue and OutputPool on their own: the cap, partial consumption, order across the ring's
+// wrap and the overflow, and storage handed back and reused.
+#include "server/output_queue.h"
+
+#include <string>
+
+#include "gtest/gtest.h"
+#include "tests/support/test_util.h"
+
+namespace upcase {
+namespace {
+
+using ::upcase::testing::Expected;
+using ::upcase::testing::RandomBytes;
+
+// Everything the queue holds, in order, by consuming it in runs of at most `step` bytes.
+std::string Drain(OutputQueue& q, std::size_t step) {
+  std::string out;
+  while (!q.empty()) {
+    const std::size_t n = std::min(step, q.front_size());
+    EXPECT_GT(n, 0u);
+    if (n == 0) break;
+    out.append(q.front(), n);
+    q.Consume(n);
+  }
+  return out;
+}
+
+TEST(OutputQueueTest, EmptyQueueHoldsNoStorage) {
+  OutputPool pool(1024);
+  OutputQueue q(&pool);
+  EXPECT_TRUE(q.empty());
+  EXPECT_EQ(q.size(), 0u);
+  EXPECT_EQ(q.room(), 1024u);
+  EXPECT_EQ(q.front_size(), 0u);
+  q.Append("", 0);
+  EXPECT_TRUE(q.empty());
+  EXPECT_EQ(pool.spares(), 0u) << "nothing was taken, so nothing comes back";
+}
+
+TEST(OutputQueueTest, RoomShrinksToZeroAtTheCap) {
+  OutputPool pool(1024);
+  OutputQueue q(&pool);
+  q.Append(std::string(1000, 'a').data(), 1000);
+  EXPECT_EQ(q.size(), 1000u);
+  EXPECT_EQ(q.room(), 24u);
+  q.Append(std::string(24, 'b').data(), 24);
+  EXPECT_EQ(q.room(), 0u);
+  EXPECT_EQ(q.front_size(), 1024u);
+}
+
+TEST(OutputQueueTest, PartialConsumptionKeepsTheRestInOrder) {
+  OutputPool pool(1024);
+  OutputQueue q(&pool);
+  const std::string data = RandomBytes(700, 1);
+  q.Append(data.data(), data.size());
+  q.Consume(100);
+  EXPECT_EQ(q.size(), 600u);
+  EXPECT_EQ(std::string(q.front(), 10), data.substr(100, 10));
+  EXPECT_EQ(Drain(q, 7), data.substr(100));
+}
+
+TEST(OutputQueueTest, OrderHoldsAcrossTheWrap) {
+  OutputPool pool(1024);
+  OutputQueue q(&pool);
+  const std::string a = RandomBytes(900, 2);
+  const std::string b = RandomBytes(500, 3);
+  q.Append(a.data(), a.size());
+  q.Consume(800);                // head at 800, 100 left
+  q.Append(b.data(), b.size());  // 124 bytes up to the end, then 376 from offset 0
+  EXPECT_EQ(q.size(), 600u);
+  EXPECT_EQ(q.front_size(), 224u) << "the first run ends at the end of the storage";
+  EXPECT_EQ(Drain(q, 1024), a.substr(800) + b);
+}
+
+TEST(OutputQueueTest, AppendUppercasedUppercasesOnTheWay) {
+  OutputPool pool(1024);
+  OutputQueue q(&pool);
+  const std::string data = RandomBytes(1000, 4);
+  q.Append(data.data(), 500);
+  q.Consume(450);
+  q.AppendUppercased(data.data() + 500, 500);  // wraps
+  EXPECT_EQ(Drain(q, 333), data.substr(450, 50) + Expected(data.substr(500)));
+}
+
+TEST(OutputQueueTest, BeyondTheCapBytesWaitInOrder) {
+  OutputPool pool(1024);
+  OutputQueue q(&pool);
+  const std::string data = RandomBytes(3000, 5);
+  q.AppendUppercased(data.data(), 1500);
+  q.AppendUppercased(data.data() + 1500, 1500);
+  EXPECT_EQ(q.size(), 3000u);
+  EXPECT_EQ(q.room(), 0u);
+  EXPECT_LE(q.front_size(), 1024u);
+  EXPECT_EQ(Drain(q, 100), Expected(data));
+}
+
+TEST(OutputQueueTest, WritingRestartsAtTheFrontWhenDrained) {
+  OutputPool pool(1024);
+  OutputQueue q(&pool);
+  q.Append("hello", 5);
+  const char* first = q.front();
+  q.Consume(5);
+  q.Append("again", 5);
+  EXPECT_EQ(q.front(), first) << "request/response traffic keeps using the first page";
+  EXPECT_EQ(std::string(q.front(), 5), "again");
+}
+
+TEST(OutputQueueTest, DrainedStorageGoesBackToThePoolAndIsReused) {
+  OutputPool pool(1024);
+  OutputQueue a(&pool);
+  OutputQueue b(&pool);
+  a.Append("x", 1);
+  const char* storage = a.front();
+  EXPECT_EQ(pool.spares(), 0u);
+  a.Consume(1);
+  EXPECT_EQ(pool.spares(), 1u);
+  b.Append("y", 1);
+  EXPECT_EQ(b.front(), storage) << "the spare is reused, not freed and faulted in again";
+  EXPECT_EQ(pool.spares(), 0u);
+  b.Clear();
+  EXPECT_TRUE(b.empty());
+  EXPECT_EQ(pool.spares(), 1u);
+}
+
+TEST(OutputQueueTest, DestroyingAQueueGivesItsStorageBack) {
+  OutputPool pool(1024);
+  {
+    OutputQueue q(&pool);
+    q.Append("abc", 3);
+  }
+  EXPECT_EQ(pool.spares(), 1u);
+}
+
+TEST(OutputPoolTest, SparesAreBoundedInBytes) {
+  OutputPool small(256 << 10);
+  EXPECT_EQ(small.max_spares(), OutputPool::kMaxSpareBytes / (256 << 10));
+  OutputPool large(64 << 20);
+  EXPECT_EQ(large.max_spares(), 1u) << "one spare even when it is larger than the bound";
+
+  std::vector<std::unique_ptr<OutputQueue>> queues;
+  for (std::size_t i = 0; i < small.max_spares() + 5; ++i) {
+    queues.push_back(std::make_unique<OutputQueue>(&small));
+    queues.back()->Append("z", 1);
+  }
+  queues.clear();  // every queue gives its storage back; the pool keeps only max_spares()
+  EXPECT_EQ(small.spares(), small.max_spares());
+}
+
+}  // namespace
+}  // namespace upcase
