@@ -124,10 +124,12 @@ def install_cleanup():
 # ---------------------------------------------------------------------------------------------
 # Binaries and backends.
 
-def binary(name: str) -> pathlib.Path:
-    path = BIN_DIR / name
+def binary(name: str, bin_dir: pathlib.Path | None = None) -> pathlib.Path:
+    """An executable from `bin_dir` (default: build/release/bin, what tools/compare builds)."""
+    path = (bin_dir or BIN_DIR) / name
     if not os.access(path, os.X_OK):
-        raise HarnessError(f"{path.relative_to(ROOT)} not found: build Release first "
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        raise HarnessError(f"{shown} not found: build Release first "
                            "(cmake --preset release && cmake --build --preset release)")
     return path
 
@@ -139,9 +141,9 @@ class BackendInfo:
     unavailable: str | None  # the reason, or None when usable
 
 
-def discover_backends() -> list[BackendInfo]:
+def discover_backends(bin_dir: pathlib.Path | None = None) -> list[BackendInfo]:
     """Parses the "Backends" section of `upcase-server --help`."""
-    out = subprocess.run([str(binary("upcase-server")), "--help"], capture_output=True,
+    out = subprocess.run([str(binary("upcase-server", bin_dir)), "--help"], capture_output=True,
                          text=True, timeout=10)
     text = out.stdout + out.stderr
     backends, inside = [], False
@@ -404,10 +406,10 @@ def _read_line(stream, deadline: float) -> bytes:
 
 class Server:
     def __init__(self, point: Point, cpu: int | None, workdir: pathlib.Path,
-                 extra_args: list[str] = ()):
+                 extra_args: list[str] = (), bin_dir: pathlib.Path | None = None):
         self.stats_path = workdir / "stats.json"
         self.log_path = workdir / "server.log"
-        self.command = [str(binary("upcase-server")), f"--backend={point.backend}",
+        self.command = [str(binary("upcase-server", bin_dir)), f"--backend={point.backend}",
                         "--bind=127.0.0.1", "--shards=1", f"--proto={point.proto}",
                         f"--grace={fmt_duration(SERVER_GRACE_S)}",
                         f"--stats-json={self.stats_path}", *extra_args, "0"]
@@ -462,10 +464,14 @@ class RunSettings:
     load_cpu: int | None = 1
     arrival: str = "poisson"
     server_args: tuple[str, ...] = ()
+    bin_dir: pathlib.Path | None = None  # upcase-server and upcase-load from here (default BIN_DIR)
+    # Probe runs count each of PROBE_SYSCALLS too; off, only the total (perf then exits in ~0.1 s
+    # instead of ~1.5 s).
+    syscall_names: bool = True
 
 
 def load_command(point: Point, port: int, settings: RunSettings, json_path) -> list[str]:
-    cmd = [str(binary("upcase-load")), f"--proto={point.proto}",
+    cmd = [str(binary("upcase-load", settings.bin_dir)), f"--proto={point.proto}",
            f"--connections={point.connections}", "--threads=1",
            f"--duration={fmt_duration(settings.duration)}",
            f"--warmup={fmt_duration(settings.warmup)}", f"--size={point.size}",
@@ -489,7 +495,8 @@ def load_command(point: Point, port: int, settings: RunSettings, json_path) -> l
 def run_point(point: Point, settings: RunSettings, tools: Tools, workroot: pathlib.Path) -> dict:
     """Runs one point and returns its record; raises HarnessError when it could not run."""
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="run-", dir=workroot))
-    server = Server(point, settings.server_cpu, workdir, list(settings.server_args))
+    server = Server(point, settings.server_cpu, workdir, list(settings.server_args),
+                    settings.bin_dir)
     server.start()
     record = {"point": dataclasses.asdict(point) | {"key": point.key, "mode": point.mode},
               "settings": {"duration_s": settings.duration, "warmup_s": settings.warmup,
@@ -502,7 +509,9 @@ def run_point(point: Point, settings: RunSettings, tools: Tools, workroot: pathl
             events.append("context-switches")
         if point.probe and tools.perf_syscalls:
             events.append("raw_syscalls:sys_enter")
-            events += [f"syscalls:sys_enter_{s}" for s in PROBE_SYSCALLS if _tracepoint_exists(s)]
+            if settings.syscall_names:
+                events += [f"syscalls:sys_enter_{s}" for s in PROBE_SYSCALLS
+                           if _tracepoint_exists(s)]
         if events:
             counter = PerfCounter(server.pid, events, workdir)
             counter.enable()
