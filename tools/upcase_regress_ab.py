@@ -414,8 +414,10 @@ def verdict_text(row: Row, alpha_side: float) -> str:
         return j.verdict
     if j.n < st.min_rounds(alpha_side):
         return f"inconclusive (needs >= {st.min_rounds(alpha_side)} rounds)"
-    if j.more_rounds is None or j.more_rounds > 100:
+    if j.more_rounds is None:
         return "inconclusive (the change is about the tolerance)"
+    if j.more_rounds > 1000:
+        return "inconclusive (> 1000 more rounds)"
     return f"inconclusive (~{j.more_rounds} more round{'s' if j.more_rounds > 1 else ''})"
 
 

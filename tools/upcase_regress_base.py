@@ -55,8 +55,10 @@ def git(repo: pathlib.Path, *args: str, check: bool = True, retries: int = GIT_L
         if attempt < retries and any(m in r.stderr for m in _LOCK_MARKS):
             time.sleep(0.5 * 2 ** attempt)
             continue
-        raise BaseError(f"`{shlex.join(cmd)}` failed: "
-                        + (r.stderr.strip().splitlines() or ["exit status %d" % r.returncode])[-1])
+        lines = r.stderr.strip().splitlines()
+        why = next((x for x in lines if x.startswith(("fatal:", "error:"))),
+                   lines[-1] if lines else f"exit status {r.returncode}")
+        raise BaseError(f"`{shlex.join(cmd)}` failed: {why}")
     raise AssertionError("unreachable")
 
 
