@@ -64,6 +64,9 @@ MATRICES = {
 # make at 64 B and 1 KiB.
 MICRO_FILTER = "^BM_UppercaseInPlace/(64|1024)$|^BM_Uppercase/[a-z0-9_]+/1024$"
 MICRO_REPETITIONS, MICRO_MIN_TIME_S, MICRO_TIMEOUT_S = 7, 0.02, 120
+# Syscall probes and micro-benchmarks run every other round: their metrics need no more samples
+# than the signed-rank level asks for (10), while the closed-loop runs gain from every round.
+SPARSE_EVERY = 2
 # A pair is disturbed when ln(candidate/base) of the load generator's CPU per request is this far
 # from the item's median over the rounds: unchanged pairs stay within ~5 %, while a machine-wide
 # slow-down between the two runs moves it by 8-20 % (and the server's figures by 8-16 %).
@@ -75,20 +78,20 @@ REMEASURE_ATTEMPTS, REMEASURE_SHARE = 2, 0.15
 
 @dataclasses.dataclass
 class Settings:
-    rounds: int = 12
-    duration: float = 1.0
-    warmup: float = 0.3
+    rounds: int = 24
+    duration: float = 0.5
+    warmup: float = 0.1
     probe_duration: float = 0.4
-    probe_warmup: float = 0.2
+    probe_warmup: float = 0.1
     server_cpu: int | None = 0
     load_cpu: int | None = 1
     server_args: tuple[str, ...] = ()
 
     def estimate_s(self, plan: "Plan") -> float:
         """Seconds the measuring takes: run lengths plus what a run costs beyond them here."""
-        per_round = (len(plan.points) * (self.duration + self.warmup + 0.05)
+        per_round = (len(plan.points) * (self.duration + self.warmup + 0.08)
                      + len(plan.probes) * (self.probe_duration + self.probe_warmup + 0.15)
-                     + (1.0 if plan.micro else 0.0))
+                     / SPARSE_EVERY + (1.1 / SPARSE_EVERY if plan.micro else 0.0))
         return 2 * self.rounds * per_round
 
 
@@ -96,6 +99,7 @@ class Settings:
 class Item:
     kind: str                    # run | probe | micro
     point: h.Point | None = None
+    every: int = 1               # runs in rounds 0, every, 2 x every, ...
 
     def describe(self) -> str:
         return "uppercase_bench" if self.kind == "micro" else self.point.describe()
@@ -109,8 +113,9 @@ class Plan:
 
     @property
     def items(self) -> list[Item]:
-        return ([Item("run", p) for p in self.points] + [Item("probe", p) for p in self.probes]
-                + ([Item("micro")] if self.micro else []))
+        return ([Item("run", p) for p in self.points]
+                + [Item("probe", p, SPARSE_EVERY) for p in self.probes]
+                + ([Item("micro", None, SPARSE_EVERY)] if self.micro else []))
 
 
 def make_plan(matrix: str, backends: list[str], micro: bool = True, probes: bool = True) -> Plan:
@@ -168,7 +173,7 @@ class Measurement:
         self.failures: list[str] = []
         self.commands: dict[str, dict] = {s: {} for s in SIDES}
         self.items = plan.items
-        self.total = 2 * settings.rounds * len(self.items)
+        self.total = 2 * sum(self.slots(i) for i in range(len(self.items)))
         self.done = 0
         self.runners = {}
         # (item index, round) -> side -> upcase-load's CPU µs per request
@@ -176,6 +181,10 @@ class Measurement:
         self.item_metrics: dict[int, set[str]] = {}
         self.remeasured: list[dict] = []   # every pair measured again, with its first values
         self.excluded: list[dict] = []     # pairs left out, still disturbed
+
+    def slots(self, i: int) -> int:
+        """How many samples item i gets per side: one per round it runs in."""
+        return -(-self.s.rounds // self.items[i].every)
 
     def _settings(self, side: str, probe: bool) -> h.RunSettings:
         s = self.s
@@ -197,8 +206,9 @@ class Measurement:
                 log=lambda line, side=side: self.log(line.replace("] ", f"] {side:9} ", 1)))
         try:
             for r in range(self.s.rounds):
-                for i in range(len(self.items)):
-                    self._pair(i, r)
+                for i, item in enumerate(self.items):
+                    if r % item.every == 0:
+                        self._pair(i, r // item.every)
                 elapsed = time.monotonic() - started
                 left = elapsed / (r + 1) * (self.s.rounds - r - 1)
                 self.log(f"tools/regress: round {r + 1}/{self.s.rounds} done, "
@@ -210,16 +220,20 @@ class Measurement:
                 runner.close()
         return self.metrics
 
-    def _pair(self, i: int, r: int):
-        order = SIDES if (r + i) % 2 == 0 else SIDES[::-1]
+    def _pair(self, i: int, k: int):
+        """Item i's k-th pair of runs, in the order that alternates with k and with i."""
+        order = SIDES if (k + i) % 2 == 0 else SIDES[::-1]
         for side in order:
-            self._one(i, side, r, first=order[0])
+            self._one(i, side, k, first=order[0])
 
     def disturbed(self) -> list[tuple[int, int]]:
-        """(item, round) pairs whose load generators' CPU/request ratio is off the item's median
-        ratio by more than DISTURBED."""
+        """(item, sample) pairs of closed-loop runs whose load generators' CPU/request ratio is
+        off the item's median ratio by more than DISTURBED. (Probes count syscalls, which need no
+        such precision; iterative's 1-connection probe is a ping-pong whose gauge is noisy.)"""
         out = []
         for i in range(len(self.items)):
+            if self.items[i].kind != "run":
+                continue
             ratios = {r: math.log(c["candidate"] / c["base"])
                       for (j, r), c in self.client.items()
                       if j == i and c.get("base") and c.get("candidate")}
@@ -233,7 +247,8 @@ class Measurement:
         seen: dict[tuple[int, int], int] = {}
         for attempt in range(1, REMEASURE_ATTEMPTS + 1):
             todo = [ir for ir in self.disturbed() if seen.get(ir, 0) < attempt]
-            budget = max(1, round(REMEASURE_SHARE * self.s.rounds * len(self.items)))
+            runs = sum(self.slots(i) for i, it in enumerate(self.items) if it.kind == "run")
+            budget = max(1, round(REMEASURE_SHARE * runs))
             todo = todo[:max(0, budget - len(self.remeasured))]
             if not todo:
                 break
@@ -245,21 +260,21 @@ class Measurement:
             for i, r in todo:
                 seen[(i, r)] = attempt
                 self.remeasured.append({
-                    "item": self.items[i].describe(), "round": r + 1, "attempt": attempt,
+                    "item": self.items[i].describe(), "sample": r + 1, "attempt": attempt,
                     "client_us_per_req": dict(self.client.get((i, r), {})),
                     "values": {n: {"base": self.metrics[n].base[r],
                                    "candidate": self.metrics[n].candidate[r]}
                                for n in sorted(self.item_metrics.get(i, ()))}})
                 self._pair(i, r)
         for i, r in self.disturbed():
-            self.excluded.append({"item": self.items[i].describe(), "round": r + 1,
+            self.excluded.append({"item": self.items[i].describe(), "sample": r + 1,
                                   "client_us_per_req": dict(self.client.get((i, r), {}))})
             for n in self.item_metrics.get(i, ()):
                 self.metrics[n].base[r] = self.metrics[n].candidate[r] = None
             self.client.pop((i, r), None)
 
     def _record(self, i, name, family, label, side, r, value, first):
-        m = self.metrics.setdefault(name, Metric.new(name, family, label, self.s.rounds))
+        m = self.metrics.setdefault(name, Metric.new(name, family, label, self.slots(i)))
         getattr(m, side)[r] = value
         m.first[r] = first
         self.item_metrics.setdefault(i, set()).add(name)

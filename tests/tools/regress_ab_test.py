@@ -67,10 +67,10 @@ class RemeasureTest(unittest.TestCase):
         m._remeasure()
         self.assertEqual(m.measured[20:], [(0, 2), (1, 4), (1, 4)])
         self.assertEqual(m.metrics["cpu_us_per_req/0"].candidate[2], 1.01)
-        self.assertEqual([x["round"] for x in m.remeasured], [3, 5, 5])
+        self.assertEqual([x["sample"] for x in m.remeasured], [3, 5, 5])
         self.assertEqual(m.remeasured[0]["values"]["cpu_us_per_req/0"],
                          {"base": 1.0, "candidate": 1.2})
-        self.assertEqual([(x["item"], x["round"]) for x in m.excluded],
+        self.assertEqual([(x["item"], x["sample"]) for x in m.excluded],
                          [(m.items[1].describe(), 5)])
         self.assertIsNone(m.metrics["cpu_us_per_req/1"].base[4])
         self.assertIsNone(m.metrics["cpu_us_per_req/1"].candidate[4])
@@ -130,10 +130,10 @@ class RealRunsTest(unittest.TestCase):
             if micro:
                 g = metrics["gbps/BM_UppercaseInPlace/64"]
                 self.assertTrue(all(v > 0 for v in g.base + g.candidate))
-            per_round = len(plan.items)
-            self.assertEqual(m.done, 2 * 2 * per_round)
+            # Closed-loop runs every round; probes and uppercase_bench every other round.
+            self.assertEqual(m.done, 2 * (2 * len(plan.points) + len(plan.probes) + micro))
             self.assertEqual(len(list((out / "base" / "runs").glob("*.json"))),
-                             2 * (per_round - micro))
+                             2 * len(plan.points) + len(plan.probes))
             self.assertTrue(any(line.startswith("[1/") and "] base " in line for line in lines))
             self.assertTrue(any("] candidate " in line for line in lines))
             # Both sides' commands are recorded, the base's server from its own folder.
