@@ -1,13 +1,14 @@
 """tools/regress's A/B mode: the same matrix measured for the base build (A) and the candidate
 build (B), interleaved, then judged metric by metric (statistics in upcase_regress_stats.py).
 
-A round runs every item of the plan once per side, the two sides back to back: item i of round r
-runs A then B when r + i is even, else B then A, so every item alternates which side goes first
-(drift over a round and the effect of going second hit both sides equally), and consecutive items
-alternate too. An item is a closed-loop run (server CPU µs per request, requests/s), a syscall
-probe (syscalls per request; perf counts the total only), or one invocation of uppercase_bench
-(GB/s of each kernel benchmark: the median of its repetitions). Runs are the harness's: server on
-one CPU with --shards=1, upcase-load on the other, loopback, bounded.
+A round runs the items of the plan once per side, the two sides back to back: the k-th pair of
+item i runs A then B when k + i is even, else B then A, so every item alternates which side goes
+first (drift over a round and the effect of going second hit both sides equally), and consecutive
+items alternate too. An item is a closed-loop run (server CPU µs per request, requests/s; every
+round), a syscall probe (syscalls per request, perf counting the total only) or one invocation of
+uppercase_bench (GB/s of each kernel benchmark: the median of its repetitions), both every other
+round. Runs are the harness's: server on one CPU with --shards=1, upcase-load on the other,
+loopback, bounded. Pairs the machine's speed changed in are measured again (Measurement).
 
 Both sides are driven by the same upcase-load, the candidate's by default: the load generator is
 the instrument, and a change to it would otherwise show up as a change of the server.
