@@ -145,7 +145,8 @@ def more_rounds(d: list[float], est: float, lo: float, hi: float, tolerance: flo
     rounds needed are n x (width now / width that would decide)^2. With too few rounds for the
     level (unbounded interval) the width comes from the normal approximation, z x sd x
     sqrt(pi/3) / sqrt(n) (pi/3: the Hodges-Lehmann estimate's variance relative to the mean's).
-    None when the estimate sits on the tolerance (no number of rounds decides) or d has no spread."""
+    None when the estimate sits on the tolerance (no number of rounds decides) or d has no
+    spread."""
     n = len(d)
     t_hi, t_lo = math.log1p(tolerance), math.log1p(-tolerance) if tolerance < 1 else -math.inf
     floor = min_rounds(alpha_side)
