@@ -144,10 +144,12 @@ def install_cleanup():
 # ---------------------------------------------------------------------------------------------
 # Binaries and backends.
 
-def binary(name: str) -> pathlib.Path:
-    path = BIN_DIR / name
+def binary(name: str, bin_dir: pathlib.Path | None = None) -> pathlib.Path:
+    """An executable from `bin_dir` (default: build/release/bin, what tools/compare builds)."""
+    path = (bin_dir or BIN_DIR) / name
     if not os.access(path, os.X_OK):
-        raise HarnessError(f"{path.relative_to(ROOT)} not found: build Release first "
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        raise HarnessError(f"{shown} not found: build Release first "
                            "(cmake --preset release && cmake --build --preset release)")
     return path
 
@@ -159,9 +161,9 @@ class BackendInfo:
     unavailable: str | None  # the reason, or None when usable
 
 
-def discover_backends() -> list[BackendInfo]:
+def discover_backends(bin_dir: pathlib.Path | None = None) -> list[BackendInfo]:
     """Parses the "Backends" section of `upcase-server --help`."""
-    out = subprocess.run([str(binary("upcase-server")), "--help"], capture_output=True,
+    out = subprocess.run([str(binary("upcase-server", bin_dir)), "--help"], capture_output=True,
                          text=True, timeout=10)
     text = out.stdout + out.stderr
     backends, inside = [], False
@@ -362,8 +364,8 @@ class LocalHost:
     def allowed_cpus(self) -> list[int]:
         return sorted(os.sched_getaffinity(0))
 
-    def binary(self, name: str) -> str:
-        return str(binary(name))
+    def binary(self, name: str, bin_dir: pathlib.Path | None = None) -> str:
+        return str(binary(name, bin_dir))
 
     def proc_stat(self, pid):
         return proc_stat(pid)
@@ -558,7 +560,8 @@ class Server:
         # On a remote host the counters go to its own work folder; read back at stop().
         self.stats_path = (self.host.work_path(f"stats-{workdir.name}.json") if self.host.remote
                            else workdir / "stats.json")
-        self.command = [self.host.binary("upcase-server"), f"--backend={point.backend}",
+        self.command = [self.host.binary("upcase-server", settings.bin_dir),
+                        f"--backend={point.backend}",
                         f"--bind={settings.bind_addr()}", f"--shards={point.shards or 1}"]
         if settings.pin and point.backend in SHARDED_BACKENDS:
             self.command.append("--pin")
@@ -638,6 +641,10 @@ class RunSettings:
     server_host: object = None  # None: this machine; else an upcase_remote.SshHost
     load_hosts: tuple = ()      # () : this machine; else LOCAL and/or SshHosts
     server_addr: str | None = None  # where upcase-load connects (default 127.0.0.1)
+    bin_dir: pathlib.Path | None = None  # local binaries from here (default BIN_DIR)
+    # Probe runs count each of PROBE_SYSCALLS too; off, only the total (perf then exits in ~0.1 s
+    # instead of ~1.5 s).
+    syscall_names: bool = True
 
     def server_cpu_list(self) -> list[int] | None:
         if self.server_cpus is not None:
@@ -697,7 +704,7 @@ def load_command(point: Point, port: int, settings: RunSettings, json_path, host
     host = host or LOCAL
     connections = point.connections if connections is None else connections
     rate = point.rate if rate is None else rate
-    cmd = [host.binary("upcase-load"), f"--proto={point.proto}",
+    cmd = [host.binary("upcase-load", settings.bin_dir), f"--proto={point.proto}",
            f"--connections={connections}", f"--threads={settings.load_threads}",
            f"--duration={fmt_duration(settings.duration)}",
            f"--warmup={fmt_duration(settings.warmup)}", f"--size={point.size}",
@@ -805,8 +812,9 @@ def run_point(point: Point, settings: RunSettings, tools: Tools, workroot: pathl
             events.append("context-switches")
         if point.probe and tools.perf_syscalls:
             events.append("raw_syscalls:sys_enter")
-            events += [f"syscalls:sys_enter_{s}" for s in PROBE_SYSCALLS
-                       if host.tracepoint_exists(s)]
+            if settings.syscall_names:
+                events += [f"syscalls:sys_enter_{s}" for s in PROBE_SYSCALLS
+                           if host.tracepoint_exists(s)]
         if events:
             counter = (host.perf_counter(server.pid, events) if host.remote
                        else PerfCounter(server.pid, events, workdir))

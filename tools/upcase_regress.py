@@ -1,4 +1,4 @@
-"""The regression check's logic: which ratios tools/regress derives from a run, and how they are
+"""tools/regress --against-baseline: which ratios it derives from a run, and how they are
 compared with the committed baseline (bench/regress-baseline.json).
 
 Every metric is a ratio measured on one machine in one session, so the machine's speed cancels:

@@ -235,7 +235,9 @@ class SshHost:
 
     # -- what the harness asks of a host -----------------------------------------------------
 
-    def binary(self, name: str) -> str:
+    def binary(self, name: str, local_bin_dir=None) -> str:
+        # local_bin_dir picks this machine's build folder (tools/regress); a host of its own
+        # always runs what --remote-bin or --copy-bins put there.
         return f"{self.bin_dir}/{name}"
 
     def work_path(self, name: str) -> str:

@@ -336,7 +336,7 @@ class CompareFlagsTest(unittest.TestCase):
 class FakeHost:
     name, remote = "fake", False
 
-    def binary(self, name):
+    def binary(self, name, bin_dir=None):
         return name
 
 

@@ -1,0 +1,539 @@
+"""tools/regress's A/B mode: the same matrix measured for the base build (A) and the candidate
+build (B), interleaved, then judged metric by metric (statistics in upcase_regress_stats.py).
+
+A round runs the items of the plan once per side, the two sides back to back: the k-th pair of
+item i runs A then B when k + i is even, else B then A, so every item alternates which side goes
+first (drift over a round and the effect of going second hit both sides equally), and consecutive
+items alternate too. An item is a closed-loop run (server CPU µs per request, requests/s; every
+round), a syscall probe (syscalls per request, perf counting the total only) or one invocation of
+uppercase_bench (GB/s of each kernel benchmark: the median of its repetitions), both every other
+round. Runs are the harness's: server on one CPU with --shards=1, upcase-load on the other,
+loopback, bounded. Pairs the machine's speed changed in are measured again (Measurement).
+
+Both sides are driven by the same upcase-load, the candidate's by default: the load generator is
+the instrument, and a change to it would otherwise show up as a change of the server.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import shlex
+import statistics
+import subprocess
+import time
+
+import upcase_harness as h
+import upcase_regress_stats as st
+from upcase_report import BACKEND_ORDER, run_metrics
+
+SIDES = ("base", "candidate")
+
+# Per metric family: the good direction and the tolerance. A change within the tolerance is not
+# worth a verdict: it is the size of the differences between two builds of the same source measured
+# side by side here (see results/regress-power/), and below what a CI check should fail on.
+FAMILIES = {
+    "cpu_us_per_req": {"label": "CPU µs/req", "better": "lower", "tolerance": 0.02},
+    "rps": {"label": "req/s", "better": "higher", "tolerance": 0.05},
+    "syscalls_per_req": {"label": "syscalls/req", "better": "lower", "tolerance": 0.10},
+    "gbps": {"label": "GB/s", "better": "higher", "tolerance": 0.05},
+}
+
+# (backend, proto, size, connections). iterative serves one TCP connection at a time, so at 64
+# connections it runs UDP only. The default keeps the points whose base/candidate pairs agree
+# within 1-2 % on the 2-CPU VM (TCP and UDP 64 B at 64 connections); "wide" adds TCP at 1
+# connection (a ping-pong: ~8 % between pairs) and 16 KiB (3-12 %).
+_REACTORS = ("threads", "epoll", "uring")
+MATRICES = {
+    "default": {
+        "points": [("iterative", "udp", 64, 64)]
+        + [(b, p, 64, 64) for b in _REACTORS for p in ("tcp", "udp")],
+        "probes": [("iterative", "tcp", 64, 1)] + [(b, "tcp", 64, 64) for b in _REACTORS],
+    },
+    "wide": {
+        "points": [(b, "tcp", 64, 1) for b in ("iterative",) + _REACTORS]
+        + [("iterative", "udp", 64, 64)]
+        + [(b, p, s, 64) for b in _REACTORS for p, s in (("tcp", 64), ("tcp", 16384), ("udp", 64))],
+        "probes": [("iterative", "tcp", 64, 1), ("iterative", "udp", 64, 64)]
+        + [(b, p, s, 64) for b in _REACTORS for p, s in (("tcp", 64), ("tcp", 16384), ("udp", 64))],
+    },
+}
+# The uppercase kernels at 1 KiB (the loop dominates and the buffers sit in L1: at 16 KiB the avx2
+# kernel flips between two speeds 30 % apart within one process) and the in-place call the servers
+# make at 64 B and 1 KiB.
+MICRO_FILTER = "^BM_UppercaseInPlace/(64|1024)$|^BM_Uppercase/[a-z0-9_]+/1024$"
+MICRO_REPETITIONS, MICRO_MIN_TIME_S, MICRO_TIMEOUT_S = 7, 0.02, 120
+# Syscall probes and micro-benchmarks run every other round: their metrics need no more samples
+# than the signed-rank level asks for (10), while the closed-loop runs gain from every round.
+SPARSE_EVERY = 2
+# A pair is disturbed when ln(candidate/base) of the load generator's CPU per request is this far
+# from the item's median over the rounds: unchanged pairs stay within ~5 %, while a machine-wide
+# slow-down between the two runs moves it by 8-20 % (and the server's figures by 8-16 %).
+DISTURBED = 0.07
+MIN_ROUNDS_FOR_GAUGE = 4
+# Disturbed pairs are measured again up to this many times, at most this share of all pairs.
+REMEASURE_ATTEMPTS, REMEASURE_SHARE = 2, 0.15
+
+
+@dataclasses.dataclass
+class Settings:
+    rounds: int = 24
+    duration: float = 0.5
+    warmup: float = 0.1
+    probe_duration: float = 0.4
+    probe_warmup: float = 0.1
+    server_cpu: int | None = 0
+    load_cpu: int | None = 1
+    server_args: tuple[str, ...] = ()
+
+    def estimate_s(self, plan: "Plan") -> float:
+        """Seconds the measuring takes: run lengths plus what a run costs beyond them here."""
+        per_round = (len(plan.points) * (self.duration + self.warmup + 0.08)
+                     + len(plan.probes) * (self.probe_duration + self.probe_warmup + 0.15)
+                     / SPARSE_EVERY + (1.1 / SPARSE_EVERY if plan.micro else 0.0))
+        return 2 * self.rounds * per_round
+
+
+@dataclasses.dataclass
+class Item:
+    kind: str                    # run | probe | micro
+    point: h.Point | None = None
+    every: int = 1               # runs in rounds 0, every, 2 x every, ...
+
+    def describe(self) -> str:
+        return "uppercase_bench" if self.kind == "micro" else self.point.describe()
+
+
+@dataclasses.dataclass
+class Plan:
+    points: list[h.Point]
+    probes: list[h.Point]
+    micro: bool
+
+    @property
+    def items(self) -> list[Item]:
+        return ([Item("run", p) for p in self.points]
+                + [Item("probe", p, SPARSE_EVERY) for p in self.probes]
+                + ([Item("micro", None, SPARSE_EVERY)] if self.micro else []))
+
+
+def make_plan(matrix: str, backends: list[str], micro: bool = True, probes: bool = True) -> Plan:
+    m = MATRICES[matrix]
+    order = {b: i for i, b in enumerate(BACKEND_ORDER)}
+
+    def pick(rows, probe):
+        chosen = [h.Point(b, p, s, c, probe=probe) for b, p, s, c in rows if b in backends]
+        # Backend by backend (stable within a backend), as tools/compare runs them.
+        return sorted(chosen, key=lambda pt: order.get(pt.backend, len(order)))
+    return Plan(pick(m["points"], False), pick(m["probes"], True) if probes else [], micro)
+
+
+@dataclasses.dataclass
+class Metric:
+    name: str                       # e.g. cpu_us_per_req/epoll/tcp-64B-c64
+    family: str
+    label: str                      # e.g. "epoll tcp-64B-c64 CPU µs/req"
+    base: list[float | None]
+    candidate: list[float | None]
+    first: list[str | None]         # which side ran first in each round
+
+    @classmethod
+    def new(cls, name: str, family: str, label: str, rounds: int) -> "Metric":
+        return cls(name, family, label, [None] * rounds, [None] * rounds, [None] * rounds)
+
+
+def point_name(p: h.Point) -> str:
+    return p.key.removesuffix("-closed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring.
+
+class Measurement:
+    """Runs the plan for both sides, interleaved, and collects one sample per metric, side and
+    round. `bins[side]` is the folder with that side's upcase-server and upcase-load, `benches`
+    the sides' uppercase_bench.
+
+    A pair of runs during which the machine's speed changed is measured again at the end: on this
+    VM the whole machine now and then slows down by 10-20 % for some seconds (both CPUs: the load
+    generator slows as much as the server), and when that falls between the two runs of a pair, that
+    round's ratio is off by as much, which widens the interval more than any other noise. The load
+    generator is the same program on both sides, so its CPU per request is the machine's speed
+    gauge: a pair whose load generators differ by more than DISTURBED from the item's usual
+    difference (the median over the rounds, which absorbs a change the candidate causes) is
+    measured again, up to REMEASURE_ATTEMPTS times; one still disturbed then is left out."""
+
+    def __init__(self, plan: Plan, bins: dict[str, pathlib.Path],
+                 benches: dict[str, pathlib.Path], settings: Settings, tools: h.Tools,
+                 out: pathlib.Path, log=print):
+        self.plan, self.bins, self.benches, self.s = plan, bins, benches, settings
+        self.tools, self.out, self.log = tools, out, log
+        self.metrics: dict[str, Metric] = {}
+        self.failures: list[str] = []
+        self.commands: dict[str, dict] = {s: {} for s in SIDES}
+        self.items = plan.items
+        self.total = 2 * sum(self.slots(i) for i in range(len(self.items)))
+        self.done = 0
+        self.runners = {}
+        # (item index, round) -> side -> upcase-load's CPU µs per request
+        self.client: dict[tuple[int, int], dict[str, float]] = {}
+        self.item_metrics: dict[int, set[str]] = {}
+        self.remeasured: list[dict] = []   # every pair measured again, with its first values
+        self.excluded: list[dict] = []     # pairs left out, still disturbed
+
+    def slots(self, i: int) -> int:
+        """How many samples item i gets per side: one per round it runs in."""
+        return -(-self.s.rounds // self.items[i].every)
+
+    def _settings(self, side: str, probe: bool) -> h.RunSettings:
+        s = self.s
+        return h.RunSettings(
+            duration=s.probe_duration if probe else s.duration,
+            warmup=s.probe_warmup if probe else s.warmup,
+            server_cpu=s.server_cpu, load_cpu=s.load_cpu, server_args=tuple(s.server_args),
+            bin_dir=self.bins[side], syscall_names=False)
+
+    def run(self) -> dict[str, Metric]:
+        started = time.monotonic()
+        for side in SIDES:
+            (self.out / side).mkdir(parents=True, exist_ok=True)
+            for old in (self.out / side / "runs").glob("*.json") \
+                    if (self.out / side / "runs").is_dir() else ():
+                old.unlink()
+            self.runners[side] = h.Runner(
+                self.out / side, self._settings(side, False), self.tools, self.total,
+                log=lambda line, side=side: self.log(line.replace("] ", f"] {side:9} ", 1)))
+        try:
+            for r in range(self.s.rounds):
+                for i, item in enumerate(self.items):
+                    if r % item.every == 0:
+                        self._pair(i, r // item.every)
+                elapsed = time.monotonic() - started
+                left = elapsed / (r + 1) * (self.s.rounds - r - 1)
+                self.log(f"tools/regress: round {r + 1}/{self.s.rounds} done, "
+                         f"{elapsed / 60:.1f} min so far, about {left / 60:.1f} min left")
+            self._remeasure()
+        finally:
+            h.Children.kill_all()
+            for runner in self.runners.values():
+                runner.close()
+        return self.metrics
+
+    def _pair(self, i: int, k: int):
+        """Item i's k-th pair of runs, in the order that alternates with k and with i."""
+        order = SIDES if (k + i) % 2 == 0 else SIDES[::-1]
+        for side in order:
+            self._one(i, side, k, first=order[0])
+
+    def disturbed(self) -> list[tuple[int, int]]:
+        """(item, sample) pairs of closed-loop runs whose load generators' CPU/request ratio is
+        off the item's median ratio by more than DISTURBED. (Probes count syscalls, which need no
+        such precision; iterative's 1-connection probe is a ping-pong whose gauge is noisy.)"""
+        out = []
+        for i in range(len(self.items)):
+            if self.items[i].kind != "run":
+                continue
+            ratios = {r: math.log(c["candidate"] / c["base"])
+                      for (j, r), c in self.client.items()
+                      if j == i and c.get("base") and c.get("candidate")}
+            if len(ratios) < MIN_ROUNDS_FOR_GAUGE:
+                continue
+            med = statistics.median(ratios.values())
+            out += [(i, r) for r, e in sorted(ratios.items()) if abs(e - med) > DISTURBED]
+        return sorted(out, key=lambda ir: (ir[1], ir[0]))
+
+    def _remeasure(self):
+        seen: dict[tuple[int, int], int] = {}
+        for attempt in range(1, REMEASURE_ATTEMPTS + 1):
+            todo = [ir for ir in self.disturbed() if seen.get(ir, 0) < attempt]
+            runs = sum(self.slots(i) for i, it in enumerate(self.items) if it.kind == "run")
+            budget = max(1, round(REMEASURE_SHARE * runs))
+            todo = todo[:max(0, budget - len(self.remeasured))]
+            if not todo:
+                break
+            self.log(f"tools/regress: {len(todo)} pair(s) ran while the machine's speed changed "
+                     "(the load generator's CPU/request moved); measuring them again")
+            self.total += 2 * len(todo)
+            for runner in self.runners.values():
+                runner.total = self.total
+            for i, r in todo:
+                seen[(i, r)] = attempt
+                self.remeasured.append({
+                    "item": self.items[i].describe(), "sample": r + 1, "attempt": attempt,
+                    "client_us_per_req": dict(self.client.get((i, r), {})),
+                    "values": {n: {"base": self.metrics[n].base[r],
+                                   "candidate": self.metrics[n].candidate[r]}
+                               for n in sorted(self.item_metrics.get(i, ()))}})
+                self._pair(i, r)
+        for i, r in self.disturbed():
+            self.excluded.append({"item": self.items[i].describe(), "sample": r + 1,
+                                  "client_us_per_req": dict(self.client.get((i, r), {}))})
+            for n in self.item_metrics.get(i, ()):
+                self.metrics[n].base[r] = self.metrics[n].candidate[r] = None
+            self.client.pop((i, r), None)
+
+    def _record(self, i, name, family, label, side, r, value, first):
+        m = self.metrics.setdefault(name, Metric.new(name, family, label, self.slots(i)))
+        getattr(m, side)[r] = value
+        m.first[r] = first
+        self.item_metrics.setdefault(i, set()).add(name)
+
+    def _one(self, i: int, side: str, r: int, first: str):
+        item = self.items[i]
+        if item.kind == "micro":
+            self.done += 1
+            self._micro(i, side, r, first)
+            return
+        p = item.point
+        runner = self.runners[side]
+        runner.done = self.done
+        rec = runner.run(p, r, self._settings(side, item.kind == "probe"))
+        self.done = runner.done
+        if p.backend in runner.dead:
+            why = runner.dead[p.backend]
+            for other in self.runners.values():  # the pair is lost: skip it on both sides
+                other.dead.setdefault(p.backend, f"the {side}'s server did not start")
+            msg = f"{side}: backend {p.backend} did not start: {why}"
+            if msg not in self.failures:
+                self.failures.append(msg)
+            return
+        if rec is None:
+            return
+        if not rec["ok"]:
+            self.failures.append(f"{side}: {p.describe()} round {r + 1}: {rec['error']}")
+            return
+        self.commands[side].setdefault("probe" if p.probe else "run", rec.get("commands"))
+        load = rec["load"]
+        if load.get("client_cpu_s") and load.get("requests"):
+            self.client.setdefault((i, r), {})[side] = load["client_cpu_s"] * 1e6 / load["requests"]
+        m = run_metrics(rec)
+        where = f"{p.backend} {point_name(p)}"
+        if item.kind == "probe":
+            if m.get("syscalls_per_req") is not None:
+                self._record(i, f"syscalls_per_req/{p.backend}/{point_name(p)}",
+                             "syscalls_per_req", f"{where} syscalls/req", side, r,
+                             m["syscalls_per_req"], first)
+            return
+        for family in ("cpu_us_per_req", "rps"):
+            self._record(i, f"{family}/{p.backend}/{point_name(p)}", family,
+                         f"{where} {FAMILIES[family]['label']}", side, r, m.get(family), first)
+
+    def micro_command(self, side: str, path: pathlib.Path) -> list[str]:
+        cmd = [str(self.benches[side]), f"--benchmark_filter={MICRO_FILTER}",
+               f"--benchmark_repetitions={MICRO_REPETITIONS}",
+               f"--benchmark_min_time={MICRO_MIN_TIME_S}", f"--benchmark_out={path}",
+               "--benchmark_out_format=json"]
+        cpu = self.s.load_cpu
+        return (["taskset", "-c", str(cpu)] if cpu is not None else []) + cmd
+
+    def _micro(self, i: int, side: str, r: int, first: str):
+        folder = self.out / side / "micro"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"round{r + 1:02d}.json"
+        cmd = self.micro_command(side, path)
+        self.commands[side].setdefault("micro", shlex.join(cmd))
+        tag = f"[{self.done}/{self.total}] {side:9} uppercase_bench"
+        t0 = time.monotonic()
+        try:
+            res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True, timeout=MICRO_TIMEOUT_S, stdin=subprocess.DEVNULL)
+            error = None if res.returncode == 0 else (
+                f"exited {res.returncode}: " + (res.stderr.strip().splitlines() or ["?"])[-1])
+        except subprocess.TimeoutExpired:
+            error = f"did not finish within {MICRO_TIMEOUT_S} s"
+        if error is None:
+            try:
+                gbps = micro_gbps(json.loads(path.read_text()))
+            except (OSError, ValueError) as e:
+                error = f"wrote no readable JSON: {e}"
+        if error:
+            self.failures.append(f"{side}: uppercase_bench round {r + 1}: {error}")
+            self.log(f"{tag}: FAILED: {error}")
+            return
+        for name, v in gbps.items():
+            self._record(i, f"gbps/{name}", "gbps", f"{name} GB/s", side, r, v, first)
+        self.log(f"{tag}: {len(gbps)} benchmarks in {time.monotonic() - t0:.1f} s")
+
+
+def micro_gbps(bench_json: dict) -> dict[str, float]:
+    """Per benchmark, the median GB/s of its repetitions (aggregates are ignored)."""
+    runs: dict[str, list[float]] = {}
+    for bm in bench_json.get("benchmarks", []):
+        if bm.get("run_type", "iteration") != "iteration" or "bytes_per_second" not in bm:
+            continue
+        runs.setdefault(bm.get("run_name", bm["name"]), []).append(bm["bytes_per_second"] / 1e9)
+    return {name: statistics.median(v) for name, v in runs.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging and reporting.
+
+@dataclasses.dataclass
+class Row:
+    metric: Metric
+    better: str
+    tolerance: float
+    base_median: float | None
+    candidate_median: float | None
+    j: st.Judgement
+
+
+def judge(metrics: list[Metric], tolerances: dict[str, float], alpha: float
+          ) -> tuple[list[Row], float]:
+    """Rows in the metrics' order, and the one-sided tail each interval was computed at."""
+    judged = [m for m in metrics if st.log_ratios(m.base, m.candidate)]
+    alpha_side = st.bonferroni_alpha_side(alpha, len(judged))
+    rows = []
+    for m in metrics:
+        fam = FAMILIES[m.family]
+        tol = tolerances.get(m.family, fam["tolerance"])
+        d = st.log_ratios(m.base, m.candidate)
+        rows.append(Row(m, fam["better"], tol, _median(m.base), _median(m.candidate),
+                        st.judge(d, fam["better"], tol, alpha_side)))
+    return rows, alpha_side
+
+
+def _median(values):
+    v = [x for x in values if x is not None]
+    return statistics.median(v) if v else None
+
+
+def fmt_value(family: str, x: float | None) -> str:
+    if x is None:
+        return "-"
+    if family == "rps":
+        return h.fmt_count(x)
+    if family == "gbps":
+        return f"{x:.3g} GB/s"
+    if family == "cpu_us_per_req":
+        return f"{x:.3g} µs"
+    return f"{x:.3g}"
+
+
+def fmt_pct(x: float) -> str:
+    if x == math.inf:
+        return "+inf"
+    if x == -math.inf:
+        return "-inf"
+    return f"{x * 100:+.1f}%"
+
+
+def verdict_text(row: Row, alpha_side: float) -> str:
+    j = row.j
+    if j.n == 0:
+        return "not measured"
+    if j.verdict in (st.REGRESSED, st.IMPROVED):
+        return f"**{j.verdict}**"
+    if j.verdict != st.INCONCLUSIVE:
+        return j.verdict
+    if j.n < st.min_rounds(alpha_side):
+        return f"inconclusive (needs >= {st.min_rounds(alpha_side)} rounds)"
+    if j.more_rounds is None:
+        return "inconclusive (the change is about the tolerance)"
+    if j.more_rounds > 1000:
+        return "inconclusive (> 1000 more rounds)"
+    return f"inconclusive (~{j.more_rounds} more round{'s' if j.more_rounds > 1 else ''})"
+
+
+TABLE_COLUMNS = ("metric", "base", "candidate", "change", "interval", "verdict")
+
+
+def table_rows(rows: list[Row], alpha_side: float) -> list[list[str]]:
+    out = []
+    for row in rows:
+        m, j = row.metric, row.j
+        interval = "-" if j.n == 0 else f"[{fmt_pct(j.low)}, {fmt_pct(j.high)}]"
+        out.append([m.label, fmt_value(m.family, row.base_median),
+                    fmt_value(m.family, row.candidate_median),
+                    fmt_pct(j.change) if j.n else "-", interval, verdict_text(row, alpha_side)])
+    return out
+
+
+def md_table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header) - 1))
+             + "|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def counts(rows: list[Row]) -> dict[str, int]:
+    c = {v: 0 for v in (st.REGRESSED, st.IMPROVED, st.SAME, st.INCONCLUSIVE)}
+    for r in rows:
+        if r.j.n:
+            c[r.j.verdict] += 1
+    return c
+
+
+def markdown(rows: list[Row], alpha_side: float, info: dict) -> str:
+    c = counts(rows)
+    base, cand = info["base"], info["candidate"]
+    lines = ["## tools/regress: candidate vs base", ""]
+    lines.append(f"Base **{base['short']}** ({base['how']}); candidate **{cand['label']}**. "
+                 f"{info['settings']['rounds']} interleaved rounds on {info['machine_line']}; "
+                 f"measuring took {info['measure_s'] / 60:.1f} min.")
+    lines.append("")
+    bad = [r for r in rows if r.j.n and r.j.verdict == st.REGRESSED]
+    if info.get("failures"):
+        lines.append(f"**Could not measure everything** ({len(info['failures'])} problem(s)): "
+                     + "; ".join(info["failures"][:5]))
+        lines.append("")
+    lines.append(", ".join(f"{n} {v}" for v, n in c.items()) + ".")
+    if bad:
+        lines.append("")
+        lines.append("Regressed: " + "; ".join(
+            f"{r.metric.label} {fmt_pct(r.j.change)} [{fmt_pct(r.j.low)}, {fmt_pct(r.j.high)}]"
+            for r in bad) + ".")
+    lines += ["", md_table(TABLE_COLUMNS, table_rows(rows, alpha_side)), ""]
+    tols = ", ".join(f"{FAMILIES[f]['label']} ±{info['tolerances'][f] * 100:g}%"
+                     for f in FAMILIES)
+    k = sum(1 for r in rows if r.j.n)
+    lines.append(
+        f"change: Hodges-Lehmann estimate of candidate/base - 1 over the rounds' paired ratios; "
+        f"interval: Wilcoxon signed-rank, {(1 - 2 * alpha_side) * 100:.2f}% each "
+        f"(family-wise {(1 - info['alpha']) * 100:g}% over {k} metrics, Bonferroni). "
+        f"regressed/improved: the whole interval beyond the tolerance ({tols}); same: "
+        "inside it; else inconclusive. Every sample: regress.json.")
+    for n in info.get("notes", []):
+        lines.append(f"\nNote: {n}")
+    return "\n".join(lines) + "\n"
+
+
+def rows_json(rows: list[Row]) -> list[dict]:
+    out = []
+    for r in rows:
+        m, j = r.metric, r.j
+        out.append({
+            "name": m.name, "label": m.label, "family": m.family, "better": r.better,
+            "tolerance": r.tolerance, "base": m.base, "candidate": m.candidate,
+            "first": m.first, "base_median": r.base_median,
+            "candidate_median": r.candidate_median, "rounds": j.n,
+            "change": _finite(j.change), "interval": [_finite(j.low), _finite(j.high)],
+            "verdict": j.verdict if j.n else "not measured", "more_rounds": j.more_rounds})
+    return out
+
+
+def _finite(x: float):
+    return x if math.isfinite(x) else None
+
+
+def metrics_from_json(data: dict) -> list[Metric]:
+    """Metrics as regress.json (or a test's fake samples file) stores them."""
+    return [Metric(m["name"], m["family"], m.get("label", m["name"]), list(m["base"]),
+                   list(m["candidate"]), list(m.get("first", [None] * len(m["base"]))))
+            for m in data["metrics"]]
+
+
+def compose_bin_dir(folder: pathlib.Path, server_from: pathlib.Path,
+                    load_from: pathlib.Path) -> pathlib.Path:
+    """A folder whose upcase-server is `server_from`'s and upcase-load is `load_from`'s."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, src in (("upcase-server", server_from), ("upcase-load", load_from)):
+        link = folder / name
+        tmp = folder / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink((src / name).resolve(), tmp)
+        os.replace(tmp, link)
+    return folder
