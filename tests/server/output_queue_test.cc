@@ -1,5 +1,5 @@
 // OutputQueue and OutputPool on their own: the cap, partial consumption, order across the ring's
-// wrap and the overflow, and storage handed back and reused.
+// wrap and the overflow, storage handed back and reused, and the shard's --output-budget.
 #include "server/output_queue.h"
 
 #include <string>
@@ -145,6 +145,70 @@ TEST(OutputPoolTest, SparesAreBoundedInBytes) {
   }
   queues.clear();  // every queue gives its storage back; the pool keeps only max_spares()
   EXPECT_EQ(small.spares(), small.max_spares());
+}
+
+// --output-budget: the pool counts every queue's unsent bytes; above the budget a queue may hold
+// only a fair share (budget / queues holding output), so the largest stop being read (room 0)
+// while small and empty ones still are; below three quarters of the budget the cap applies again.
+TEST(OutputPoolTest, OverTheBudgetTheLargestQueuesGetNoRoom) {
+  constexpr std::size_t kCap = 64 << 10;
+  constexpr std::size_t kBudget = 100 << 10;
+  OutputPool pool(kCap, kBudget);
+  OutputQueue big(&pool);
+  OutputQueue small(&pool);
+  OutputQueue empty(&pool);
+  const std::string data = RandomBytes(kCap, 3);
+  big.Append(data.data(), kCap);  // 64K: under the budget, the cap is all that counts
+  EXPECT_FALSE(pool.over_budget());
+  EXPECT_EQ(big.room(), 0u);
+  EXPECT_EQ(small.room(), kCap);
+  small.Append(data.data(), 40 << 10);  // 104K in all: over
+  EXPECT_EQ(pool.queued(), (104u << 10));
+  EXPECT_EQ(pool.holders(), 2u);
+  EXPECT_TRUE(pool.over_budget());
+  // The fair share is 50K: the 64K queue gets no room, the 40K one 10K, an empty one 50K.
+  EXPECT_EQ(pool.Allowance(), 50u << 10);
+  EXPECT_EQ(big.room(), 0u);
+  EXPECT_EQ(small.room(), 10u << 10);
+  EXPECT_EQ(empty.room(), 50u << 10);
+
+  // Hysteresis: still over at 76K (above 3/4 of the budget, 75K)...
+  big.Consume(28 << 10);
+  EXPECT_EQ(pool.queued(), (76u << 10));
+  EXPECT_TRUE(pool.over_budget());
+  // ...and back to the cap at 75K.
+  big.Consume(1 << 10);
+  EXPECT_FALSE(pool.over_budget());
+  EXPECT_EQ(empty.room(), kCap);
+  EXPECT_EQ(small.room(), kCap - (40u << 10));
+
+  big.Clear();
+  small.Clear();
+  EXPECT_EQ(pool.queued(), 0u);
+  EXPECT_EQ(pool.holders(), 0u);
+}
+
+TEST(OutputPoolTest, TheFairShareHasAFloorAndNoBudgetMeansTheCap) {
+  OutputPool pool(64 << 10, 64 << 10);
+  std::vector<std::unique_ptr<OutputQueue>> queues;
+  const std::string data = RandomBytes(4 << 10, 4);
+  for (int i = 0; i < 100; ++i) {  // 100 queues of 4K: 400K, far over a 64K budget
+    queues.push_back(std::make_unique<OutputQueue>(&pool));
+    queues.back()->Append(data.data(), data.size());
+  }
+  EXPECT_TRUE(pool.over_budget());
+  EXPECT_EQ(pool.Allowance(), OutputPool::kMinShare) << "64K / 100 would starve everyone";
+  OutputQueue newcomer(&pool);
+  EXPECT_EQ(newcomer.room(), OutputPool::kMinShare) << "an empty queue can still be read";
+
+  OutputPool unbounded(64 << 10);  // budget 0: none
+  OutputQueue q(&unbounded);
+  for (int i = 0; i < 100; ++i) {
+    OutputQueue other(&unbounded);
+    other.Append(data.data(), data.size());
+  }
+  EXPECT_FALSE(unbounded.over_budget());
+  EXPECT_EQ(q.room(), 64u << 10);
 }
 
 }  // namespace
