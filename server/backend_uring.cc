@@ -234,11 +234,11 @@ class Shard : public ReactorShard {
         // All but one buffer of the room (ArmRecv left at least two): the completion that
         // reaches the limit may carry up to a buffer more.
         SetMultishotLimit(sqe, static_cast<std::uint32_t>(std::min<std::size_t>(
-                                   Allowance() - c.Unsent() - recv_buffer_size_, UINT32_MAX)));
+                                   Allowance(c) - c.Unsent() - recv_buffer_size_, UINT32_MAX)));
       }
     } else {
       // Never more than the queue can still take: it stays within --conn-buffer exactly.
-      const std::size_t room = std::min<std::size_t>(recv_buffer_size_, Allowance() - c.Unsent());
+      const std::size_t room = std::min<std::size_t>(recv_buffer_size_, Allowance(c) - c.Unsent());
       io_uring_prep_recv(sqe, c.fd, nullptr, room, 0);
     }
     sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -685,7 +685,7 @@ class Shard : public ReactorShard {
   // here through SendReceiveOrClose).
   void ArmRecv(Conn& c) {
     const std::size_t unsent = c.Unsent();
-    const std::size_t allowed = Allowance();
+    const std::size_t allowed = Allowance(c);
     if (unsent + multishot_headroom_ <= allowed) {
       AddRecv(c, /*multishot=*/true);
     } else if (unsent < allowed) {
@@ -694,8 +694,17 @@ class Shard : public ReactorShard {
   }
 
   // How much unsent output a connection may hold: --conn-buffer, or over the shard's
-  // --output-budget its fair share of it (OutputPool).
-  std::size_t Allowance() const { return output_pool_.Allowance(); }
+  // --output-budget its fair share of it (OutputPool). A recv is armed for no more than that,
+  // and with a budget for no more than an even split of it over the live connections: every
+  // recv armed at once then brings in at most the budget, whatever the budget's state when each
+  // was armed. (With --output-budget=0, or a budget above conns x --conn-buffer, as in most
+  // runs, the split changes nothing.)
+  std::size_t Allowance(const Conn& c) const {
+    const std::size_t allowed = output_pool_.Allowance(c.Unsent());
+    if (config_.output_budget == 0) return allowed;
+    const std::size_t split = config_.output_budget / std::max<std::size_t>(conns_.live(), 1);
+    return std::min(allowed, std::max(split, OutputPool::kMinShare));
+  }
 
   void Release(Conn& c) {
     per_address_.Release(c.peer);
@@ -762,7 +771,7 @@ class Shard : public ReactorShard {
 
   void CancelRecvNearTheCap(Conn& c) {
     if (c.recv == RecvState::kMultishot && !c.closing() &&
-        c.Unsent() + multishot_headroom_ > Allowance()) {
+        c.Unsent() + multishot_headroom_ > Allowance(c)) {
       AddCancelRecv(c);
     }
   }

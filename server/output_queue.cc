@@ -13,6 +13,15 @@ OutputPool::OutputPool(std::size_t buffer_size, std::size_t budget)
       budget_(budget),
       low_water_(budget / 4 * 3) {}
 
+std::size_t OutputPool::OverBudgetAllowance(std::size_t size) const {
+  const std::size_t share = budget_ / std::max<std::size_t>(holders_, 1);
+  const std::size_t ceiling = 2 * budget_;
+  const std::size_t left = queued_ < ceiling ? ceiling - queued_ : 0;
+  std::size_t allowed = std::min({buffer_size_, share, size + left});
+  if (size == 0) allowed = std::max(allowed, std::min(buffer_size_, kMinShare));
+  return allowed;
+}
+
 std::unique_ptr<char[]> OutputPool::Take() {
   ++holders_;
   if (spares_.empty()) return std::make_unique_for_overwrite<char[]>(buffer_size_);

@@ -20,10 +20,11 @@
 // that never read would each fill theirs. The pool counts the unsent output of all its queues;
 // above the budget, a queue may hold no more than a fair share of it (the budget divided by the
 // queues holding output), so the connections holding the most stop being read (their room() is
-// 0) while those holding little, or none, are still served. The budget applies until the total
-// falls to three quarters of it (hysteresis, so reading does not flap at the line). So a shard's
-// unsent output stays below about twice the budget: what the queues held when it was crossed,
-// plus at most a fair share each after.
+// 0) while those holding little, or none, are still served; and all of them together stop at
+// twice the budget. The budget applies until the total falls to three quarters of it
+// (hysteresis, so reading does not flap at the line). An empty queue may always take a few KiB
+// (kMinShare): its connection would otherwise never be woken again. So a shard's unsent output
+// stays below twice the budget, plus kMinShare for each queue that was empty at that ceiling.
 #ifndef UPCASE_SERVER_OUTPUT_QUEUE_H_
 #define UPCASE_SERVER_OUTPUT_QUEUE_H_
 
@@ -55,15 +56,14 @@ class OutputPool {
   // Set when queued() went above the budget; cleared once it is down to 3/4 of it.
   bool over_budget() const { return over_budget_; }
 
-  // A fair share is never below this, so a connection with an empty queue can always be read
-  // (nothing else would wake it up again) and answered in useful pieces.
+  // What an empty queue may always take, over the budget too (see the file comment).
   static constexpr std::size_t kMinShare = 4096;
 
-  // How much one queue may hold now: the cap, or over the budget its fair share when smaller.
-  std::size_t Allowance() const {
+  // How much a queue holding `size` bytes may hold now: the cap; over the budget, its fair share
+  // when smaller, and no more than the shard's total may still grow under twice the budget.
+  std::size_t Allowance(std::size_t size) const {
     if (!over_budget_) return buffer_size_;
-    const std::size_t share = budget_ / std::max<std::size_t>(holders_, 1);
-    return std::min(buffer_size_, std::max(share, kMinShare));
+    return OverBudgetAllowance(size);
   }
 
   // A spare buffer, or a new one whose pages stay out of the resident set until written.
@@ -73,6 +73,7 @@ class OutputPool {
 
  private:
   friend class OutputQueue;
+  std::size_t OverBudgetAllowance(std::size_t size) const;
   // Queues report what they took in and handed on.
   void Added(std::size_t n) {
     queued_ += n;
@@ -112,7 +113,7 @@ class OutputQueue {
   std::size_t size() const { return ring_size_ + overflow_.size(); }
   // How much more fits under the cap, or over the output budget under the fair share.
   std::size_t room() const {
-    const std::size_t allowed = pool_->Allowance();
+    const std::size_t allowed = pool_->Allowance(size());
     return size() < allowed ? allowed - size() : 0;
   }
 

@@ -167,7 +167,7 @@ TEST(OutputPoolTest, OverTheBudgetTheLargestQueuesGetNoRoom) {
   EXPECT_EQ(pool.holders(), 2u);
   EXPECT_TRUE(pool.over_budget());
   // The fair share is 50K: the 64K queue gets no room, the 40K one 10K, an empty one 50K.
-  EXPECT_EQ(pool.Allowance(), 50u << 10);
+  EXPECT_EQ(pool.Allowance(0), 50u << 10);
   EXPECT_EQ(big.room(), 0u);
   EXPECT_EQ(small.room(), 10u << 10);
   EXPECT_EQ(empty.room(), 50u << 10);
@@ -188,26 +188,41 @@ TEST(OutputPoolTest, OverTheBudgetTheLargestQueuesGetNoRoom) {
   EXPECT_EQ(pool.holders(), 0u);
 }
 
-TEST(OutputPoolTest, TheFairShareHasAFloorAndNoBudgetMeansTheCap) {
-  OutputPool pool(64 << 10, 64 << 10);
+// Fair shares shrink as more queues hold output, so queues that filled to an earlier, larger
+// share could together pass the budget by far; the ceiling stops all of them at twice the budget,
+// except for the few KiB an empty queue may always take.
+TEST(OutputPoolTest, AllQueuesTogetherStopAtTwiceTheBudget) {
+  constexpr std::size_t kBudget = 64 << 10;
+  OutputPool pool(64 << 10, kBudget);
   std::vector<std::unique_ptr<OutputQueue>> queues;
-  const std::string data = RandomBytes(4 << 10, 4);
-  for (int i = 0; i < 100; ++i) {  // 100 queues of 4K: 400K, far over a 64K budget
+  const std::string data = RandomBytes(64 << 10, 5);
+  // Each newcomer fills whatever room it gets, as a connection whose client never reads would.
+  for (int i = 0; i < 40; ++i) {
     queues.push_back(std::make_unique<OutputQueue>(&pool));
-    queues.back()->Append(data.data(), data.size());
+    OutputQueue& q = *queues.back();
+    const std::size_t room = q.room();
+    EXPECT_GE(room, std::min<std::size_t>(OutputPool::kMinShare, 64 << 10)) << "queue " << i;
+    q.Append(data.data(), room);
+    EXPECT_LE(pool.queued(), 2 * kBudget + (i + 1) * OutputPool::kMinShare) << "queue " << i;
   }
   EXPECT_TRUE(pool.over_budget());
-  EXPECT_EQ(pool.Allowance(), OutputPool::kMinShare) << "64K / 100 would starve everyone";
+  EXPECT_LE(pool.queued(), 2 * kBudget + 40 * OutputPool::kMinShare);
+  // At the ceiling a queue holding something gets no more room; an empty one the minimum.
+  EXPECT_EQ(queues[1]->room(), 0u);
   OutputQueue newcomer(&pool);
   EXPECT_EQ(newcomer.room(), OutputPool::kMinShare) << "an empty queue can still be read";
+}
 
+TEST(OutputPoolTest, NoBudgetMeansTheCapOnly) {
   OutputPool unbounded(64 << 10);  // budget 0: none
-  OutputQueue q(&unbounded);
+  const std::string data = RandomBytes(4 << 10, 4);
+  std::vector<std::unique_ptr<OutputQueue>> queues;
   for (int i = 0; i < 100; ++i) {
-    OutputQueue other(&unbounded);
-    other.Append(data.data(), data.size());
+    queues.push_back(std::make_unique<OutputQueue>(&unbounded));
+    queues.back()->Append(data.data(), data.size());
   }
   EXPECT_FALSE(unbounded.over_budget());
+  OutputQueue q(&unbounded);
   EXPECT_EQ(q.room(), 64u << 10);
 }
 
