@@ -8,9 +8,12 @@
 //
 // Reads lines until end of input or Ctrl-C; works with stdin from a pipe. Over TCP each line is
 // sent with its newline and the reply read until the same number of bytes came back (TCP is a
-// byte stream: one recv may return part of a reply). Over UDP each line is one datagram; the UDP
-// socket is connect()ed so its local port is known before the first send and an unreachable server
-// is reported (ICMP port unreachable arrives as ECONNREFUSED) instead of waited on.
+// byte stream: one recv may return part of a reply). Sending and receiving are interleaved with
+// poll(): the server answers as it reads, so a line larger than the socket buffers between the two
+// (megabytes) would deadlock a client that sends all of it before reading. Over UDP each line is
+// one datagram; the UDP socket is connect()ed so its local port is known before the first send and
+// an unreachable server is reported (ICMP port unreachable arrives as ECONNREFUSED) instead of
+// waited on.
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -65,27 +68,37 @@ absl::StatusOr<Fd> Connect(Transport transport, const std::string& host, std::ui
   return last;
 }
 
-// Reads exactly n bytes from a TCP socket.
-absl::Status RecvExactly(int fd, char* out, std::size_t n) {
-  while (n > 0) {
-    const ssize_t got = ::recv(fd, out, n, 0);
-    if (got == 0) return absl::UnavailableError("the server closed the connection");
-    if (got < 0) {
+// Sends `request` and reads as many bytes back, both at once: poll() says which way the socket can
+// go, and each call takes what it can without blocking (MSG_DONTWAIT).
+absl::StatusOr<std::string> Exchange(int fd, const std::string& request) {
+  std::string reply(request.size(), '\0');
+  std::size_t sent = 0;
+  std::size_t received = 0;
+  while (received < reply.size()) {
+    pollfd p{fd, static_cast<short>(POLLIN | (sent < request.size() ? POLLOUT : 0)), 0};
+    if (::poll(&p, 1, -1) < 0) {
       if (errno == EINTR) continue;
-      return ErrnoError("recv", errno);
+      return ErrnoError("poll", errno);
     }
-    out += got;
-    n -= static_cast<std::size_t>(got);
+    if (p.revents & POLLOUT) {
+      const ssize_t n =
+          ::send(fd, request.data() + sent, request.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n < 0 && errno != EAGAIN && errno != EINTR) return ErrnoError("send", errno);
+      if (n > 0) sent += static_cast<std::size_t>(n);
+    }
+    if (p.revents & (POLLIN | POLLERR | POLLHUP)) {
+      const ssize_t n = ::recv(fd, reply.data() + received, reply.size() - received, MSG_DONTWAIT);
+      if (n == 0) return absl::UnavailableError("the server closed the connection");
+      if (n < 0 && errno != EAGAIN && errno != EINTR) return ErrnoError("recv", errno);
+      if (n > 0) received += static_cast<std::size_t>(n);
+    }
   }
-  return absl::OkStatus();
+  return reply;
 }
 
 absl::StatusOr<std::string> RoundTripTcp(int fd, const std::string& line) {
-  const std::string request = line + "\n";
-  if (absl::Status s = SendAll(fd, request.data(), request.size()); !s.ok()) return s;
-  std::string reply(request.size(), '\0');
-  if (absl::Status s = RecvExactly(fd, reply.data(), reply.size()); !s.ok()) return s;
-  reply.pop_back();  // the newline we sent
+  absl::StatusOr<std::string> reply = Exchange(fd, line + "\n");
+  if (reply.ok()) reply->pop_back();  // the newline we sent
   return reply;
 }
 

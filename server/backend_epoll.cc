@@ -23,6 +23,13 @@
 // reading that connection until the client drains it, so a client that never reads costs at most
 // that much memory here (the rest waits in the kernel's socket buffers, then in the client).
 //
+// Abuse (server/limits.h): --max-conns-per-ip is checked against the table all shards share when
+// a connection is admitted, and given back when it closes. --idle-timeout runs on a timerfd that
+// ticks a coarse clock; a connection stamps the tick whenever it reads or sends something, and
+// the tick handler closes those whose stamp is too old, so the request path reads no clock.
+// --output-budget caps the unsent output of all of a shard's connections (output_queue.h). UDP
+// datagrams from ports below 1024 or from our own port are dropped unanswered.
+//
 // Shutdown follows the policy every backend shares (server/shutdown.h): answer what each socket
 // had received when the stop arrived, send the FIN after the output, and linger, discarding
 // input, until the client has acknowledged everything or closed.
@@ -33,6 +40,7 @@
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -47,7 +55,9 @@
 #include "common/net.h"
 #include "common/sys.h"
 #include "common/uppercase.h"
+#include "server/accept_errors.h"
 #include "server/backend.h"
+#include "server/limits.h"
 #include "server/output_queue.h"
 #include "server/sharded_backend.h"
 #include "server/shutdown.h"
@@ -83,7 +93,7 @@ constexpr std::uint64_t kUnlimited = UINT64_MAX;
 // for a connection closed earlier in the same batch then finds nothing, and one for a descriptor
 // number already reused by a new connection costs at most a read that returns EAGAIN, because
 // handlers act on what recv()/send() say, never on EPOLLERR/EPOLLHUP alone.
-enum class Source : std::uint32_t { kStop, kListener, kUdp, kConnection };
+enum class Source : std::uint32_t { kStop, kListener, kUdp, kConnection, kIdleTick };
 
 std::uint64_t EncodeTag(Source source, int fd) {
   return (static_cast<std::uint64_t>(source) << 32) | static_cast<std::uint32_t>(fd);
@@ -124,15 +134,18 @@ IoResult Send(int fd, const char* buf, std::size_t n) {
 // input is over (the client half-closed, or shutdown's read budget is spent) delivering what is
 // pending; then closed, after lingering when it was shutdown that ended the input.
 struct Connection {
-  Connection(Fd socket, OutputPool* pool) : fd(std::move(socket)), pending(pool) {}
+  Connection(Fd socket, OutputPool* pool, const PeerKey& address, std::uint32_t now)
+      : fd(std::move(socket)), pending(pool), peer(address), last_progress(now) {}
 
   Fd fd;
   OutputQueue pending;       // what the kernel did not take yet; size() <= config.conn_buffer
   bool read_closed = false;  // recv() returned 0: the client sends no more
   // Bytes still to be read and answered: kUnlimited until shutdown, then what was queued.
   std::uint64_t read_budget = kUnlimited;
-  bool lingering = false;      // output all handed over, FIN sent; input is read and discarded
-  std::uint32_t interest = 0;  // the events epoll watches for fd right now
+  bool lingering = false;       // output all handed over, FIN sent; input is read and discarded
+  std::uint32_t interest = 0;   // the events epoll watches for fd right now
+  PeerKey peer;                 // the client's address: its slot in the per-address table
+  std::uint32_t last_progress;  // IdleClock tick of the last byte read or sent
 };
 
 // What a handler decided about its connection.
@@ -160,8 +173,14 @@ class Shard : public ReactorShard {
     }
     udp_ = std::move(udp);
     if (udp_.valid()) {
+      absl::StatusOr<SocketAddress> local = LocalAddress(udp_.get());
+      if (!local.ok()) return local.status();
+      udp_port_ = local->port();
       if (absl::Status s = Watch(udp_.get(), EPOLLIN, Source::kUdp); !s.ok()) return s;
       udp_buf_.reset(new char[kUdpBatch * kMaxDatagram]);
+    }
+    if (listener_.valid() && idle_.enabled()) {
+      if (absl::Status s = StartIdleTimer(); !s.ok()) return s;
     }
     read_buf_.reset(new char[kReadChunk]);
     return absl::OkStatus();
@@ -191,6 +210,9 @@ class Shard : public ReactorShard {
             break;
           case Source::kConnection:
             HandleConnection(FdOf(tag), events[i].events);
+            break;
+          case Source::kIdleTick:
+            status = HandleIdleTick();
             break;
         }
         if (!status.ok()) return status;
@@ -222,24 +244,20 @@ class Shard : public ReactorShard {
   absl::Status HandleListener() {
     if (!listener_.valid() || accept_paused_) return absl::OkStatus();  // closed earlier in batch
     for (int i = 0; i < kAcceptsPerWakeup; ++i) {
-      Fd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+      sockaddr_storage peer;
+      socklen_t peer_len = sizeof peer;
+      Fd conn(::accept4(listener_.get(), reinterpret_cast<sockaddr*>(&peer), &peer_len,
+                        SOCK_NONBLOCK | SOCK_CLOEXEC));
       if (!conn.valid()) {
-        switch (errno) {
-          case EAGAIN:
-            return absl::OkStatus();
-          case EINTR:
-          case ECONNABORTED:  // the client gave up while queued
-          case EPROTO:
-          case EPERM:  // refused by a firewall rule
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return absl::OkStatus();
+        switch (ClassifyAcceptError(errno)) {
+          case AcceptAction::kRetry:
             continue;
-          case EMFILE:
-          case ENFILE:
-          case ENOBUFS:
-          case ENOMEM:
+          case AcceptAction::kBackOff:
             ++stats_.accept_errors;
             if (!ShedOnePending()) return PauseAccepting();
             continue;
-          default:
+          case AcceptAction::kFatal:
             return ErrnoError("accept4", errno);
         }
       }
@@ -247,21 +265,28 @@ class Shard : public ReactorShard {
         ++stats_.rejected;  // closed at once as `conn` goes out of scope
         continue;
       }
-      Admit(std::move(conn));
+      const PeerKey key = PeerKeyOf(reinterpret_cast<const sockaddr*>(&peer));
+      if (!per_address_.Admit(key)) {
+        ++stats_.per_ip_refused;  // likewise
+        continue;
+      }
+      Admit(std::move(conn), key);
     }
     return absl::OkStatus();
   }
 
-  void Admit(Fd fd) {
+  // Takes `fd`, whose address `peer` holds a slot in the per-address table, into service.
+  void Admit(Fd fd, const PeerKey& peer) {
     // TCP_NODELAY and the epoll registration fail only for a connection the client already reset,
     // or when the kernel is out of memory; either way, turn it away and keep serving the others.
     if (!SetNoDelay(fd.get()).ok() || !Watch(fd.get(), EPOLLIN, Source::kConnection).ok()) {
       ++stats_.accept_errors;
+      per_address_.Release(peer);
       return;
     }
     const int n = fd.get();
     if (static_cast<std::size_t>(n) >= conns_.size()) conns_.resize(n + 1);
-    conns_[n] = std::make_unique<Connection>(std::move(fd), &output_pool_);
+    conns_[n] = std::make_unique<Connection>(std::move(fd), &output_pool_, peer, idle_.now());
     conns_[n]->interest = EPOLLIN;
     ++open_conns_;
     ++stats_.accepted;
@@ -348,6 +373,7 @@ class Shard : public ReactorShard {
       }
       stats_.bytes_in += r.bytes;
       c.read_budget -= r.bytes;
+      c.last_progress = idle_.now();
       UppercaseInPlace(read_buf_.get(), r.bytes);
       if (Verdict v = Reply(c, read_buf_.get(), r.bytes); v != Verdict::kKeep) return v;
       // A short read emptied the socket. Reading again would only return EAGAIN: one wasted
@@ -398,6 +424,7 @@ class Shard : public ReactorShard {
       if (r.status == IoStatus::kError) return VerdictForError(r.err);
       if (r.status == IoStatus::kWouldBlock) break;
       stats_.bytes_out += r.bytes;
+      if (r.bytes > 0) c.last_progress = idle_.now();
       c.pending.Consume(r.bytes);
       if (r.bytes < offered) break;
     }
@@ -441,6 +468,7 @@ class Shard : public ReactorShard {
 
   void Close(Connection& c) {
     const int fd = c.fd.get();
+    per_address_.Release(c.peer);
     conns_[fd].reset();  // closing the descriptor also removes it from the epoll set
     --open_conns_;
     ++stats_.closed;
@@ -483,6 +511,10 @@ class Shard : public ReactorShard {
           ++stats_.udp_drops;  // larger than any reply we may send (IPv6 allows 65527 bytes)
           continue;
         }
+        if (RefuseDatagram(reinterpret_cast<const sockaddr*>(&udp_peers_[i]), udp_port_)) {
+          ++stats_.udp_refused;  // a well-known port or ourselves: a reply could loop
+          continue;
+        }
         udp_iov_[i].iov_len = udp_in_[i].msg_len;
         UppercaseInPlace(static_cast<char*>(udp_iov_[i].iov_base), udp_in_[i].msg_len);
         udp_out_[replies] = {};
@@ -517,6 +549,38 @@ class Shard : public ReactorShard {
     }
   }
 
+  // ---- --idle-timeout ----
+
+  // A periodic timerfd ticks the idle clock: one wake-up per tick, nothing on the request path.
+  absl::Status StartIdleTimer() {
+    idle_timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!idle_timer_.valid()) return ErrnoError("timerfd_create", errno);
+    const timespec tick = absl::ToTimespec(idle_.tick());
+    const itimerspec every_tick{tick, tick};
+    if (::timerfd_settime(idle_timer_.get(), 0, &every_tick, nullptr) != 0) {
+      return ErrnoError("timerfd_settime", errno);
+    }
+    return Watch(idle_timer_.get(), EPOLLIN, Source::kIdleTick);
+  }
+
+  // Closes the connections that neither read nor sent anything for --idle-timeout. Shutdown has
+  // its own bound (--grace), so the scan stops with it.
+  absl::Status HandleIdleTick() {
+    std::uint64_t ticks = 0;
+    if (::read(idle_timer_.get(), &ticks, sizeof ticks) != sizeof ticks) {
+      if (errno == EAGAIN || errno == EINTR) return absl::OkStatus();
+      return ErrnoError("read timerfd", errno);
+    }
+    for (std::uint64_t i = 0; i < ticks; ++i) idle_.Advance();
+    if (draining_) return absl::OkStatus();
+    for (std::unique_ptr<Connection>& c : conns_) {
+      if (c == nullptr || !idle_.Idle(c->last_progress)) continue;
+      ++stats_.idle_closed;
+      Close(*c);
+    }
+    return absl::OkStatus();
+  }
+
   // ---- shutdown and timers ----
 
   absl::Status HandleStop() {
@@ -529,6 +593,7 @@ class Shard : public ReactorShard {
     draining_ = true;
     grace_deadline_ns_ = MonotonicNanos() + absl::ToInt64Nanoseconds(config_.grace);
     listener_.reset();
+    idle_timer_.reset();
     spare_.reset();
     if (udp_.valid()) {
       absl::Status s = HandleUdp();  // answer what is already queued, then stop
@@ -583,6 +648,8 @@ class Shard : public ReactorShard {
   Fd listener_;  // invalid when TCP is not served, and after shutdown began
   Fd spare_;     // a reserved descriptor, given up to shed connections when out of them
   Fd udp_;       // invalid when UDP is not served, and after shutdown began
+  std::uint16_t udp_port_ = 0;  // udp_'s own port: datagrams from it are refused
+  Fd idle_timer_;  // timerfd ticking idle_; invalid with --idle-timeout=0 and after shutdown began
 
   std::vector<std::unique_ptr<Connection>> conns_;  // indexed by descriptor; null: not ours
   std::size_t open_conns_ = 0;

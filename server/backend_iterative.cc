@@ -30,15 +30,16 @@ class IterativeBackend : public BlockingBackend {
  private:
   // Serves the connection right here, on the accept loop's thread: the next accept() happens only
   // when this client has gone.
-  bool Serve(Fd conn) override {
+  bool Serve(Fd conn, const PeerKey& peer) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stop_.raised()) return false;
       current_ = conn.get();
     }
     ++tcp_stats_.accepted;
-    ServeBlockingConnection(conn.get(), stop_, tcp_stats_);
+    ServeBlockingConnection(conn.get(), stop_, config_.idle_timeout, tcp_stats_);
     ++tcp_stats_.closed;
+    per_address_.Release(peer);
     std::lock_guard<std::mutex> lock(mu_);  // Stop() must not shut down a reused fd number
     current_ = -1;
     conn.reset();
@@ -46,7 +47,7 @@ class IterativeBackend : public BlockingBackend {
   }
 
   void ShutdownConnections(int how) override {
-    if (current_ >= 0) ::shutdown(current_, how);
+    if (current_ >= 0) ShutdownForStop(current_, how, "connection");
   }
 
   int current_ = -1;  // guarded by mu_: the connection being served, or -1

@@ -31,18 +31,20 @@ class ThreadsBackend : public BlockingBackend {
 
  private:
   // Hands the connection to a thread of its own, and goes back to accept() at once.
-  bool Serve(Fd conn) override {
+  bool Serve(Fd conn, const PeerKey& peer) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (stop_.raised()) return false;
     if (conns_.size() >= config_.max_conns) {
       ++tcp_stats_.rejected;  // conn closes as it goes out of scope
+      per_address_.Release(peer);
       return true;
     }
     const int fd = conn.get();
     try {
-      std::thread([this, fd] { ConnectionThread(fd); }).detach();
+      std::thread([this, fd, peer] { ConnectionThread(fd, peer); }).detach();
     } catch (const std::system_error&) {
       ++tcp_stats_.accept_errors;  // out of threads: refuse this one, keep serving
+      per_address_.Release(peer);
       return true;
     }
     conns_.insert(conn.release());
@@ -50,9 +52,10 @@ class ThreadsBackend : public BlockingBackend {
     return true;
   }
 
-  void ConnectionThread(int fd) {
+  void ConnectionThread(int fd, PeerKey peer) {
     ShardStats stats;
-    ServeBlockingConnection(fd, stop_, stats);
+    ServeBlockingConnection(fd, stop_, config_.idle_timeout, stats);
+    per_address_.Release(peer);
     std::lock_guard<std::mutex> lock(mu_);
     ++stats.closed;
     conn_stats_ += stats;
@@ -62,7 +65,7 @@ class ThreadsBackend : public BlockingBackend {
   }
 
   void ShutdownConnections(int how) override {
-    for (int fd : conns_) ::shutdown(fd, how);
+    for (int fd : conns_) ShutdownForStop(fd, how, "connection");
   }
 
   // Connection threads are detached; waits for the last one to sign off.

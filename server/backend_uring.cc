@@ -27,7 +27,15 @@
 // the room left, and at the cap the shard stops receiving until the queue drains. Older kernels
 // have no byte limit: see "Kernels before 6.17" at the end of the shard.
 //
-// Shutdown follows the policy every backend shares (server/shutdown.h).
+// Abuse (server/limits.h), as in epoll: --max-conns-per-ip in the table all shards share (the
+// peer's address from getpeername at admission, since one multishot accept has no per-connection
+// address buffer); --idle-timeout on a coarse clock that a timeout request ticks, stamped by the
+// completions that carry progress; --output-budget through the output queues' pool, which also
+// cancels multishot recvs over it; UDP datagrams from ports below 1024 or our own are dropped.
+//
+// Shutdown follows the policy every backend shares (server/shutdown.h). The snapshot of what each
+// socket had received is taken after the batch of completions that brought the stop is handled,
+// when every byte the kernel moved into a provided buffer has been counted (see HandleStop).
 //
 // The ring itself (setup flags and fallbacks, provided-buffer rings, the user_data codec, kernel
 // probing) is in uring_ring.h. Kernel needs: Linux >= 6.0 (multishot recv and recvmsg, provided
@@ -52,7 +60,9 @@
 #include "common/net.h"
 #include "common/sys.h"
 #include "common/uppercase.h"
+#include "server/accept_errors.h"
 #include "server/backend.h"
+#include "server/limits.h"
 #include "server/output_queue.h"
 #include "server/sharded_backend.h"
 #include "server/shutdown.h"
@@ -127,6 +137,7 @@ enum class Op : std::uint8_t {
   kUdpRecv,       // multishot recvmsg on the UDP socket
   kUdpSend,       // sendmsg of one reply; index = the buffer it is sent from
   kCancel,        // any other cancel (accept, UDP recv, everything at exit)
+  kIdleTick,      // timeout: the idle clock ticks (--idle-timeout)
 };
 
 using Tag = UserData<Op>;
@@ -178,6 +189,7 @@ class Shard : public ReactorShard {
     if (absl::Status s = ring_.Enable(); !s.ok()) return s;
     AddStopPoll();
     if (listener_.valid()) AddAccept();
+    if (listener_.valid() && idle_.enabled()) AddTimeout(Op::kIdleTick, &idle_ts_, idle_.tick());
     if (udp_.serving()) udp_.Start();
     absl::Status status = Loop();
     Teardown();
@@ -221,14 +233,12 @@ class Shard : public ReactorShard {
       if (recv_limit_) {
         // All but one buffer of the room (ArmRecv left at least two): the completion that
         // reaches the limit may carry up to a buffer more.
-        SetMultishotLimit(sqe,
-                          static_cast<std::uint32_t>(std::min<std::size_t>(
-                              config_.conn_buffer - c.Unsent() - recv_buffer_size_, UINT32_MAX)));
+        SetMultishotLimit(sqe, static_cast<std::uint32_t>(std::min<std::size_t>(
+                                   Allowance(c) - c.Unsent() - recv_buffer_size_, UINT32_MAX)));
       }
     } else {
       // Never more than the queue can still take: it stays within --conn-buffer exactly.
-      const std::size_t room =
-          std::min<std::size_t>(recv_buffer_size_, config_.conn_buffer - c.Unsent());
+      const std::size_t room = std::min<std::size_t>(recv_buffer_size_, Allowance(c) - c.Unsent());
       io_uring_prep_recv(sqe, c.fd, nullptr, room, 0);
     }
     sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -308,6 +318,9 @@ class Shard : public ReactorShard {
       case Op::kLinger:
         HandleLinger(cqe);
         break;
+      case Op::kIdleTick:
+        HandleIdleTick(cqe);
+        break;
       case Op::kRecv:
       case Op::kSend:
       case Op::kConnCancel: {
@@ -368,10 +381,27 @@ class Shard : public ReactorShard {
       }
     }
     udp_.Stop();
-    // Every connection reads what the kernel had received before now, answers it, and lingers.
-    // Not shutdown(SHUT_RD): its EOF comes whenever the receive queue runs dry, even while the
-    // client's kernel still holds data for it, and once our FIN follows, Linux answers any
-    // further data from the client with a reset that discards the replies not yet sent.
+    // What each connection has received is counted once this batch is handled (Reap).
+    snapshot_pending_ = true;
+    AddTimeout(Op::kGrace, &grace_ts_, config_.grace);
+  }
+
+  // Every connection reads what the kernel had received before now, answers it, and lingers.
+  // Not shutdown(SHUT_RD): its EOF comes whenever the receive queue runs dry, even while the
+  // client's kernel still holds data for it, and once our FIN follows, Linux answers any
+  // further data from the client with a reset that discards the replies not yet sent.
+  //
+  // Received = read_total (bytes whose completions were handled) + SIOCINQ (bytes still in the
+  // socket). Bytes the kernel already moved into provided buffers whose completions are not
+  // handled yet are in neither, so this runs between batches: after the batch that brought the
+  // stop (whose later completions may carry such bytes) and while the CQ has not overflowed
+  // (overflowed completions reach the CQ only in the next io_uring_enter). With DEFER_TASKRUN the
+  // kernel moves no data into buffers outside our io_uring_enter(), so nothing is in flight
+  // between the two counts. (The older setup modes without it run that work at other moments,
+  // and a byte may then still slip between them.)
+  void TakeStopSnapshot() {
+    if (IO_URING_READ_ONCE(*ring_.get()->sq.kflags) & IORING_SQ_CQ_OVERFLOW) return;  // next batch
+    snapshot_pending_ = false;
     conns_.ForEach([this](Conn& c) {
       if (c.life != Life::kServing) return;
       const std::uint64_t queued = ReceivedNotRead(c.fd);
@@ -382,7 +412,6 @@ class Shard : public ReactorShard {
       }
       SendReceiveOrClose(c);
     });
-    AddTimeout(Op::kGrace, &grace_ts_, config_.grace);
   }
 
   void HandleAccept(const io_uring_cqe& cqe) {
@@ -394,24 +423,24 @@ class Shard : public ReactorShard {
       } else {
         Admit(cqe.res);
       }
+    } else if (cqe.res == -ECANCELED || (cqe.res == -EINVAL && stopping_)) {
+      // Cancelled, or the listener was shut down (Stop): accepting is over.
     } else {
-      switch (-cqe.res) {
-        case ECANCELED:
-        case EINTR:
-        case ECONNABORTED:  // the client gave up while queued
-        case EPROTO:
-        case EPERM:  // refused by a firewall rule
+      switch (ClassifyAcceptError(-cqe.res)) {
+        case AcceptAction::kRetry:  // that connection failed; the (re-armed) accept goes on
           break;
-        case EINVAL:  // the listener was shut down (Stop)
-          if (stopping_) break;
-          [[fallthrough]];
-        default:  // EMFILE, ENFILE, ENOBUFS, ENOMEM, ...: keep serving, accept again later
+        case AcceptAction::kBackOff:  // keep serving, accept again later
           ++stats_.accept_errors;
           if (more) AddCancel(Encode(Op::kAccept));
           if (!accept_backoff_) {
             accept_backoff_ = true;
             AddTimeout(Op::kAcceptResume, &backoff_ts_, kAcceptBackoff);
           }
+          break;
+        case AcceptAction::kFatal:  // the listener is broken: this shard stops (Loop)
+          if (error_.ok()) error_ = ErrnoError("accept (io_uring)", -cqe.res);
+          if (more) AddCancel(Encode(Op::kAccept));
+          stopping_ = true;
           break;
       }
     }
@@ -448,13 +477,46 @@ class Shard : public ReactorShard {
     });
   }
 
+  // The idle clock ticks: closes the connections that neither received nor sent anything for
+  // --idle-timeout, and re-arms. Shutdown has its own bound (--grace): the clock stops with it.
+  void HandleIdleTick(const io_uring_cqe& cqe) {
+    CheckTimeout(cqe, "idle tick timeout");
+    if (cqe.res == -ECANCELED || stopping_) return;
+    idle_.Advance();
+    conns_.ForEach([this](Conn& c) {
+      if (c.life != Life::kServing && c.life != Life::kInputOver) return;
+      if (!idle_.Idle(c.last_progress)) return;
+      ++stats_.idle_closed;
+      CloseNow(c);
+    });
+    AddTimeout(Op::kIdleTick, &idle_ts_, idle_.tick());
+  }
+
   void Admit(int fd) {
     if (conns_.live() >= max_conns_) {
       ++stats_.rejected;
       ::close(fd);  // over --max-conns: the client sees an immediate close
       return;
     }
+    PeerKey peer{};
+    if (per_address_.enabled()) {
+      sockaddr_storage address;
+      socklen_t len = sizeof address;
+      if (::getpeername(fd, reinterpret_cast<sockaddr*>(&address), &len) != 0) {
+        ++stats_.accept_errors;  // ENOTCONN: the client reset it already
+        ::close(fd);
+        return;
+      }
+      peer = PeerKeyOf(reinterpret_cast<const sockaddr*>(&address));
+      if (!per_address_.Admit(peer)) {
+        ++stats_.per_ip_refused;
+        ::close(fd);  // over --max-conns-per-ip: closed at once too
+        return;
+      }
+    }
     Conn& c = conns_.Add(fd);
+    c.peer = peer;
+    c.last_progress = idle_.now();
     ++stats_.accepted;
     ArmRecv(c);
   }
@@ -484,7 +546,7 @@ class Shard : public ReactorShard {
     if (!more) {
       --c.ops;
       c.recv = RecvState::kNone;
-    } else if (!recv_limit_) {
+    } else if (!recv_limit_ || output_pool_.over_budget()) {
       CancelRecvNearTheCap(c);
     }
   }
@@ -498,6 +560,7 @@ class Shard : public ReactorShard {
       const auto n = static_cast<std::size_t>(res);
       stats_.bytes_in += n;
       c.read_total += n;
+      c.last_progress = idle_.now();
       if (c.read_total >= c.read_limit) c.life = Life::kInputOver;
       if (c.out.empty()) {
         UppercaseInPlace(data, n);
@@ -517,6 +580,7 @@ class Shard : public ReactorShard {
     if (cqe.res >= 0) {
       const auto n = static_cast<std::size_t>(cqe.res);
       stats_.bytes_out += n;
+      c.last_progress = idle_.now();
       c.out.Consume(n);  // a short send leaves the rest for the next one
       return;
     }
@@ -526,6 +590,7 @@ class Shard : public ReactorShard {
   void HandleDirectSend(const io_uring_cqe& cqe, Conn& c) {
     const std::size_t sent = cqe.res > 0 ? static_cast<std::size_t>(cqe.res) : 0;
     stats_.bytes_out += sent;
+    if (sent > 0) c.last_progress = idle_.now();
     c.DirectSent(sent, tcp_buffers_);  // buffers sent in full go back to the ring
     if (cqe.res < 0 && cqe.res != -EAGAIN) return HandleSendError(-cqe.res, c);
     // A short send: the socket is full. The rest waits in `out`, and the buffers go back.
@@ -620,14 +685,29 @@ class Shard : public ReactorShard {
   // here through SendReceiveOrClose).
   void ArmRecv(Conn& c) {
     const std::size_t unsent = c.Unsent();
-    if (unsent + multishot_headroom_ <= config_.conn_buffer) {
+    const std::size_t allowed = Allowance(c);
+    if (unsent + multishot_headroom_ <= allowed) {
       AddRecv(c, /*multishot=*/true);
-    } else if (unsent < config_.conn_buffer) {
+    } else if (unsent < allowed) {
       AddRecv(c, /*multishot=*/false);
     }
   }
 
+  // How much unsent output a connection may hold: --conn-buffer, or over the shard's
+  // --output-budget its fair share of it (OutputPool). A recv is armed for no more than that,
+  // and with a budget for no more than an even split of it over the live connections: every
+  // recv armed at once then brings in at most the budget, whatever the budget's state when each
+  // was armed. (With --output-budget=0, or a budget above conns x --conn-buffer, as in most
+  // runs, the split changes nothing.)
+  std::size_t Allowance(const Conn& c) const {
+    const std::size_t allowed = output_pool_.Allowance(c.Unsent());
+    if (config_.output_budget == 0) return allowed;
+    const std::size_t split = config_.output_budget / std::max<std::size_t>(conns_.live(), 1);
+    return std::min(allowed, std::max(split, OutputPool::kMinShare));
+  }
+
   void Release(Conn& c) {
+    per_address_.Release(c.peer);
     AddClose(c.fd);
     c.Reset(tcp_buffers_);
     conns_.Remove(c, Tag::kGenMask);
@@ -642,6 +722,7 @@ class Shard : public ReactorShard {
 
   void Reap() {
     ring_.ForEachCompletion([this](const io_uring_cqe& cqe) { Handle(cqe); });
+    if (snapshot_pending_) TakeStopSnapshot();
     for (const std::uint32_t index : touched_) {
       Conn& c = conns_[index];
       c.touched = false;
@@ -657,6 +738,7 @@ class Shard : public ReactorShard {
       // Submits everything the last round produced and sleeps until the next completion.
       if (absl::Status s = ring_.SubmitAndWait(); !s.ok()) return s;
       Reap();
+      if (!error_.ok()) return error_;
     }
     return absl::OkStatus();
   }
@@ -674,7 +756,7 @@ class Shard : public ReactorShard {
     udp_.Close();
   }
 
-  // ---- Kernels before 6.17: no byte limit, so backpressure cancels the recv ----
+  // ---- Kernels before 6.17 (and any kernel over the output budget): cancelling the recv ----
   //
   // Without the kernel's byte limit a multishot recv fills buffers for as long as data arrives.
   // A completion that finds the output queue's room short of what the recv may still deliver
@@ -682,12 +764,14 @@ class Shard : public ReactorShard {
   // up to a burst of kMultishotBurst buffers from one wake-up of the socket (MULTISHOT_MAX_RETRY,
   // Linux >= 6.8; older kernels loop until the socket is empty, a looser bound), so the buffers
   // must be smaller (RecvBufferSize) and the queue may overshoot its cap by up to that burst (its
-  // overflow, see OutputQueue). UPCASE_URING_RECV_LIMIT=off takes this path on any kernel.
+  // overflow, see OutputQueue). UPCASE_URING_RECV_LIMIT=off takes this path on any kernel. Over
+  // the shard's --output-budget, a connection's allowance shrinks below the byte limit its recv
+  // was armed with, so every kernel cancels then.
   static constexpr std::size_t kMultishotBurst = 32;
 
   void CancelRecvNearTheCap(Conn& c) {
     if (c.recv == RecvState::kMultishot && !c.closing() &&
-        c.Unsent() + multishot_headroom_ > config_.conn_buffer) {
+        c.Unsent() + multishot_headroom_ > Allowance(c)) {
       AddCancelRecv(c);
     }
   }
@@ -711,11 +795,14 @@ class Shard : public ReactorShard {
 
   bool accept_armed_ = false;  // armed iff a multishot accept is in the kernel
   bool accept_backoff_ = false;
-  bool linger_armed_ = false;  // a kLinger timeout is in the kernel
-  bool stopping_ = false;      // Stop() was seen
+  bool linger_armed_ = false;      // a kLinger timeout is in the kernel
+  bool stopping_ = false;          // Stop() was seen
+  bool snapshot_pending_ = false;  // TakeStopSnapshot() runs after this batch
+  absl::Status error_;             // the shard cannot go on (a broken listener): Loop returns it
   __kernel_timespec backoff_ts_{};
   __kernel_timespec grace_ts_{};
   __kernel_timespec linger_ts_{};
+  __kernel_timespec idle_ts_{};
 };
 
 }  // namespace

@@ -1,16 +1,20 @@
 #include "server/blocking_io.h"
 
 #include <sys/socket.h>
+#include <sys/time.h>
 
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <memory>
 #include <utility>
 
 #include "common/net.h"
 #include "common/sys.h"
 #include "common/uppercase.h"
+#include "server/accept_errors.h"
 #include "server/config.h"
 #include "server/shutdown.h"
 
@@ -33,7 +37,7 @@ constexpr int kUdpAnswersAtStop = 128;
 // Reads one datagram with `flags` and answers it. False when there was none: EAGAIN with
 // MSG_DONTWAIT, or a blocked read woken by Stop's shutdown(SHUT_RD), which returns 0 bytes from
 // no address (a real empty datagram has its sender's).
-bool ServeDatagram(int fd, int flags, UdpBuffer& buf, ShardStats& stats) {
+bool ServeDatagram(int fd, std::uint16_t own_port, int flags, UdpBuffer& buf, ShardStats& stats) {
   SocketAddress peer;
   const ssize_t n = ::recvfrom(fd, buf.data(), buf.size(), flags | MSG_TRUNC, peer.mutable_get(),
                                peer.mutable_size());
@@ -45,6 +49,10 @@ bool ServeDatagram(int fd, int flags, UdpBuffer& buf, ShardStats& stats) {
     ++stats.udp_drops;  // larger than any reply we may send back
     return true;
   }
+  if (RefuseDatagram(peer.get(), own_port)) {
+    ++stats.udp_refused;  // a well-known port or ourselves: a reply could loop
+    return true;
+  }
   UppercaseInPlace(buf.data(), static_cast<std::size_t>(n));
   if (::sendto(fd, buf.data(), static_cast<std::size_t>(n), 0, peer.get(), peer.size()) < 0) {
     ++stats.udp_drops;
@@ -54,16 +62,41 @@ bool ServeDatagram(int fd, int flags, UdpBuffer& buf, ShardStats& stats) {
   return true;
 }
 
-// Uppercases and sends back `n` bytes just read; false when the client is gone.
+// The port a UDP socket is bound to (0 when it cannot say, which refuses nothing more).
+std::uint16_t OwnPort(int fd) {
+  absl::StatusOr<SocketAddress> local = LocalAddress(fd);
+  return local.ok() ? local->port() : 0;
+}
+
+// Uppercases and sends back `n` bytes just read; false when the client is gone, or took nothing
+// for --idle-timeout (SO_SNDTIMEO: send() fails with EAGAIN).
 bool Answer(int fd, char* data, std::size_t n, ShardStats& stats) {
   stats.bytes_in += n;
   UppercaseInPlace(data, n);
-  if (!SendAll(fd, data, n).ok()) {
-    ++stats.conn_resets;  // EPIPE / ECONNRESET: the client is gone
+  if (absl::Status s = SendAll(fd, data, n); !s.ok()) {
+    const int err = ErrnoOf(s);
+    if (err == EAGAIN || err == EWOULDBLOCK) {
+      ++stats.idle_closed;
+    } else {
+      ++stats.conn_resets;  // EPIPE / ECONNRESET: the client is gone
+    }
     return false;
   }
   stats.bytes_out += n;
   return true;
+}
+
+// --idle-timeout on a blocking socket: recv() and send() give up (EAGAIN) after waiting that
+// long without progress. Zero leaves them blocking.
+void SetIdleTimeout(int fd, absl::Duration timeout) {
+  if (timeout <= absl::ZeroDuration()) return;
+  const timeval tv = absl::ToTimeval(timeout);
+  // Fails only for a descriptor that is not a socket: then recv() fails at once anyway.
+  if (::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
+    std::fprintf(stderr, "upcase-server: setsockopt SO_RCVTIMEO/SO_SNDTIMEO: %s\n",
+                 std::strerror(errno));
+  }
 }
 
 // Reads and throws away whatever input is queued, then waits until the kernel holds no output
@@ -108,7 +141,9 @@ bool StopFlag::Raise(absl::Duration grace) {
   return true;
 }
 
-void ServeBlockingConnection(int fd, const StopFlag& stop, ShardStats& stats) {
+void ServeBlockingConnection(int fd, const StopFlag& stop, absl::Duration idle_timeout,
+                             ShardStats& stats) {
+  SetIdleTimeout(fd, idle_timeout);
   TcpBuffer buf;
   while (!stop.raised()) {
     const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
@@ -118,6 +153,11 @@ void ServeBlockingConnection(int fd, const StopFlag& stop, ShardStats& stats) {
     }
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (stop.raised()) break;
+        ++stats.idle_closed;  // SO_RCVTIMEO: nothing arrived for --idle-timeout
+        return;
+      }
       ++stats.conn_resets;  // ECONNRESET, or ETIMEDOUT after a vanished peer
       return;
     }
@@ -128,8 +168,10 @@ void ServeBlockingConnection(int fd, const StopFlag& stop, ShardStats& stats) {
 
 void ServeBlockingUdp(int fd, const StopFlag& stop, ShardStats& stats) {
   {
+    const std::uint16_t own_port = OwnPort(fd);
     UdpBuffer buf;
-    while (!stop.raised()) ServeDatagram(fd, 0, buf, stats);  // Stop's shutdown() wakes it
+    while (!stop.raised())
+      ServeDatagram(fd, own_port, 0, buf, stats);  // Stop's shutdown() wakes it
   }
   // What the socket had received when Stop() came is answered, as the reactors do.
   AnswerQueuedDatagrams(fd, stats);
@@ -137,25 +179,16 @@ void ServeBlockingUdp(int fd, const StopFlag& stop, ShardStats& stats) {
 
 void AnswerQueuedDatagrams(int fd, ShardStats& stats) {
   auto buf = std::make_unique<UdpBuffer>();
-  for (int i = 0; i < kUdpAnswersAtStop && ServeDatagram(fd, MSG_DONTWAIT, *buf, stats); ++i) {
+  const std::uint16_t own_port = OwnPort(fd);
+  for (int i = 0; i < kUdpAnswersAtStop && ServeDatagram(fd, own_port, MSG_DONTWAIT, *buf, stats);
+       ++i) {
   }
 }
 
-bool HandleAcceptError(int err, ShardStats& stats) {
-  switch (err) {
-    case EINTR:
-    case ECONNABORTED:  // the client gave up while queued
-      return true;
-    case EMFILE:
-    case ENFILE:
-    case ENOBUFS:
-    case ENOMEM:
-      ++stats.accept_errors;
-      std::this_thread::sleep_for(absl::ToChronoMilliseconds(kAcceptErrorPause));
-      return true;
-    default:
-      return false;
-  }
+void ShutdownForStop(int fd, int how, const char* what) {
+  if (::shutdown(fd, how) == 0 || errno == ENOTCONN) return;
+  std::fprintf(stderr, "upcase-server: stop: shutdown %s (fd %d): %s\n", what, fd,
+               std::strerror(errno));
 }
 
 absl::StatusOr<Endpoints> BlockingBackend::Open() {
@@ -188,13 +221,32 @@ std::vector<ShardStats> BlockingBackend::Stats() const {
 
 absl::Status BlockingBackend::AcceptLoop() {
   while (true) {
-    Fd conn(::accept4(listeners_.tcp[0].get(), nullptr, nullptr, SOCK_CLOEXEC));
+    sockaddr_storage address;
+    socklen_t len = sizeof address;
+    Fd conn(::accept4(listeners_.tcp[0].get(), reinterpret_cast<sockaddr*>(&address), &len,
+                      SOCK_CLOEXEC));
     if (!conn.valid()) {
       if (stop_.raised()) return absl::OkStatus();
-      if (HandleAcceptError(errno, tcp_stats_)) continue;
-      return ErrnoError("accept", errno);
+      switch (ClassifyAcceptError(errno)) {
+        case AcceptAction::kRetry:
+          continue;
+        case AcceptAction::kBackOff:  // out of descriptors or memory: do not spin meanwhile
+          ++tcp_stats_.accept_errors;
+          std::this_thread::sleep_for(absl::ToChronoMilliseconds(kAcceptErrorPause));
+          continue;
+        case AcceptAction::kFatal:
+          return ErrnoError("accept", errno);
+      }
     }
-    if (!Serve(std::move(conn))) return absl::OkStatus();
+    const PeerKey peer = PeerKeyOf(reinterpret_cast<const sockaddr*>(&address));
+    if (!per_address_.Admit(peer)) {
+      ++tcp_stats_.per_ip_refused;  // over --max-conns-per-ip: closed at once
+      continue;
+    }
+    if (!Serve(std::move(conn), peer)) {
+      per_address_.Release(peer);
+      return absl::OkStatus();
+    }
   }
 }
 
@@ -202,8 +254,8 @@ void BlockingBackend::Stop() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!stop_.Raise(config_.grace)) return;
   // Connections still in the listen backlog were never accepted; the kernel resets them.
-  for (const Fd& fd : listeners_.tcp) ::shutdown(fd.get(), SHUT_RD);
-  for (const Fd& fd : listeners_.udp) ::shutdown(fd.get(), SHUT_RD);
+  for (const Fd& fd : listeners_.tcp) ShutdownForStop(fd.get(), SHUT_RD, "tcp listener");
+  for (const Fd& fd : listeners_.udp) ShutdownForStop(fd.get(), SHUT_RD, "udp socket");
   ShutdownConnections(SHUT_RD);
   grace_.Arm(config_.grace, [this] {
     std::lock_guard<std::mutex> expired_lock(mu_);

@@ -11,6 +11,12 @@
 // input, until the client has acknowledged all of the output (SIOCOUTQ == 0, checked every
 // kLingerPoll), only then sends its FIN, and is closed when that is acknowledged too, or when the
 // grace period ends.
+//
+// Limits (server/limits.h): --idle-timeout is SO_RCVTIMEO and SO_SNDTIMEO on the connection, so
+// a recv() that waited that long for input, or a send() that could hand nothing to the kernel
+// for that long, ends it; --max-conns-per-ip is checked by the accept loop against the same kind
+// of table the reactors share. A blocking backend has no output queue: --output-budget does not
+// apply.
 #ifndef UPCASE_SERVER_BLOCKING_IO_H_
 #define UPCASE_SERVER_BLOCKING_IO_H_
 
@@ -28,6 +34,7 @@
 #include "common/net.h"
 #include "server/backend.h"
 #include "server/config.h"
+#include "server/limits.h"
 #include "server/listeners.h"
 #include "server/stats.h"
 
@@ -53,8 +60,10 @@ class StopFlag {
 // send everything, repeat. On a half-close every byte read has been answered before this returns.
 // Once `stop` is raised (and the socket shut down for reading to wake recv), it answers what the
 // socket had received, then ends the connection as the file comment explains, by the deadline.
-// The caller closes `fd`.
-void ServeBlockingConnection(int fd, const StopFlag& stop, ShardStats& stats);
+// A recv or send that makes no progress for `idle_timeout` (zero: never) ends it too. The caller
+// closes `fd`.
+void ServeBlockingConnection(int fd, const StopFlag& stop, absl::Duration idle_timeout,
+                             ShardStats& stats);
 
 // The lab's datagram loop on a blocking UDP socket: recvfrom, uppercase, sendto the source.
 // Returns once `stop` is raised and the socket has been shut down (which wakes recvfrom).
@@ -66,10 +75,10 @@ void ServeBlockingUdp(int fd, const StopFlag& stop, ShardStats& stats);
 // otherwise leave them unanswered.
 void AnswerQueuedDatagrams(int fd, ShardStats& stats);
 
-// Handles one accept() failure of a blocking acceptor: counts it, and for running out of file
-// descriptors or memory pauses briefly so the loop does not spin. Returns false when the error
-// is fatal for the listener (anything but the transient cases).
-bool HandleAcceptError(int err, ShardStats& stats);
+// shutdown(fd, how) for Stop(): ENOTCONN (a client already gone, or an unconnected UDP socket,
+// which the call still wakes) is expected; any other failure leaves a thread blocked until the
+// grace period ends, so it is reported on stderr, naming `what`.
+void ShutdownForStop(int fd, int how, const char* what);
 
 // Calls `on_expire` once, on its own thread, unless Cancel() comes first. Blocking backends use it
 // to bound shutdown: after the grace period, sockets still blocked in send() are shut down.
@@ -108,15 +117,18 @@ class BlockingBackend : public Backend {
   std::vector<ShardStats> Stats() const final;
 
  protected:
-  // Takes an accepted connection into service. False when the stop came meanwhile (the caller
-  // closes it). Runs on the accept loop's thread.
-  virtual bool Serve(Fd conn) = 0;
+  // Takes an accepted connection into service; `peer` holds a slot of per_address_, which the
+  // backend gives back (Release) when the connection ends or is turned away. False when the stop
+  // came meanwhile (the caller closes it and gives the slot back). Runs on the accept loop's
+  // thread.
+  virtual bool Serve(Fd conn, const PeerKey& peer) = 0;
   // Under mu_: shutdown(fd, how) for every connection in service.
   virtual void ShutdownConnections(int how) = 0;
   // After the accept loop ended: waits until no connection is in service any more.
   virtual void WaitForConnections() {}
 
   const ServerConfig config_;
+  ConnsPerAddress per_address_{config_.max_conns_per_ip};  // --max-conns-per-ip
   StopFlag stop_;
   std::mutex mu_;          // serialises Stop() with the backend's own bookkeeping
   ShardStats tcp_stats_;   // owned by the accept loop

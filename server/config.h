@@ -16,6 +16,9 @@ namespace upcase {
 inline constexpr std::size_t kDefaultMaxConns = 10'000;
 inline constexpr std::size_t kDefaultConnBuffer = 256 * 1024;
 inline constexpr absl::Duration kDefaultGrace = absl::Seconds(5);
+inline constexpr absl::Duration kDefaultIdleTimeout = absl::Seconds(60);
+// --max-conns-per-ip defaults to this fraction of --max-conns: four addresses can fill the server.
+inline constexpr std::size_t kDefaultConnsPerIpDivisor = 4;
 // Largest UDP payload over IPv4 (65535 - 8 byte UDP header - 20 byte IP header).
 inline constexpr std::size_t kMaxDatagram = 65507;
 
@@ -28,6 +31,11 @@ struct ServerConfig {
   bool pin = false;
   std::size_t max_conns = kDefaultMaxConns;
   std::size_t conn_buffer = kDefaultConnBuffer;
+  std::size_t max_conns_per_ip = kDefaultMaxConns / kDefaultConnsPerIpDivisor;  // 0: no limit
+  absl::Duration idle_timeout = kDefaultIdleTimeout;  // zero: connections never time out
+  // epoll/uring: unsent output a shard holds for all its connections before it stops reading
+  // the ones holding the most (OutputPool); 0: no budget. main.cc sets the default from RAM.
+  std::size_t output_budget = 0;
   absl::Duration grace = kDefaultGrace;  // how long shutdown may spend delivering output
   bool sqpoll = false;                   // io_uring only: kernel-side submission polling
 };

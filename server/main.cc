@@ -16,6 +16,7 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/flags.h"
@@ -24,6 +25,7 @@
 #include "nlohmann/json.hpp"
 #include "server/backend.h"
 #include "server/config.h"
+#include "server/limits.h"
 #include "server/sharded_backend.h"
 
 namespace upcase {
@@ -32,6 +34,20 @@ namespace {
 constexpr char kProgram[] = "upcase-server";
 // Beyond the backend's own grace period, how long main waits before declaring shutdown stuck.
 constexpr absl::Duration kShutdownWatchdogSlack = absl::Seconds(3);
+
+// Bounds of the size flags, checked at start (README "Limits and failure behaviour"): values
+// beyond them are typos or would fail later, inside a shard (--conn-buffer=1024G is one
+// allocation per connection).
+constexpr std::int64_t kMaxConnsLimit = 10'000'000;
+constexpr std::int64_t kMaxShards = 1024;
+constexpr std::uint64_t kMinConnBuffer = 1024;
+constexpr std::uint64_t kMaxConnBuffer = std::uint64_t{1} << 30;
+constexpr std::uint64_t kMinOutputBudget = 64 << 10;
+constexpr std::uint64_t kMaxOutputBudget = std::uint64_t{1} << 40;
+constexpr absl::Duration kMaxGrace = absl::Hours(1);
+constexpr absl::Duration kMaxIdleTimeout = absl::Hours(24);
+// The value of --max-conns-per-ip and --output-budget that asks for the default.
+constexpr char kAuto[] = "auto";
 
 std::string UsageText() {
   std::string backends;
@@ -58,11 +74,46 @@ struct Options {
   std::string bind = "0.0.0.0";
   bool pin = false;
   std::int64_t max_conns = kDefaultMaxConns;
+  std::string max_conns_per_ip = kAuto;
   std::uint64_t conn_buffer = kDefaultConnBuffer;
+  std::string output_budget = kAuto;
+  absl::Duration idle_timeout = kDefaultIdleTimeout;
   std::string stats_json;
   absl::Duration grace = kDefaultGrace;
   bool sqpoll = false;
 };
+
+// A bad command line: one line on stderr, exit status 2.
+[[noreturn]] void CommandLineError(absl::string_view message) {
+  std::fprintf(stderr, "%s: %s\n", kProgram, std::string(message).c_str());
+  std::exit(2);
+}
+
+// A byte count as --help writes it: with the largest suffix that divides it exactly.
+std::string FormatBytes(std::uint64_t n) {
+  for (const auto& [shift, suffix] : {std::pair{30, "G"}, std::pair{20, "M"}, std::pair{10, "K"}}) {
+    if (n != 0 && n % (std::uint64_t{1} << shift) == 0) return absl::StrCat(n >> shift, suffix);
+  }
+  return absl::StrCat(n);
+}
+
+void CheckBytes(absl::string_view flag, std::uint64_t value, std::uint64_t min, std::uint64_t max) {
+  if (value < min) {
+    CommandLineError(
+        absl::StrCat("--", flag, "=", FormatBytes(value), ": at least ", FormatBytes(min)));
+  }
+  if (value > max) {
+    CommandLineError(
+        absl::StrCat("--", flag, "=", FormatBytes(value), ": at most ", FormatBytes(max)));
+  }
+}
+
+void CheckDuration(absl::string_view flag, absl::Duration value, absl::Duration max) {
+  if (value > max) {  // also "inf"
+    CommandLineError(absl::StrCat("--", flag, "=", absl::FormatDuration(value), ": at most ",
+                                  absl::FormatDuration(max)));
+  }
+}
 
 std::vector<std::string> ParseFlags(int argc, char** argv, Options& o) {
   FlagSet flags(kProgram, UsageText());
@@ -70,35 +121,46 @@ std::vector<std::string> ParseFlags(int argc, char** argv, Options& o) {
   for (const BackendInfo& b : Backends()) names.emplace_back(b.name);
   flags.String("backend", &o.backend, "I/O model; default: best available (uring, else epoll)",
                names);
-  flags.Int("shards", &o.shards, 0, 1024,
+  flags.Int("shards", &o.shards, 0, kMaxShards,
             "reactor threads for epoll/uring; 0 = the CPUs this process may use");
   flags.String("proto", &o.proto, "protocols to serve", {"tcp", "udp", "both"});
   flags.String("bind", &o.bind, "local address, IPv4 or IPv6 (e.g. ::1)");
   flags.Bool("pin", &o.pin, "pin shard i to the i-th CPU this process may use (epoll/uring)");
-  flags.Int("max-conns", &o.max_conns, 1, 10'000'000,
+  flags.Int("max-conns", &o.max_conns, 1, kMaxConnsLimit,
             "TCP connections served at once; over it new ones are closed at once");
+  flags.String("max-conns-per-ip", &o.max_conns_per_ip,
+               "TCP connections from one client address at once, over all shards; over it new "
+               "ones are closed at once; auto = a quarter of --max-conns, 0 = no limit");
   flags.Bytes("conn-buffer", &o.conn_buffer,
-              "cap on unsent output per connection; above it the server stops reading it");
+              "cap on unsent output per connection (1K..1G); above it the server stops reading "
+              "it");
+  flags.String("output-budget", &o.output_budget,
+               "epoll/uring: unsent output of all of a shard's connections (64K..1024G); over it "
+               "those holding the most stop being read; auto = RAM/8/shards within 32M..1G, "
+               "0 = none");
+  flags.Duration("idle-timeout", &o.idle_timeout,
+                 "close a TCP connection that neither sends nor reads for this long (at most "
+                 "24h; 0 = never)");
   flags.String("stats-json", &o.stats_json, "write the per-shard counters to FILE at exit");
-  flags.Duration("grace", &o.grace, "at shutdown, how long to spend delivering pending output");
+  flags.Duration("grace", &o.grace,
+                 "at shutdown, how long to spend delivering pending output (at most 1h)");
   flags.Bool("sqpoll", &o.sqpoll, "uring: let a kernel thread poll the submission queue");
   return flags.ParseOrExit(argc, argv);
 }
 
 ServerConfig BuildConfig(const Options& o, const std::vector<std::string>& args) {
   if (args.size() != 1) {
-    DieIfError(kProgram, absl::InvalidArgumentError(
-                             args.empty() ? "missing PORT (see --help)"
-                                          : absl::StrCat("expected one PORT, got '",
-                                                         absl::StrJoin(args, " "), "'")));
+    CommandLineError(args.empty()
+                         ? "missing PORT (see --help)"
+                         : absl::StrCat("expected one PORT, got '", absl::StrJoin(args, " "), "'"));
   }
   absl::StatusOr<std::uint16_t> port = ParsePort(args[0]);
-  DieIfError(kProgram, port.status());
+  if (!port.ok()) CommandLineError(port.status().message());
   absl::StatusOr<SocketAddress> bind = ParseIpAddress(o.bind, *port);
-  DieIfError(kProgram, bind.status());
-  if (o.conn_buffer < 1024) {
-    DieIfError(kProgram, absl::InvalidArgumentError("--conn-buffer must be at least 1024 bytes"));
-  }
+  if (!bind.ok()) CommandLineError(bind.status().message());
+  CheckBytes("conn-buffer", o.conn_buffer, kMinConnBuffer, kMaxConnBuffer);
+  CheckDuration("grace", o.grace, kMaxGrace);
+  CheckDuration("idle-timeout", o.idle_timeout, kMaxIdleTimeout);
   ServerConfig config;
   config.backend = o.backend;
   config.bind = *bind;
@@ -111,6 +173,26 @@ ServerConfig BuildConfig(const Options& o, const std::vector<std::string>& args)
   config.sqpoll = o.sqpoll;
   config.shards =
       o.shards > 0 ? static_cast<int>(o.shards) : static_cast<int>(AllowedCpus().size());
+  config.idle_timeout = o.idle_timeout;
+
+  if (o.max_conns_per_ip == kAuto) {
+    config.max_conns_per_ip = config.max_conns / kDefaultConnsPerIpDivisor;
+  } else {
+    std::int64_t n = 0;
+    if (!absl::SimpleAtoi(o.max_conns_per_ip, &n) || n < 0 || n > kMaxConnsLimit) {
+      CommandLineError(absl::StrCat("--max-conns-per-ip='", o.max_conns_per_ip,
+                                    "': expected auto or an integer from 0 to ", kMaxConnsLimit));
+    }
+    config.max_conns_per_ip = static_cast<std::size_t>(n);
+  }
+  if (o.output_budget == kAuto) {
+    config.output_budget = DefaultOutputBudget(config.shards);
+  } else {
+    absl::StatusOr<std::uint64_t> budget = ParseBytes(o.output_budget);
+    if (!budget.ok()) CommandLineError(absl::StrCat("--output-budget=", budget.status().message()));
+    if (*budget != 0) CheckBytes("output-budget", *budget, kMinOutputBudget, kMaxOutputBudget);
+    config.output_budget = *budget;
+  }
   return config;
 }
 

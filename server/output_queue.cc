@@ -7,12 +7,23 @@
 
 namespace upcase {
 
-OutputPool::OutputPool(std::size_t buffer_size)
+OutputPool::OutputPool(std::size_t buffer_size, std::size_t budget)
     : buffer_size_(buffer_size),
-      max_spares_(
-          std::max<std::size_t>(1, kMaxSpareBytes / std::max<std::size_t>(buffer_size, 1))) {}
+      max_spares_(std::max<std::size_t>(1, kMaxSpareBytes / std::max<std::size_t>(buffer_size, 1))),
+      budget_(budget),
+      low_water_(budget / 4 * 3) {}
+
+std::size_t OutputPool::OverBudgetAllowance(std::size_t size) const {
+  const std::size_t share = budget_ / std::max<std::size_t>(holders_, 1);
+  const std::size_t ceiling = 2 * budget_;
+  const std::size_t left = queued_ < ceiling ? ceiling - queued_ : 0;
+  std::size_t allowed = std::min({buffer_size_, share, size + left});
+  if (size == 0) allowed = std::max(allowed, std::min(buffer_size_, kMinShare));
+  return allowed;
+}
 
 std::unique_ptr<char[]> OutputPool::Take() {
+  ++holders_;
   if (spares_.empty()) return std::make_unique_for_overwrite<char[]>(buffer_size_);
   std::unique_ptr<char[]> buffer = std::move(spares_.back());
   spares_.pop_back();
@@ -20,6 +31,7 @@ std::unique_ptr<char[]> OutputPool::Take() {
 }
 
 void OutputPool::Give(std::unique_ptr<char[]> buffer) {
+  --holders_;
   if (spares_.size() < max_spares_) spares_.push_back(std::move(buffer));
 }
 
@@ -29,6 +41,7 @@ void OutputQueue::Add(const char* data, std::size_t n, bool uppercase) {
     ring_ = pool_->Take();
     head_ = 0;
   }
+  pool_->Added(n);
   const std::size_t cap = pool_->buffer_size();
   const std::size_t into_ring = overflow_.empty() ? std::min(n, cap - ring_size_) : 0;
   CopyIn(data, into_ring, uppercase);
@@ -57,6 +70,7 @@ void OutputQueue::CopyIn(const char* data, std::size_t n, bool uppercase) {
 }
 
 void OutputQueue::Consume(std::size_t n) {
+  pool_->Removed(n);
   const std::size_t cap = pool_->buffer_size();
   head_ += n;
   if (head_ >= cap) head_ -= cap;
@@ -72,6 +86,7 @@ void OutputQueue::Consume(std::size_t n) {
 }
 
 void OutputQueue::Clear() {
+  pool_->Removed(size());
   if (ring_ != nullptr) pool_->Give(std::move(ring_));
   head_ = ring_size_ = 0;
   std::vector<char>().swap(overflow_);

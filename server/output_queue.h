@@ -15,6 +15,16 @@
 // shard's OutputPool, which keeps a few spares, so a bulk client whose queue fills and drains over
 // and over does not free and fault in --conn-buffer bytes each time. Spares are bounded in bytes,
 // so memory stays bounded: at most one buffer per connection with output waiting, plus the spares.
+//
+// Why a budget (--output-budget): --conn-buffer bounds one connection, but thousands of clients
+// that never read would each fill theirs. The pool counts the unsent output of all its queues;
+// above the budget, a queue may hold no more than a fair share of it (the budget divided by the
+// queues holding output), so the connections holding the most stop being read (their room() is
+// 0) while those holding little, or none, are still served; and all of them together stop at
+// twice the budget. The budget applies until the total falls to three quarters of it
+// (hysteresis, so reading does not flap at the line). An empty queue may always take a few KiB
+// (kMinShare): its connection would otherwise never be woken again. So a shard's unsent output
+// stays below twice the budget, plus kMinShare for each queue that was empty at that ceiling.
 #ifndef UPCASE_SERVER_OUTPUT_QUEUE_H_
 #define UPCASE_SERVER_OUTPUT_QUEUE_H_
 
@@ -32,13 +42,29 @@ class OutputPool {
   // Spare buffers are kept while they total at most this many bytes (and always one).
   static constexpr std::size_t kMaxSpareBytes = 4 << 20;
 
-  explicit OutputPool(std::size_t buffer_size);
+  // `budget`: the unsent output of all queues above which they are held to a fair share; 0: none.
+  explicit OutputPool(std::size_t buffer_size, std::size_t budget = 0);
   OutputPool(const OutputPool&) = delete;
   OutputPool& operator=(const OutputPool&) = delete;
 
   std::size_t buffer_size() const { return buffer_size_; }
   std::size_t max_spares() const { return max_spares_; }
   std::size_t spares() const { return spares_.size(); }
+  // Unsent bytes in all queues of this pool, and the queues holding some.
+  std::size_t queued() const { return queued_; }
+  std::size_t holders() const { return holders_; }
+  // Set when queued() went above the budget; cleared once it is down to 3/4 of it.
+  bool over_budget() const { return over_budget_; }
+
+  // What an empty queue may always take, over the budget too (see the file comment).
+  static constexpr std::size_t kMinShare = 4096;
+
+  // How much a queue holding `size` bytes may hold now: the cap; over the budget, its fair share
+  // when smaller, and no more than the shard's total may still grow under twice the budget.
+  std::size_t Allowance(std::size_t size) const {
+    if (!over_budget_) return buffer_size_;
+    return OverBudgetAllowance(size);
+  }
 
   // A spare buffer, or a new one whose pages stay out of the resident set until written.
   std::unique_ptr<char[]> Take();
@@ -46,9 +72,26 @@ class OutputPool {
   void Give(std::unique_ptr<char[]> buffer);
 
  private:
+  friend class OutputQueue;
+  std::size_t OverBudgetAllowance(std::size_t size) const;
+  // Queues report what they took in and handed on.
+  void Added(std::size_t n) {
+    queued_ += n;
+    if (budget_ != 0 && queued_ > budget_) over_budget_ = true;
+  }
+  void Removed(std::size_t n) {
+    queued_ -= n;
+    if (queued_ <= low_water_) over_budget_ = false;
+  }
+
   const std::size_t buffer_size_;
   const std::size_t max_spares_;
+  const std::size_t budget_;     // 0: none
+  const std::size_t low_water_;  // 3/4 of the budget
   std::vector<std::unique_ptr<char[]>> spares_;
+  std::size_t queued_ = 0;   // sum of the queues' size()
+  std::size_t holders_ = 0;  // buffers taken and not given back: queues holding output
+  bool over_budget_ = false;
 };
 
 // Unsent output of one connection, in order. Holds storage from its pool only while non-empty.
@@ -68,10 +111,10 @@ class OutputQueue {
 
   bool empty() const { return size() == 0; }
   std::size_t size() const { return ring_size_ + overflow_.size(); }
-  // How much more fits under the cap.
+  // How much more fits under the cap, or over the output budget under the fair share.
   std::size_t room() const {
-    const std::size_t cap = pool_->buffer_size();
-    return size() < cap ? cap - size() : 0;
+    const std::size_t allowed = pool_->Allowance(size());
+    return size() < allowed ? allowed - size() : 0;
   }
 
   // Appends n bytes as they are.

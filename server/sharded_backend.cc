@@ -65,6 +65,7 @@ absl::StatusOr<Endpoints> ShardedBackend::Open() {
     if (!listeners->udp.empty()) setup.udp = std::move(listeners->udp[i]);
     setup.max_conns = (config_.max_conns + count - 1) / count;
     setup.stop_fd = stop_.get();
+    setup.per_address = &per_address_;
     absl::StatusOr<std::unique_ptr<ReactorShard>> shard = CreateShard(std::move(setup));
     if (!shard.ok()) return shard.status();
     shards_.push_back(*std::move(shard));

@@ -21,6 +21,7 @@
 #include "common/net.h"
 #include "server/backend.h"
 #include "server/config.h"
+#include "server/limits.h"
 #include "server/output_queue.h"
 #include "server/stats.h"
 
@@ -30,11 +31,14 @@ namespace upcase {
 // state every reactor has is here; a backend's shard adds its kernel interface and connections.
 class ReactorShard {
  public:
-  ReactorShard(const ServerConfig& config, std::size_t max_conns, int stop_fd)
+  ReactorShard(const ServerConfig& config, std::size_t max_conns, int stop_fd,
+               ConnsPerAddress* per_address)
       : config_(config),
         max_conns_(max_conns),
         stop_fd_(stop_fd),
-        output_pool_(config.conn_buffer) {}
+        per_address_(*per_address),
+        idle_(config.idle_timeout),
+        output_pool_(config.conn_buffer, config.output_budget) {}
   virtual ~ReactorShard() = default;
   ReactorShard(const ReactorShard&) = delete;
   ReactorShard& operator=(const ReactorShard&) = delete;
@@ -46,8 +50,10 @@ class ReactorShard {
 
  protected:
   const ServerConfig& config_;
-  const std::size_t max_conns_;  // this shard's share of --max-conns
-  const int stop_fd_;            // the backend's eventfd; readable once Stop() was called
+  const std::size_t max_conns_;   // this shard's share of --max-conns
+  const int stop_fd_;             // the backend's eventfd; readable once Stop() was called
+  ConnsPerAddress& per_address_;  // --max-conns-per-ip: shared by every shard (thread-safe)
+  IdleClock idle_;                // --idle-timeout: advanced by the shard's own timer
   // Storage for the connections' output queues. A base member, so it outlives the connections.
   OutputPool output_pool_;
   ShardStats stats_;  // read by stats() once Run() has returned
@@ -63,11 +69,14 @@ struct ShardSetup {
   std::size_t max_conns = 0;
   // Readable once Stop() was called, and from then on (never read: every shard sees it).
   int stop_fd = -1;
+  // --max-conns-per-ip, one table for all shards; owned by the backend.
+  ConnsPerAddress* per_address = nullptr;
 };
 
 class ShardedBackend : public Backend {
  public:
-  explicit ShardedBackend(const ServerConfig& config) : config_(config) {}
+  explicit ShardedBackend(const ServerConfig& config)
+      : config_(config), per_address_(config.max_conns_per_ip) {}
 
   absl::StatusOr<Endpoints> Open() final;
   absl::Status Run() final;
@@ -83,13 +92,14 @@ class ShardedBackend : public Backend {
 
  private:
   const ServerConfig config_;
+  ConnsPerAddress per_address_;                        // shared by the shards; outlives them
   Fd stop_;                                            // eventfd
   std::vector<int> cpus_;                              // --pin: shard i runs on cpus_[i % size]
   std::vector<std::unique_ptr<ReactorShard>> shards_;  // fixed once Open() returned
 };
 
 // The ShardedBackend of a backend whose shard class is `Shard`: constructed with
-// (config, max_conns, stop_fd), then Init(tcp, udp) in Open().
+// (config, max_conns, stop_fd, per_address), then Init(tcp, udp) in Open().
 template <typename Shard>
 class ShardedBackendOf final : public ShardedBackend {
  public:
@@ -97,7 +107,8 @@ class ShardedBackendOf final : public ShardedBackend {
 
  private:
   absl::StatusOr<std::unique_ptr<ReactorShard>> CreateShard(ShardSetup setup) override {
-    auto shard = std::make_unique<Shard>(config(), setup.max_conns, setup.stop_fd);
+    auto shard =
+        std::make_unique<Shard>(config(), setup.max_conns, setup.stop_fd, setup.per_address);
     if (absl::Status s = shard->Init(std::move(setup.tcp), std::move(setup.udp)); !s.ok()) return s;
     return shard;
   }

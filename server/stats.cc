@@ -9,12 +9,15 @@ ShardStats& ShardStats::operator+=(const ShardStats& o) {
   accepted += o.accepted;
   closed += o.closed;
   rejected += o.rejected;
+  per_ip_refused += o.per_ip_refused;
+  idle_closed += o.idle_closed;
   accept_errors += o.accept_errors;
   bytes_in += o.bytes_in;
   bytes_out += o.bytes_out;
   datagrams_in += o.datagrams_in;
   datagrams_out += o.datagrams_out;
   udp_drops += o.udp_drops;
+  udp_refused += o.udp_refused;
   conn_resets += o.conn_resets;
   provided_buffer_bytes += o.provided_buffer_bytes;
   return *this;
@@ -22,10 +25,12 @@ ShardStats& ShardStats::operator+=(const ShardStats& o) {
 
 std::string FormatShardStats(int shard, const ShardStats& s) {
   return absl::StrFormat(
-      "shard %d: accepted=%d active=%d closed=%d rejected=%d accept_errors=%d resets=%d "
-      "bytes_in=%d bytes_out=%d datagrams_in=%d datagrams_out=%d udp_drops=%d",
-      shard, s.accepted, s.active(), s.closed, s.rejected, s.accept_errors, s.conn_resets,
-      s.bytes_in, s.bytes_out, s.datagrams_in, s.datagrams_out, s.udp_drops);
+      "shard %d: accepted=%d active=%d closed=%d rejected=%d per_ip_refused=%d idle_closed=%d "
+      "accept_errors=%d resets=%d bytes_in=%d bytes_out=%d datagrams_in=%d datagrams_out=%d "
+      "udp_drops=%d udp_refused=%d",
+      shard, s.accepted, s.active(), s.closed, s.rejected, s.per_ip_refused, s.idle_closed,
+      s.accept_errors, s.conn_resets, s.bytes_in, s.bytes_out, s.datagrams_in, s.datagrams_out,
+      s.udp_drops, s.udp_refused);
 }
 
 namespace {
@@ -34,6 +39,8 @@ nlohmann::json ToJson(const ShardStats& s) {
           {"active", s.active()},
           {"closed", s.closed},
           {"rejected", s.rejected},
+          {"per_ip_refused", s.per_ip_refused},
+          {"idle_closed", s.idle_closed},
           {"accept_errors", s.accept_errors},
           {"conn_resets", s.conn_resets},
           {"bytes_in", s.bytes_in},
@@ -41,6 +48,7 @@ nlohmann::json ToJson(const ShardStats& s) {
           {"datagrams_in", s.datagrams_in},
           {"datagrams_out", s.datagrams_out},
           {"udp_drops", s.udp_drops},
+          {"udp_refused", s.udp_refused},
           {"provided_buffer_bytes", s.provided_buffer_bytes}};
 }
 }  // namespace

@@ -12,15 +12,20 @@
 namespace upcase {
 
 struct ShardStats {
-  std::uint64_t accepted = 0;       // TCP connections taken into service
-  std::uint64_t closed = 0;         // of those, ended
-  std::uint64_t rejected = 0;       // over --max-conns: accepted and closed at once
-  std::uint64_t accept_errors = 0;  // accept failures other than EAGAIN (EMFILE, ENFILE, ...)
-  std::uint64_t bytes_in = 0;       // TCP payload bytes read
-  std::uint64_t bytes_out = 0;      // TCP payload bytes written
+  std::uint64_t accepted = 0;        // TCP connections taken into service
+  std::uint64_t closed = 0;          // of those, ended
+  std::uint64_t rejected = 0;        // over --max-conns: accepted and closed at once
+  std::uint64_t per_ip_refused = 0;  // over --max-conns-per-ip: accepted and closed at once
+  std::uint64_t idle_closed = 0;     // closed after --idle-timeout without progress
+  std::uint64_t accept_errors = 0;   // accept failures other than EAGAIN (EMFILE, ENFILE, ...)
+  std::uint64_t bytes_in = 0;        // TCP payload bytes read
+  std::uint64_t bytes_out = 0;       // TCP payload bytes written
   std::uint64_t datagrams_in = 0;
   std::uint64_t datagrams_out = 0;
-  std::uint64_t udp_drops = 0;    // replies not sent (socket buffer full or send error)
+  std::uint64_t udp_drops = 0;  // replies not sent (socket buffer full or send error)
+  // Datagrams not answered by policy (server/limits.h): from a source port below 1024 or from
+  // the server's own port. datagrams_in == datagrams_out + udp_drops + udp_refused.
+  std::uint64_t udp_refused = 0;
   std::uint64_t conn_resets = 0;  // connections ended by ECONNRESET / EPIPE
   // Memory the shard shares among its connections as buffers handed to the kernel: uring's
   // provided buffers (the ring grows on ENOBUFS, so at exit this is its peak); 0 for the other

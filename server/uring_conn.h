@@ -11,6 +11,7 @@
 #include <deque>
 #include <vector>
 
+#include "server/limits.h"
 #include "server/output_queue.h"
 #include "server/uring_ring.h"
 
@@ -78,6 +79,8 @@ struct Conn {
   msghdr msg{};                  // ... pointing at `iov`
   std::uint64_t read_total = 0;  // bytes received on this connection
   std::uint64_t read_limit = UINT64_MAX;  // shutdown: what the kernel held when Stop() came
+  PeerKey peer;                           // the client's address: its slot in the per-address table
+  std::uint32_t last_progress = 0;        // IdleClock tick of the last byte received or sent
 
   std::size_t Unsent() const { return out.size() + held_bytes; }
   bool closing() const { return life == Life::kClosing || life == Life::kCancelled; }

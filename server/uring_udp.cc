@@ -5,6 +5,7 @@
 #include "common/uppercase.h"
 #include "server/blocking_io.h"
 #include "server/config.h"
+#include "server/limits.h"
 
 namespace upcase {
 namespace {
@@ -17,6 +18,9 @@ constexpr std::uint32_t kBufferSize =
 absl::Status UringUdp::Init(Fd socket, std::uint16_t group) {
   fd_ = std::move(socket);
   if (!fd_.valid()) return absl::OkStatus();
+  absl::StatusOr<SocketAddress> local = LocalAddress(fd_.get());
+  if (!local.ok()) return local.status();
+  own_port_ = local->port();
   if (absl::Status s = buffers_.Init(ring_->get(), group, kBuffers, kBufferSize, kBuffers);
       !s.ok()) {
     return s;
@@ -65,6 +69,10 @@ void UringUdp::HandleRecv(const io_uring_cqe& cqe) {
         out->payloadlen > kMaxDatagram) {
       // Larger than any reply we may send (IPv6 allows 65527 bytes; the buffer has room).
       ++stats_->udp_drops;
+      buffers_.Return(bid);
+    } else if (RefuseDatagram(static_cast<const sockaddr*>(io_uring_recvmsg_name(out)),
+                              own_port_)) {
+      ++stats_->udp_refused;  // a well-known port or ourselves: a reply could loop
       buffers_.Return(bid);
     } else {
       void* payload = io_uring_recvmsg_payload(out, &recv_msg_);

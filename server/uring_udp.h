@@ -72,6 +72,7 @@ class UringUdp {
   msghdr recv_msg_{};           // layout template for multishot recvmsg: name, no control
   std::vector<Reply> replies_;  // indexed by buffer id
   std::uint32_t sends_ = 0;     // replies in flight, each holding its buffer
+  std::uint16_t own_port_ = 0;  // the socket's port: datagrams from it are refused (limits.h)
   bool recv_armed_ = false;     // a multishot recvmsg is in the kernel
   bool stopped_ = false;
 };

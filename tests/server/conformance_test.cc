@@ -239,6 +239,37 @@ TEST_P(ConformanceTest, LabClientThroughAPipe) {
   }
 }
 
+// upcase-client sends and receives at once (poll): a line far larger than the socket buffers
+// between it and the server comes back whole. Sending all of it before reading deadlocks: the
+// server stops reading while its replies wait for the client to read them. The 8 MiB fit
+// into loopback's autotuned buffers here (tcp_rmem up to 32 MiB); the old client hung from
+// 16 MiB on, so the test sends 32.
+TEST_P(ConformanceTest, LabClientHandlesA32MebibyteLine) {
+  std::string line(32 << 20, '\0');
+  for (std::size_t i = 0; i < line.size(); ++i) line[i] = static_cast<char>('a' + i % 26);
+  testing::Subprocess client;
+  ASSERT_TRUE(client
+                  .Start({testing::BinaryPath("upcase-client"), "tcp", "127.0.0.1",
+                          absl::StrCat(server_->tcp_port)},
+                         /*pipe_stdin=*/true)
+                  .ok());
+  absl::Status write_status;
+  std::thread writer([&] {
+    write_status = client.WriteStdin(line + "\n");
+    client.CloseStdin();
+  });
+  absl::StatusOr<std::string> out = client.ReadAll(absl::Seconds(30));
+  writer.join();
+  ASSERT_TRUE(write_status.ok()) << write_status;
+  ASSERT_TRUE(out.ok()) << out.status() << " (the client deadlocked?) " << client.Stderr();
+  const std::string reply = absl::StrCat("Return text from the server: ", testing::Expected(line));
+  EXPECT_NE(out->find(reply + "\n"), std::string::npos)
+      << out->size() << " bytes of output; stderr: " << client.Stderr();
+  absl::StatusOr<int> status = client.Wait();
+  ASSERT_TRUE(status.ok());
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << client.Stderr();
+}
+
 INSTANTIATE_TEST_SUITE_P(AllBackends, ConformanceTest, ::testing::ValuesIn(AllVariants()),
                          [](const ::testing::TestParamInfo<Variant>& p) {
                            return absl::StrCat(p.param.backend, "_shards", p.param.shards);

@@ -18,7 +18,10 @@
 // exactly that (no answer while the first client is connected, the answer once it is gone)
 // instead of the concurrent backends' behaviour. README "Limits and failure behaviour" lists the
 // figures asserted here.
+#include <arpa/inet.h>
 #include <linux/sockios.h>
+#include <netinet/ip.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -30,6 +33,7 @@
 #include <cstdint>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <random>
 #include <set>
@@ -1235,6 +1239,539 @@ TEST_P(FaultTest, SigtermAnswersDatagramsAlreadyQueued) {
   nlohmann::json stats = Finish();
   EXPECT_EQ(replies, expected) << replies.size() << " of " << kDatagrams << " answered";
   EXPECT_EQ(stats["total"]["datagrams_out"].get<int>(), kDatagrams + 1) << stats.dump();
+}
+
+// ---- SIGTERM while clients are still sending ----
+
+// Runs the server under strace, tampering with the `when`-th call of `syscall` in each thread as
+// `tamper` says (strace -e inject, e.g. "error=EIO" or "delay_exit=1s"), and logging that
+// syscall to `log`.
+std::vector<std::string> Injecting(const std::string& syscall, const std::string& tamper, int when,
+                                   const std::string& log) {
+  return {"strace", "-f",
+          "-qq",    "--seccomp-bpf",
+          "-o",     log,
+          "-e",     absl::StrCat("trace=", syscall),
+          "-e",     absl::StrCat("inject=", syscall, ":", tamper, ":when=", when)};
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// A connection that sends a deterministic stream and checks every reply byte. `acked_at_signal`
+// is what the server's kernel had acknowledged when the client saw the stop and stopped sending.
+struct Streamer {
+  Fd fd;
+  std::uint64_t sent = 0;
+  std::uint64_t received = 0;
+  std::uint64_t acked_at_signal = 0;
+  bool eof = false;
+  int recv_errno = 0;
+  std::string mismatch;
+  bool done() const { return eof || recv_errno != 0; }
+};
+
+class StreamLoad {
+ public:
+  static constexpr std::size_t kBlock = 1 << 20;  // the stream repeats this block
+  static constexpr std::size_t kChunk = 64 << 10;
+
+  StreamLoad(std::uint16_t port, int clients)
+      : block_(RandomBytes(kBlock, 2718)), expected_(Expected(block_)) {
+    for (int i = 0; i < clients; ++i) {
+      absl::StatusOr<Fd> fd = ConnectTcp(port);
+      EXPECT_TRUE(fd.ok()) << fd.status();
+      if (!fd.ok()) continue;
+      streamers_.emplace_back();
+      streamers_.back().fd = *std::move(fd);
+    }
+  }
+  std::vector<Streamer>& streamers() { return streamers_; }
+
+  // Sends and receives on every connection for `duration`.
+  void SendFor(absl::Duration duration) {
+    const absl::Time end = absl::Now() + duration;
+    while (absl::Now() < end) Step(/*sending=*/true, 10);
+  }
+
+  // Goes on sending and receiving until a new connection to `port` is refused (the server has
+  // closed its listener: the stop is seen), then sends no more. False at the deadline.
+  bool SendUntilRefused(std::uint16_t port, absl::Time deadline) {
+    while (absl::Now() < deadline) {
+      Step(/*sending=*/true, 1);
+      if (!ConnectTcp(port, "127.0.0.1", absl::Seconds(1)).ok()) return true;
+    }
+    return false;
+  }
+
+  // Sends nothing more; reads until every connection ended or `deadline`. False on the deadline.
+  bool ReceiveUntilEof(absl::Time deadline) {
+    while (!std::all_of(streamers_.begin(), streamers_.end(),
+                        [](const Streamer& s) { return s.done(); })) {
+      if (absl::Now() >= deadline) return false;
+      Step(/*sending=*/false, 100);
+    }
+    return true;
+  }
+
+ private:
+  void Step(bool sending, int timeout_ms) {
+    std::vector<pollfd> pfds;
+    for (Streamer& s : streamers_) {
+      pfds.push_back(
+          {s.fd.get(), static_cast<short>(s.done() ? 0 : POLLIN | (sending ? POLLOUT : 0)), 0});
+    }
+    if (::poll(pfds.data(), pfds.size(), timeout_ms) < 0 && errno != EINTR) {
+      ADD_FAILURE() << "poll: " << std::strerror(errno);
+      return;
+    }
+    for (std::size_t i = 0; i < pfds.size(); ++i) {
+      if (pfds[i].revents & POLLOUT) Send(streamers_[i]);
+      if (pfds[i].revents & (POLLIN | POLLERR | POLLHUP)) Receive(streamers_[i]);
+    }
+  }
+
+  void Send(Streamer& s) {
+    const std::size_t at = s.sent % kBlock;
+    const ssize_t n = ::send(s.fd.get(), block_.data() + at, std::min(kChunk, kBlock - at),
+                             MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) s.sent += static_cast<std::uint64_t>(n);
+  }
+
+  void Receive(Streamer& s) {
+    char buf[kChunk];
+    const ssize_t n = ::recv(s.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0) {
+      s.eof = true;
+      return;
+    }
+    if (n < 0) {
+      if (errno != EAGAIN && errno != EINTR) s.recv_errno = errno;
+      return;
+    }
+    for (ssize_t k = 0; k < n && s.mismatch.empty(); ++k) {
+      if (buf[k] != expected_[(s.received + static_cast<std::uint64_t>(k)) % kBlock]) {
+        s.mismatch = absl::StrCat("reply byte ", s.received + static_cast<std::uint64_t>(k));
+      }
+    }
+    s.received += static_cast<std::uint64_t>(n);
+  }
+
+  const std::string block_;
+  const std::string expected_;
+  std::vector<Streamer> streamers_;
+};
+
+// The shutdown snapshot (server/shutdown.h): every byte the server's kernel had received when
+// the stop came is answered. The clients send continuously while SIGTERM arrives, and stop
+// sending once they see the stop (a new connection is refused: the listener is closed); every
+// byte the server's kernel had acknowledged by then must come back. That holds only if the
+// clients see the stop before the server counts what it received, so strace holds each count up
+// for a second.
+//
+// uring used to count in the middle of a batch of completions: bytes whose completions came
+// later in the batch than the stop's were in neither count, and as many bytes at the end went
+// unanswered. Whether a batch holds such a completion is up to timing, so the test stops the
+// server a few times (see the commit message for how often the old code failed).
+TEST_P(FaultTest, SigtermWhileClientsSendAnswersEveryByteSentBeforeTheStopWasSeen) {
+  if (!InPath("strace")) GTEST_SKIP() << "strace not installed";
+  constexpr int kRounds = 5;
+  constexpr absl::Duration kLoad = absl::Milliseconds(200);
+  // Iterative serves one connection; the others would wait in the backlog, never accepted.
+  const int clients = OneClientAtATime(GetParam()) ? 1 : 16;
+  const std::string log = testing::StatsPathForCurrentTest("strace") + ".log";
+  // Every backend counts with ioctl(SIOCINQ), its first ioctl in each thread, once the listener
+  // is closed (or, in the blocking backends, as it is being closed on another thread): each
+  // thread's count waits a second.
+  const std::vector<std::string> hold_up = Injecting("ioctl", "delay_enter=1s", 1, log);
+  for (int round = 0; round < kRounds; ++round) {
+    SCOPED_TRACE(absl::StrCat("round ", round));
+    ASSERT_NO_FATAL_FAILURE(
+        Start({"--bind=127.0.0.1", "--proto=tcp", "--conn-buffer=64K", "--grace=20s"}, hold_up));
+    StreamLoad load(server_->tcp_port, clients);
+    ASSERT_EQ(load.streamers().size(), static_cast<std::size_t>(clients));
+    load.SendFor(kLoad);
+    const pid_t server = testing::OnlyChild(pid());  // strace would detach on SIGTERM
+    ASSERT_GT(server, 0);
+    ::kill(server, SIGTERM);
+    ASSERT_TRUE(load.SendUntilRefused(server_->tcp_port, absl::Now() + absl::Seconds(20)))
+        << "the server still accepts 20 s after SIGTERM";
+    for (Streamer& s : load.streamers()) s.acked_at_signal = s.sent - Unacknowledged(s.fd.get());
+    ASSERT_TRUE(load.ReceiveUntilEof(absl::Now() + absl::Seconds(30)))
+        << "connections still open 30 s after SIGTERM";
+    nlohmann::json stats = Finish();
+    for (std::size_t i = 0; i < load.streamers().size(); ++i) {
+      const Streamer& s = load.streamers()[i];
+      SCOPED_TRACE(absl::StrCat("client ", i, ": sent ", s.sent, ", acknowledged ",
+                                s.acked_at_signal, " when the stop was seen, received ",
+                                s.received));
+      EXPECT_EQ(s.mismatch, "");
+      EXPECT_TRUE(s.eof) << "not a clean EOF: " << std::strerror(s.recv_errno);
+      EXPECT_GE(s.received, s.acked_at_signal)
+          << (s.acked_at_signal - std::min(s.received, s.acked_at_signal))
+          << " bytes the server had received were not answered";
+    }
+    EXPECT_EQ(stats["total"]["bytes_in"], stats["total"]["bytes_out"]) << stats.dump();
+    EXPECT_NE(ReadFile(log).find("(DELAYED)"), std::string::npos) << ReadFile(log);
+    ::unlink(log.c_str());
+    if (::testing::Test::HasFailure()) break;
+  }
+}
+
+// ---- abuse: UDP loops, idle connections, one address taking every slot, memory ----
+
+// Sends one UDP datagram with a forged source address and port, through a raw IPv4 socket
+// (IPPROTO_RAW: the IP header is ours). Root only. The UDP checksum is 0, "none" over IPv4; the
+// kernel fills in the IP header's.
+absl::Status SendForged(const std::string& src_ip, std::uint16_t src_port,
+                        const std::string& dst_ip, std::uint16_t dst_port,
+                        const std::string& payload) {
+  Fd raw(::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  if (!raw.valid()) return ErrnoError("socket(AF_INET, SOCK_RAW, IPPROTO_RAW)", errno);
+  iphdr ip{};
+  ip.version = 4;
+  ip.ihl = sizeof ip / 4;
+  ip.ttl = 64;
+  ip.protocol = IPPROTO_UDP;
+  ip.tot_len = htons(static_cast<std::uint16_t>(sizeof(iphdr) + sizeof(udphdr) + payload.size()));
+  if (::inet_pton(AF_INET, src_ip.c_str(), &ip.saddr) != 1 ||
+      ::inet_pton(AF_INET, dst_ip.c_str(), &ip.daddr) != 1) {
+    return absl::InvalidArgumentError("not an IPv4 address");
+  }
+  udphdr udp{};
+  udp.source = htons(src_port);
+  udp.dest = htons(dst_port);
+  udp.len = htons(static_cast<std::uint16_t>(sizeof(udphdr) + payload.size()));
+  std::string packet(reinterpret_cast<const char*>(&ip), sizeof ip);
+  packet.append(reinterpret_cast<const char*>(&udp), sizeof udp);
+  packet.append(payload);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_addr.s_addr = ip.daddr;
+  if (::sendto(raw.get(), packet.data(), packet.size(), 0, reinterpret_cast<sockaddr*>(&to),
+               sizeof to) != static_cast<ssize_t>(packet.size())) {
+    return ErrnoError("sendto (raw)", errno);
+  }
+  return absl::OkStatus();
+}
+
+// How long a loop gets to show: datagrams bouncing between two servers on loopback go round
+// thousands of times in this window; without one, the servers answer nothing more.
+constexpr absl::Duration kLoopWindow = absl::Milliseconds(500);
+// "At most a handful" of datagrams answered in all.
+constexpr std::uint64_t kHandful = 4;
+
+// Two uppercase servers on one port (here two addresses, as two hosts would be). One datagram
+// from A's address and port to B's would bounce between them forever, as uppercasing is
+// idempotent: B refuses it, since it comes from B's own port.
+TEST_P(FaultTest, ForgedDatagramDoesNotBounceBetweenTwoServers) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: a raw socket forges the source address";
+  ASSERT_NO_FATAL_FAILURE(Start({"--bind=127.0.0.1", "--proto=udp"}));
+  const std::uint16_t port = server_->udp_port;
+  const std::string b_stats_path = testing::StatsPathForCurrentTest("fault-b");
+  absl::StatusOr<ServerProcess> b = testing::StartServerOnPort(
+      {absl::StrCat("--backend=", GetParam().backend), absl::StrCat("--shards=", GetParam().shards),
+       absl::StrCat("--stats-json=", b_stats_path), "--bind=127.0.0.2", "--proto=udp"},
+      port);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_TRUE(SendForged("127.0.0.1", port, "127.0.0.2", port, "ping pong").ok());
+  // Observing that nothing goes on (a loop would), not waiting for an event.
+  absl::SleepFor(kLoopWindow);
+  // Each server answers (or refuses) what its socket holds before it exits.
+  b->process.Signal(SIGTERM);
+  const nlohmann::json b_stats = testing::FinishWithStats(*b, b_stats_path);
+  const nlohmann::json a_stats = StopServer();
+  const std::uint64_t answered = a_stats["total"]["datagrams_out"].get<std::uint64_t>() +
+                                 b_stats["total"]["datagrams_out"].get<std::uint64_t>();
+  EXPECT_LE(answered, kHandful) << "A: " << a_stats.dump() << "\nB: " << b_stats.dump();
+  EXPECT_EQ(b_stats["total"]["datagrams_in"], 1) << b_stats.dump();
+  EXPECT_EQ(b_stats["total"]["udp_refused"], 1) << b_stats.dump();
+}
+
+// Replies to echo (7) or chargen (19), or to the server itself, would loop the same way.
+TEST_P(FaultTest, DatagramsFromWellKnownPortsOrTheServersOwnPortAreNotAnswered) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: a raw socket forges the source address";
+  ASSERT_NO_FATAL_FAILURE(Start({"--bind=127.0.0.1", "--proto=udp"}));
+  const std::uint16_t port = server_->udp_port;
+  for (std::uint16_t from : {std::uint16_t{7}, std::uint16_t{19}, std::uint16_t{1023}, port}) {
+    ASSERT_TRUE(SendForged("127.0.0.1", from, "127.0.0.1", port, "loop?").ok()) << from;
+  }
+  // An ordinary client is still answered.
+  absl::StatusOr<Fd> client = ConnectUdp(port, "127.0.0.1", absl::Seconds(1));
+  ASSERT_TRUE(client.ok()) << client.status();
+  bool answered = false;
+  for (int attempt = 0; attempt < 5 && !answered; ++attempt) {
+    ASSERT_EQ(::send(client->get(), "fine", 4, 0), 4) << std::strerror(errno);
+    char buf[16];
+    answered = ::recv(client->get(), buf, sizeof buf, 0) == 4 && std::string(buf, 4) == "FINE";
+  }
+  ASSERT_TRUE(answered);
+  // Observing that nothing goes on: a server answering itself would keep doing so.
+  absl::SleepFor(kLoopWindow);
+  const nlohmann::json stats = StopServer();
+  const nlohmann::json& total = stats["total"];
+  EXPECT_EQ(total["udp_refused"], 4) << stats.dump();
+  EXPECT_LE(total["datagrams_out"].get<std::uint64_t>(), 5u) << stats.dump();  // the client's
+  EXPECT_EQ(
+      total["datagrams_in"].get<std::uint64_t>(),
+      total["datagrams_out"].get<std::uint64_t>() + total["udp_drops"].get<std::uint64_t>() + 4)
+      << stats.dump();
+}
+
+// Whether anything (bytes, EOF, reset) arrived on `fd`, without waiting. Sets *closed on EOF or
+// an error.
+void PollClosed(int fd, bool* closed) {
+  char buf[64];
+  const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+  if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) *closed = true;
+}
+
+// --idle-timeout: a connection that neither sends nor reads is closed after the timeout, one that
+// sends a byte every quarter of it is not. Iterative serves the active client only once the idle
+// one is gone: the idle timeout is what frees the lab server from a client that went quiet.
+TEST_P(FaultTest, IdleConnectionIsClosedWhileAnActiveOneIsNot) {
+  constexpr absl::Duration kIdle = absl::Seconds(1);
+  ASSERT_NO_FATAL_FAILURE(Start({"--bind=127.0.0.1", "--proto=tcp", "--idle-timeout=1s"}));
+  Fd idle = Tcp();
+  ASSERT_EQ(RoundTripWithin(idle.get(), "then quiet").value_or("(none)"), "THEN QUIET");
+  const absl::Time idle_since = absl::Now();
+  Fd active = Tcp();
+  bool idle_closed = false;
+  absl::Time idle_closed_seen;
+  const absl::Time end = idle_since + 3 * kIdle;
+  int rounds = 0;
+  for (; absl::Now() < end; ++rounds) {
+    const std::string byte(1, static_cast<char>('a' + rounds % 26));
+    ASSERT_EQ(RoundTripWithin(active.get(), byte).value_or("(none)"), Expected(byte))
+        << "round " << rounds;
+    if (!idle_closed) {
+      PollClosed(idle.get(), &idle_closed);
+      if (idle_closed) idle_closed_seen = absl::Now();
+    }
+    SilentFor(idle.get(), kIdle / 4);  // the pace of the active client
+  }
+  if (!idle_closed) {
+    PollClosed(idle.get(), &idle_closed);
+    idle_closed_seen = absl::Now();
+  }
+  EXPECT_TRUE(idle_closed) << "the idle connection is still open after " << 3 * kIdle;
+  // Never before the timeout (less the kernel's timer granularity for SO_RCVTIMEO).
+  EXPECT_GE(idle_closed_seen - idle_since, kIdle - absl::Milliseconds(50));
+  EXPECT_GE(rounds, 8);
+  // Still served, then closed once it is quiet too.
+  ASSERT_EQ(RoundTripWithin(active.get(), "still here").value_or("(none)"), "STILL HERE");
+  EXPECT_EQ(RecvWithin(active.get(), 1, kIdle + kPrompt).status().code(),
+            absl::StatusCode::kUnavailable)
+      << "the active connection was not closed once it went quiet";
+  const nlohmann::json stats = StopServer();
+  EXPECT_EQ(stats["total"]["idle_closed"], 2) << stats.dump();
+}
+
+// A TCP client socket bound to `source` (any 127.0.0.0/8 address is local) connected to
+// 127.0.0.1:port, with the usual timeouts.
+absl::StatusOr<Fd> ConnectFrom(const std::string& source, std::uint16_t port) {
+  Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return ErrnoError("socket", errno);
+  const timeval tv = absl::ToTimeval(kPrompt);
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  absl::StatusOr<SocketAddress> local = ParseIpAddress(source, 0);
+  absl::StatusOr<SocketAddress> server = ParseIpAddress("127.0.0.1", port);
+  if (!local.ok() || !server.ok()) return absl::InvalidArgumentError("bad address");
+  if (::bind(fd.get(), local->get(), local->size()) != 0) return ErrnoError("bind", errno);
+  if (::connect(fd.get(), server->get(), server->size()) != 0) return ErrnoError("connect", errno);
+  return fd;
+}
+
+// --max-conns-per-ip: exactly N connections from one address, whatever shard each lands on (one
+// table for the whole server); the rest are closed at once, and another address still gets in.
+TEST_P(FaultTest, PerAddressCapLeavesRoomForOtherAddresses) {
+  if (OneClientAtATime(GetParam())) {
+    GTEST_SKIP() << "iterative holds one connection at a time: a cap of 1 or more never binds";
+  }
+  constexpr int kCap = 3;
+  constexpr int kTries = 10;  // from 127.0.0.1, over both shards
+  ASSERT_NO_FATAL_FAILURE(Start({"--bind=127.0.0.1", "--proto=tcp", "--max-conns=100",
+                                 absl::StrCat("--max-conns-per-ip=", kCap)}));
+  std::vector<Fd> served;
+  int turned_away = 0;
+  for (int i = 0; i < kTries; ++i) {
+    absl::StatusOr<Fd> fd = ConnectFrom("127.0.0.1", server_->tcp_port);
+    ASSERT_TRUE(fd.ok()) << fd.status();  // the kernel completes the handshake either way
+    const std::string request = absl::StrCat("from 127.0.0.1, number ", i);
+    absl::StatusOr<std::string> reply = RoundTripWithin(fd->get(), request);
+    if (reply.ok()) {
+      ASSERT_EQ(*reply, Expected(request));
+      served.push_back(*std::move(fd));
+    } else {
+      ASSERT_FALSE(absl::IsDeadlineExceeded(reply.status()))
+          << "connection " << i << " was neither served nor closed";
+      ++turned_away;
+    }
+  }
+  EXPECT_EQ(served.size(), static_cast<std::size_t>(kCap));
+  EXPECT_EQ(turned_away, kTries - kCap);
+
+  absl::StatusOr<Fd> other = ConnectFrom("127.0.0.2", server_->tcp_port);
+  ASSERT_TRUE(other.ok()) << other.status();
+  ASSERT_EQ(RoundTripWithin(other->get(), "from 127.0.0.2").value_or("(none)"), "FROM 127.0.0.2")
+      << "another address was turned away while 127.0.0.1 was at its cap";
+
+  // A slot given back is free again.
+  served.pop_back();
+  ASSERT_NO_FATAL_FAILURE(ExpectFdsBackToBaseline("after one client left", kCap));
+  absl::StatusOr<Fd> again = ConnectFrom("127.0.0.1", server_->tcp_port);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(RoundTripWithin(again->get(), "my turn").value_or("(none)"), "MY TURN");
+  served.clear();
+  const nlohmann::json stats = StopServer();
+  EXPECT_EQ(stats["total"]["per_ip_refused"], kTries - kCap) << stats.dump();
+}
+
+// Samples the server's RSS into *peak every 20 ms until it has grown by less than 1 MiB in half
+// a second (the server read all it was going to), for at most 30 s.
+void WaitForRssToSettle(pid_t server, std::uint64_t* peak) {
+  constexpr absl::Duration kQuiet = absl::Milliseconds(500);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  std::uint64_t at_last_growth = RssBytes(server).value_or(0);
+  absl::Time last_growth = absl::Now();
+  while (absl::Now() < deadline && absl::Now() - last_growth < kQuiet) {
+    pollfd none{-1, 0, 0};
+    ::poll(&none, 1, 20);  // sampling a figure in /proc: nothing to wait on
+    const std::uint64_t rss = RssBytes(server).value_or(0);
+    *peak = std::max(*peak, rss);
+    if (rss > at_last_growth + (1 << 20)) {
+      at_last_growth = rss;
+      last_growth = absl::Now();
+    }
+  }
+}
+
+// --output-budget: 200 clients that never read, each allowed 4 MiB of unsent output by
+// --conn-buffer (800 MiB in all), cost the server no more than about twice the budget per shard;
+// the connections holding the most stop being read, and another client is still served.
+TEST_P(FaultTest, OutputBudgetBoundsManyNeverReadingClientsWithLargeBuffers) {
+  constexpr int kClients = 200;
+  constexpr std::uint64_t kConnBuffer = 4 << 20;
+  constexpr std::uint64_t kBudget = 4 << 20;
+  // Twice the cap: loopback's socket buffers (the server's send buffer grows to a few MiB)
+  // take part of it, and without the budget the server's queues take the rest, up to the cap.
+  constexpr std::uint64_t kPerClient = 8 << 20;
+  constexpr absl::Duration kStalled = absl::Seconds(1);
+  if (RaiseFdLimit() < static_cast<std::uint64_t>(kClients) + 100) {
+    GTEST_SKIP() << "RLIMIT_NOFILE too low";
+  }
+  ASSERT_NO_FATAL_FAILURE(
+      Start({"--bind=127.0.0.1", "--proto=tcp", absl::StrCat("--conn-buffer=", kConnBuffer),
+             absl::StrCat("--output-budget=", kBudget)}));
+  const std::string data = RandomBytes(kPerClient, 17);
+  {
+    Fd warm = Tcp();
+    ASSERT_EQ(RoundTripWithin(warm.get(), data.substr(0, 64 * 1024)).value_or(""),
+              Expected(data.substr(0, 64 * 1024)));
+  }
+  ASSERT_NO_FATAL_FAILURE(ExpectFdsBackToBaseline("after the warm-up"));
+  absl::StatusOr<std::uint64_t> baseline = RssBytes(pid());
+  ASSERT_TRUE(baseline.ok()) << baseline.status();
+
+  std::vector<Fd> hogs;
+  for (int i = 0; i < kClients; ++i) {
+    hogs.push_back(Tcp());
+    ASSERT_TRUE(hogs.back().valid());
+    SetBuffer(hogs.back().get(), SO_RCVBUF, 4096);
+  }
+  std::uint64_t peak = *baseline;
+  testing::SendFromAllUntilStalled(hogs, data, kStalled, pid(), &peak);
+  // Loopback's socket buffers take most of what the clients sent at once: the server reads it
+  // into its queues afterwards, as fast as it can, until the budget (or each cap) stops it.
+  WaitForRssToSettle(pid(), &peak);
+
+  ASSERT_NO_FATAL_FAILURE(ExpectServedAlongsideHogs("anyone home?", 10, [&] { hogs.clear(); }));
+  ASSERT_NO_FATAL_FAILURE(ExpectFdsBackToBaseline("after the hogs left"));
+  const nlohmann::json stats = StopServer();
+  const std::uint64_t shared = ProvidedBufferBytes(stats);
+  // Blocking backends queue nothing (the budget does not apply). The reactors' queues stay
+  // within about twice the budget per shard, plus per-connection bookkeeping and the pool's
+  // spare buffer (OutputPool: at most 4 MiB of spares, or one buffer, per shard).
+  const std::uint64_t shards = static_cast<std::uint64_t>(GetParam().shards);
+  const std::uint64_t queues =
+      GetParam().sharded ? shards * (2 * kBudget + std::max<std::uint64_t>(4 << 20, kConnBuffer)) +
+                               kClients * (16u << 10)
+                         : kClients * MemoryPerBlockedClient(GetParam(), kConnBuffer);
+  const std::uint64_t bound = queues + shared + kRssSlack;
+  if (!kSanitized) {
+    EXPECT_LT(peak - *baseline, bound) << "RSS grew by " << (peak - *baseline) << " bytes with "
+                                       << kClients << " clients that never read (bound " << bound
+                                       << ", of which " << shared << " provided buffers)";
+  }
+}
+
+// ---- accept() errors and failed shutdown() calls, injected with strace ----
+
+// accept(2): errors of one pending connection (and EPERM from a firewall rule) are retried, and
+// running out of a resource is waited out; neither stops the server. strace makes the first
+// accept4 fail with each of them in turn.
+TEST_P(FaultTest, TransientAcceptErrorsDoNotStopTheServer) {
+  if (GetParam().backend == "uring") {
+    GTEST_SKIP() << "uring accepts inside the kernel (no accept4 call to inject into); "
+                    "limits_test covers the classifier it shares";
+  }
+  if (!InPath("strace")) GTEST_SKIP() << "strace not installed";
+  const std::string log = testing::StatsPathForCurrentTest("strace") + ".log";
+  for (const char* err : {"ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN", "EHOSTUNREACH",
+                          "ENETUNREACH", "ENOPROTOOPT", "ENOBUFS", "EMFILE"}) {
+    SCOPED_TRACE(err);
+    ASSERT_NO_FATAL_FAILURE(Start({"--bind=127.0.0.1", "--proto=tcp"},
+                                  Injecting("accept4", absl::StrCat("error=", err), 1, log)));
+    if (std::string(err) == "ENOBUFS" || std::string(err) == "EMFILE") {
+      // Out of a resource, epoll sheds the oldest pending connection with its spare descriptor
+      // (see "out of descriptors"), and strace counts calls per thread, so the first client of
+      // each shard may be closed at once: one of the next few is served.
+      bool served = false;
+      for (int attempt = 0; attempt <= GetParam().shards && !served; ++attempt) {
+        absl::StatusOr<Fd> fd = ConnectTcp(server_->tcp_port, "127.0.0.1", kPrompt);
+        ASSERT_TRUE(fd.ok()) << fd.status();
+        served = RoundTripWithin(fd->get(), "shed?").value_or("") == "SHED?";
+      }
+      EXPECT_TRUE(served);
+    } else {
+      ExpectServedPromptly(err);
+    }
+    // SIGTERM goes to the server itself: strace would forward it, but detach first.
+    const pid_t server = testing::OnlyChild(pid());
+    ASSERT_GT(server, 0);
+    ::kill(server, SIGTERM);
+    Finish();
+    EXPECT_NE(ReadFile(log).find("(INJECTED)"), std::string::npos) << ReadFile(log);
+    ::unlink(log.c_str());
+  }
+}
+
+// Stop() in the blocking backends wakes each blocked thread with shutdown(); a failure other than
+// ENOTCONN leaves a thread blocked until the grace period ends, and is reported on stderr.
+TEST_P(FaultTest, FailedShutdownAtStopIsReported) {
+  if (GetParam().sharded) {
+    GTEST_SKIP() << "the reactors end connections in their own loop: Stop() calls no shutdown()";
+  }
+  if (!InPath("strace")) GTEST_SKIP() << "strace not installed";
+  const std::string log = testing::StatsPathForCurrentTest("strace") + ".log";
+  // Stop's first shutdown() is the listener's, the second the connection's: that one fails.
+  ASSERT_NO_FATAL_FAILURE(Start({"--bind=127.0.0.1", "--proto=tcp", "--grace=1s"},
+                                Injecting("shutdown", "error=EIO", 2, log)));
+  Fd client = Tcp();
+  ASSERT_EQ(RoundTripWithin(client.get(), "in service").value_or("(none)"), "IN SERVICE");
+  const pid_t server = testing::OnlyChild(pid());
+  ASSERT_GT(server, 0);
+  ::kill(server, SIGTERM);
+  // The connection's thread wakes when the grace period ends (its second shutdown works).
+  Finish(absl::Seconds(15));
+  const std::string err = server_->process.Stderr();
+  EXPECT_NE(err.find("stop: shutdown connection"), std::string::npos) << err;
+  EXPECT_NE(err.find(std::strerror(EIO)), std::string::npos) << err;
+  EXPECT_NE(ReadFile(log).find("(INJECTED)"), std::string::npos) << ReadFile(log);
+  ::unlink(log.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, FaultTest, ::testing::ValuesIn(AllVariants()),

@@ -1,5 +1,5 @@
 // OutputQueue and OutputPool on their own: the cap, partial consumption, order across the ring's
-// wrap and the overflow, and storage handed back and reused.
+// wrap and the overflow, storage handed back and reused, and the shard's --output-budget.
 #include "server/output_queue.h"
 
 #include <string>
@@ -145,6 +145,85 @@ TEST(OutputPoolTest, SparesAreBoundedInBytes) {
   }
   queues.clear();  // every queue gives its storage back; the pool keeps only max_spares()
   EXPECT_EQ(small.spares(), small.max_spares());
+}
+
+// --output-budget: the pool counts every queue's unsent bytes; above the budget a queue may hold
+// only a fair share (budget / queues holding output), so the largest stop being read (room 0)
+// while small and empty ones still are; below three quarters of the budget the cap applies again.
+TEST(OutputPoolTest, OverTheBudgetTheLargestQueuesGetNoRoom) {
+  constexpr std::size_t kCap = 64 << 10;
+  constexpr std::size_t kBudget = 100 << 10;
+  OutputPool pool(kCap, kBudget);
+  OutputQueue big(&pool);
+  OutputQueue small(&pool);
+  OutputQueue empty(&pool);
+  const std::string data = RandomBytes(kCap, 3);
+  big.Append(data.data(), kCap);  // 64K: under the budget, the cap is all that counts
+  EXPECT_FALSE(pool.over_budget());
+  EXPECT_EQ(big.room(), 0u);
+  EXPECT_EQ(small.room(), kCap);
+  small.Append(data.data(), 40 << 10);  // 104K in all: over
+  EXPECT_EQ(pool.queued(), (104u << 10));
+  EXPECT_EQ(pool.holders(), 2u);
+  EXPECT_TRUE(pool.over_budget());
+  // The fair share is 50K: the 64K queue gets no room, the 40K one 10K, an empty one 50K.
+  EXPECT_EQ(pool.Allowance(0), 50u << 10);
+  EXPECT_EQ(big.room(), 0u);
+  EXPECT_EQ(small.room(), 10u << 10);
+  EXPECT_EQ(empty.room(), 50u << 10);
+
+  // Hysteresis: still over at 76K (above 3/4 of the budget, 75K)...
+  big.Consume(28 << 10);
+  EXPECT_EQ(pool.queued(), (76u << 10));
+  EXPECT_TRUE(pool.over_budget());
+  // ...and back to the cap at 75K.
+  big.Consume(1 << 10);
+  EXPECT_FALSE(pool.over_budget());
+  EXPECT_EQ(empty.room(), kCap);
+  EXPECT_EQ(small.room(), kCap - (40u << 10));
+
+  big.Clear();
+  small.Clear();
+  EXPECT_EQ(pool.queued(), 0u);
+  EXPECT_EQ(pool.holders(), 0u);
+}
+
+// Fair shares shrink as more queues hold output, so queues that filled to an earlier, larger
+// share could together pass the budget by far; the ceiling stops all of them at twice the budget,
+// except for the few KiB an empty queue may always take.
+TEST(OutputPoolTest, AllQueuesTogetherStopAtTwiceTheBudget) {
+  constexpr std::size_t kBudget = 64 << 10;
+  OutputPool pool(64 << 10, kBudget);
+  std::vector<std::unique_ptr<OutputQueue>> queues;
+  const std::string data = RandomBytes(64 << 10, 5);
+  // Each newcomer fills whatever room it gets, as a connection whose client never reads would.
+  for (int i = 0; i < 40; ++i) {
+    queues.push_back(std::make_unique<OutputQueue>(&pool));
+    OutputQueue& q = *queues.back();
+    const std::size_t room = q.room();
+    EXPECT_GE(room, std::min<std::size_t>(OutputPool::kMinShare, 64 << 10)) << "queue " << i;
+    q.Append(data.data(), room);
+    EXPECT_LE(pool.queued(), 2 * kBudget + (i + 1) * OutputPool::kMinShare) << "queue " << i;
+  }
+  EXPECT_TRUE(pool.over_budget());
+  EXPECT_LE(pool.queued(), 2 * kBudget + 40 * OutputPool::kMinShare);
+  // At the ceiling a queue holding something gets no more room; an empty one the minimum.
+  EXPECT_EQ(queues[1]->room(), 0u);
+  OutputQueue newcomer(&pool);
+  EXPECT_EQ(newcomer.room(), OutputPool::kMinShare) << "an empty queue can still be read";
+}
+
+TEST(OutputPoolTest, NoBudgetMeansTheCapOnly) {
+  OutputPool unbounded(64 << 10);  // budget 0: none
+  const std::string data = RandomBytes(4 << 10, 4);
+  std::vector<std::unique_ptr<OutputQueue>> queues;
+  for (int i = 0; i < 100; ++i) {
+    queues.push_back(std::make_unique<OutputQueue>(&unbounded));
+    queues.back()->Append(data.data(), data.size());
+  }
+  EXPECT_FALSE(unbounded.over_budget());
+  OutputQueue q(&unbounded);
+  EXPECT_EQ(q.room(), 64u << 10);
 }
 
 }  // namespace

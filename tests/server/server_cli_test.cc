@@ -62,6 +62,52 @@ TEST(ServerCliTest, BadInputGivesOneLineAndNonZeroExit) {
   ExpectOneLineError(RunServer({"--shards=-1", "0"}), "--shards='-1'");
 }
 
+// Every size and duration flag is bounded at start with one line and exit status 2, instead of
+// failing later inside a shard (--conn-buffer=1024G threw bad_alloc in the first connection).
+TEST(ServerCliTest, SizeFlagsAreBoundedAtStart) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--conn-buffer=1024G"}, "--conn-buffer=1024G: at most 1G"},
+      {{"--conn-buffer=2G"}, "--conn-buffer=2G: at most 1G"},
+      {{"--conn-buffer=512"}, "--conn-buffer=512: at least 1K"},
+      {{"--conn-buffer=lots"}, "--conn-buffer='lots': expected a byte count"},
+      {{"--output-budget=2048G"}, "--output-budget=2048G: at most 1024G"},
+      {{"--output-budget=1K"}, "--output-budget=1K: at least 64K"},
+      {{"--output-budget=much"}, "--output-budget='much': expected a byte count"},
+      {{"--max-conns=0"}, "--max-conns='0': expected an integer from 1 to 10000000"},
+      {{"--max-conns=20000000"}, "--max-conns='20000000': expected an integer from 1 to 10000000"},
+      {{"--max-conns-per-ip=-1"}, "--max-conns-per-ip='-1': expected auto or an integer"},
+      {{"--max-conns-per-ip=20000000"}, "--max-conns-per-ip='20000000': expected auto"},
+      {{"--shards=2000"}, "--shards='2000': expected an integer from 0 to 1024"},
+      {{"--grace=inf"}, "--grace=inf: at most 1h"},
+      {{"--grace=2h"}, "--grace=2h: at most 1h"},
+      {{"--idle-timeout=25h"}, "--idle-timeout=25h: at most 24h"},
+      {{"--idle-timeout=-1s"}, "--idle-timeout='-1s': expected a duration"},
+  };
+  for (const auto& [flags, message] : cases) {
+    std::vector<std::string> args = flags;
+    args.push_back("0");
+    const Outcome o = RunServer(args);
+    SCOPED_TRACE(flags[0]);
+    ExpectOneLineError(o, message);
+    EXPECT_EQ(o.exit_code, 2);
+  }
+}
+
+// The edges of those bounds, and the values that switch a limit off, are accepted.
+TEST(ServerCliTest, LimitsAtTheirBoundsStart) {
+  for (const char* backend : {"threads", "epoll"}) {
+    absl::StatusOr<testing::ServerProcess> server = StartServer(
+        {absl::StrCat("--backend=", backend), "--bind=127.0.0.1", "--conn-buffer=1G",
+         "--output-budget=0", "--max-conns-per-ip=0", "--idle-timeout=0", "--grace=1h"});
+    ASSERT_TRUE(server.ok()) << server.status();
+    absl::StatusOr<Fd> tcp = testing::ConnectTcp(server->tcp_port);
+    ASSERT_TRUE(tcp.ok()) << tcp.status();
+    EXPECT_EQ(testing::RoundTrip(tcp->get(), "bounded").value_or(""), "BOUNDED");
+    tcp->reset();
+    ASSERT_TRUE(server->Stop().ok());
+  }
+}
+
 TEST(ServerCliTest, PortInUseIsReportedForEveryBackend) {
   absl::StatusOr<testing::ServerProcess> first = StartServer({"--backend=threads"});
   ASSERT_TRUE(first.ok()) << first.status();

@@ -202,11 +202,25 @@ absl::StatusOr<int> ServerProcess::Stop(absl::Duration timeout) {
 
 absl::StatusOr<ServerProcess> StartServer(const std::vector<std::string>& flags,
                                           const std::vector<std::string>& prefix) {
+  return StartServerOnPort(flags, 0, prefix);
+}
+
+pid_t OnlyChild(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/task/", pid, "/children"));
+  std::vector<pid_t> children;
+  pid_t child;
+  while (in >> child) children.push_back(child);
+  return children.size() == 1 ? children[0] : -1;
+}
+
+absl::StatusOr<ServerProcess> StartServerOnPort(const std::vector<std::string>& flags,
+                                                std::uint16_t server_port,
+                                                const std::vector<std::string>& prefix) {
   ServerProcess server;
   std::vector<std::string> argv = prefix;
   argv.push_back(BinaryPath("upcase-server"));
   argv.insert(argv.end(), flags.begin(), flags.end());
-  argv.push_back("0");
+  argv.push_back(absl::StrCat(server_port));
   if (absl::Status s = server.process.Start(argv); !s.ok()) return s;
   absl::StatusOr<std::string> line = server.process.ReadLine();
   if (!line.ok()) return line.status();

@@ -85,6 +85,14 @@ struct ServerProcess {
 // `prefix` runs it under a wrapper command (e.g. prlimit).
 absl::StatusOr<ServerProcess> StartServer(const std::vector<std::string>& flags,
                                           const std::vector<std::string>& prefix = {});
+// The same on a given port (one another server got from the kernel, on another address).
+absl::StatusOr<ServerProcess> StartServerOnPort(const std::vector<std::string>& flags,
+                                                std::uint16_t port,
+                                                const std::vector<std::string>& prefix = {});
+
+// The one child of process `pid` (e.g. the server a wrapper such as strace started), or -1 when
+// it has none yet or more than one.
+pid_t OnlyChild(pid_t pid);
 
 // Many clients that never read: sends all of `data` on every socket at once (non-blocking,
 // poll), until each is done or every socket has been blocked for `stalled` (the server stopped

@@ -1,0 +1,76 @@
+#include "server/limits.h"
+
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace upcase {
+
+bool RefuseDatagram(const sockaddr* source, std::uint16_t own_port) {
+  std::uint16_t port;
+  if (source->sa_family == AF_INET) {
+    port = ntohs(reinterpret_cast<const sockaddr_in*>(source)->sin_port);
+  } else if (source->sa_family == AF_INET6) {
+    port = ntohs(reinterpret_cast<const sockaddr_in6*>(source)->sin6_port);
+  } else {
+    return true;
+  }
+  return port < kFirstClientPort || port == own_port;
+}
+
+PeerKey PeerKeyOf(const sockaddr* address) {
+  unsigned char bytes[16] = {};
+  if (address->sa_family == AF_INET6) {
+    std::memcpy(bytes, &reinterpret_cast<const sockaddr_in6*>(address)->sin6_addr, 16);
+  } else if (address->sa_family == AF_INET) {
+    bytes[10] = bytes[11] = 0xFF;
+    std::memcpy(bytes + 12, &reinterpret_cast<const sockaddr_in*>(address)->sin_addr, 4);
+  }
+  PeerKey key;
+  std::memcpy(&key.first, bytes, 8);
+  std::memcpy(&key.second, bytes + 8, 8);
+  return key;
+}
+
+bool ConnsPerAddress::Admit(const PeerKey& peer) {
+  if (max_ == 0) return true;
+  std::lock_guard<std::mutex> lock(mu_);
+  std::uint32_t& count = counts_[peer];
+  if (count >= max_) return false;
+  ++count;
+  return true;
+}
+
+void ConnsPerAddress::Release(const PeerKey& peer) {
+  if (max_ == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = counts_.find(peer);
+  if (it == counts_.end()) return;  // never admitted: nothing to give back
+  if (--it->second == 0) counts_.erase(it);
+}
+
+std::size_t ConnsPerAddress::addresses() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return counts_.size();
+}
+
+IdleClock::IdleClock(absl::Duration timeout) {
+  tick_ = std::clamp(timeout / 8, absl::Milliseconds(10), absl::Seconds(1));
+  if (timeout <= absl::ZeroDuration()) return;
+  limit_ = static_cast<std::uint32_t>(absl::Ceil(timeout, tick_) / tick_);
+}
+
+std::size_t DefaultOutputBudget(int shards) {
+  constexpr std::size_t kMin = std::size_t{32} << 20;
+  constexpr std::size_t kMax = std::size_t{1} << 30;
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page_size = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page_size <= 0) return kMin;  // cannot tell: the small end
+  const std::size_t memory = static_cast<std::size_t>(pages) * static_cast<std::size_t>(page_size);
+  return std::clamp<std::size_t>(memory / 8 / static_cast<std::size_t>(std::max(shards, 1)), kMin,
+                                 kMax);
+}
+
+}  // namespace upcase

@@ -1,0 +1,94 @@
+// What keeps one client, or a loop between two services, from taking the whole server: the
+// pieces of the README's "Security defaults" that every backend shares.
+//
+//   - UDP: datagrams from a source port below 1024 (echo, chargen, daytime... and port 0) or
+//     from the server's own port are dropped, never answered. Uppercasing is idempotent, so a
+//     reply to another uppercase server (one forged datagram from A's address to B's) or to an
+//     echo service would bounce between the two forever; a reply to itself likewise.
+//   - TCP: --max-conns-per-ip, counted server-wide in one table all shards share, touched only
+//     when a connection is taken into service and when it closes.
+//   - TCP: --idle-timeout, on a coarse clock of ticks that a shard advances from a timer, so the
+//     request path only stores the current tick (IdleClock).
+//   - The default --output-budget, from the machine's memory.
+#ifndef UPCASE_SERVER_LIMITS_H_
+#define UPCASE_SERVER_LIMITS_H_
+
+#include <sys/socket.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
+
+namespace upcase {
+
+// Source ports below this are well-known services (echo 7, chargen 19, ...) and never clients.
+inline constexpr std::uint16_t kFirstClientPort = 1024;
+
+// Whether a datagram from `source` must not be answered by a server on `own_port` (see above).
+// An address that is neither IPv4 nor IPv6 is refused too.
+bool RefuseDatagram(const sockaddr* source, std::uint16_t own_port);
+
+// A client's address as a table key: the IPv6 address, IPv4 as ::ffff:a.b.c.d; the port is left
+// out (every connection of one host counts).
+using PeerKey = std::pair<std::uint64_t, std::uint64_t>;
+PeerKey PeerKeyOf(const sockaddr* address);
+
+// Connections in service per client address, server-wide and exact: SO_REUSEPORT spreads one
+// address's connections over every shard, so a per-shard count would allow shards x the limit.
+// A mutex-protected hash map, locked once when a connection is admitted and once when it closes;
+// the request path never touches it. Thread-safe.
+class ConnsPerAddress {
+ public:
+  // `max` connections per address; 0: no limit, and nothing is kept.
+  explicit ConnsPerAddress(std::size_t max) : max_(max) {}
+  ConnsPerAddress(const ConnsPerAddress&) = delete;
+  ConnsPerAddress& operator=(const ConnsPerAddress&) = delete;
+
+  bool enabled() const { return max_ > 0; }
+  // Takes one slot of `peer`; false (and nothing taken) when it holds `max` already.
+  bool Admit(const PeerKey& peer);
+  // Gives back a slot that Admit() took.
+  void Release(const PeerKey& peer);
+  // Addresses holding at least one connection (for tests).
+  std::size_t addresses() const;
+
+ private:
+  const std::size_t max_;
+  mutable std::mutex mu_;
+  absl::flat_hash_map<PeerKey, std::uint32_t> counts_;  // guarded by mu_; no zero entries
+};
+
+// --idle-timeout on a clock of ticks: a shard advances now() from a timer every tick() (no clock
+// read on the request path), a connection stores now() whenever it makes progress, and is idle
+// once more than limit() ticks passed since. So it is closed between the timeout and one tick
+// after it. A tick is an eighth of the timeout, from 10 ms to 1 s: at the default 60 s a shard
+// wakes up once a second and looks at each connection once.
+class IdleClock {
+ public:
+  // `timeout` zero: off (enabled() false).
+  explicit IdleClock(absl::Duration timeout);
+
+  bool enabled() const { return limit_ > 0; }
+  absl::Duration tick() const { return tick_; }
+  std::uint32_t now() const { return now_; }
+  void Advance() { ++now_; }
+  // Wrap-around safe: ticks are compared by their unsigned difference.
+  bool Idle(std::uint32_t last_progress) const { return now_ - last_progress > limit_; }
+
+ private:
+  absl::Duration tick_;
+  std::uint32_t limit_ = 0;  // ticks; 0: off
+  std::uint32_t now_ = 0;
+};
+
+// The default --output-budget of each shard: an eighth of the physical memory divided by the
+// shards, at least 32 MiB and at most 1 GiB.
+std::size_t DefaultOutputBudget(int shards);
+
+}  // namespace upcase
+
+#endif  // UPCASE_SERVER_LIMITS_H_

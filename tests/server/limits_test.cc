@@ -1,0 +1,186 @@
+// The shared limits on their own (server/limits.h, server/accept_errors.h): which UDP sources are
+// refused, the per-address connection table (exact under concurrent shards), the idle clock, the
+// default output budget, and how every backend classifies accept() failures.
+#include "server/limits.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <atomic>
+#include <cerrno>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "server/accept_errors.h"
+
+namespace upcase {
+namespace {
+
+sockaddr_in V4(const char* ip, std::uint16_t port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  EXPECT_EQ(inet_pton(AF_INET, ip, &a.sin_addr), 1);
+  return a;
+}
+
+sockaddr_in6 V6(const char* ip, std::uint16_t port) {
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_port = htons(port);
+  EXPECT_EQ(inet_pton(AF_INET6, ip, &a.sin6_addr), 1);
+  return a;
+}
+
+const sockaddr* Sa(const void* a) { return static_cast<const sockaddr*>(a); }
+
+TEST(RefuseDatagramTest, WellKnownPortsAndTheServersOwnPortAreRefused) {
+  constexpr std::uint16_t kOwn = 5050;
+  for (std::uint16_t port : {0, 7, 13, 19, 53, 123, 1023}) {
+    const sockaddr_in v4 = V4("127.0.0.1", port);
+    const sockaddr_in6 v6 = V6("::1", port);
+    EXPECT_TRUE(RefuseDatagram(Sa(&v4), kOwn)) << port;
+    EXPECT_TRUE(RefuseDatagram(Sa(&v6), kOwn)) << port;
+  }
+  const sockaddr_in self = V4("192.0.2.1", kOwn);  // another host's server on our port
+  EXPECT_TRUE(RefuseDatagram(Sa(&self), kOwn));
+  const sockaddr_in6 self6 = V6("2001:db8::1", kOwn);
+  EXPECT_TRUE(RefuseDatagram(Sa(&self6), kOwn));
+  for (std::uint16_t port : {1024, 5049, 5051, 40000, 65535}) {
+    const sockaddr_in v4 = V4("127.0.0.1", port);
+    const sockaddr_in6 v6 = V6("::1", port);
+    EXPECT_FALSE(RefuseDatagram(Sa(&v4), kOwn)) << port;
+    EXPECT_FALSE(RefuseDatagram(Sa(&v6), kOwn)) << port;
+  }
+  sockaddr unknown{};
+  unknown.sa_family = AF_UNIX;
+  EXPECT_TRUE(RefuseDatagram(&unknown, kOwn));
+}
+
+TEST(PeerKeyTest, TheAddressCountsNotThePort) {
+  const sockaddr_in a1 = V4("127.0.0.1", 4000);
+  const sockaddr_in a2 = V4("127.0.0.1", 4001);
+  const sockaddr_in b = V4("127.0.0.2", 4000);
+  EXPECT_EQ(PeerKeyOf(Sa(&a1)), PeerKeyOf(Sa(&a2)));
+  EXPECT_NE(PeerKeyOf(Sa(&a1)), PeerKeyOf(Sa(&b)));
+  // An IPv4 client seen through an IPv6 socket is the same client.
+  const sockaddr_in6 mapped = V6("::ffff:127.0.0.1", 9);
+  EXPECT_EQ(PeerKeyOf(Sa(&a1)), PeerKeyOf(Sa(&mapped)));
+  const sockaddr_in6 loop6 = V6("::1", 9);
+  EXPECT_NE(PeerKeyOf(Sa(&a1)), PeerKeyOf(Sa(&loop6)));
+}
+
+TEST(ConnsPerAddressTest, AdmitsUpToTheLimitPerAddress) {
+  ConnsPerAddress table(2);
+  const sockaddr_in a = V4("127.0.0.1", 1);
+  const sockaddr_in b = V4("127.0.0.2", 1);
+  const PeerKey ka = PeerKeyOf(Sa(&a));
+  const PeerKey kb = PeerKeyOf(Sa(&b));
+  EXPECT_TRUE(table.Admit(ka));
+  EXPECT_TRUE(table.Admit(ka));
+  EXPECT_FALSE(table.Admit(ka)) << "a third from the same address";
+  EXPECT_TRUE(table.Admit(kb)) << "another address is not affected";
+  table.Release(ka);
+  EXPECT_TRUE(table.Admit(ka)) << "a slot given back is free again";
+  table.Release(ka);
+  table.Release(ka);
+  table.Release(kb);
+  EXPECT_EQ(table.addresses(), 0u) << "no entry stays behind for a gone address";
+}
+
+TEST(ConnsPerAddressTest, ZeroMeansNoLimitAndNoTable) {
+  ConnsPerAddress table(0);
+  EXPECT_FALSE(table.enabled());
+  const sockaddr_in a = V4("127.0.0.1", 1);
+  for (int i = 0; i < 1000; ++i) EXPECT_TRUE(table.Admit(PeerKeyOf(Sa(&a))));
+  EXPECT_EQ(table.addresses(), 0u);
+}
+
+// Shards admit and release concurrently; the count stays exact (and TSan sees the locking).
+TEST(ConnsPerAddressTest, ExactUnderConcurrentShards) {
+  constexpr int kLimit = 10;
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 2000;
+  ConnsPerAddress table(kLimit);
+  const sockaddr_in a = V4("10.0.0.1", 1);
+  const PeerKey key = PeerKeyOf(Sa(&a));
+  std::atomic<int> held{0};
+  std::atomic<int> most{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kRounds; ++i) {
+        if (!table.Admit(key)) continue;
+        const int now = ++held;
+        int seen = most.load();
+        while (now > seen && !most.compare_exchange_weak(seen, now)) {
+        }
+        --held;
+        table.Release(key);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_LE(most.load(), kLimit);
+  EXPECT_EQ(table.addresses(), 0u);
+}
+
+TEST(IdleClockTest, TicksAreAnEighthOfTheTimeoutWithinBounds) {
+  EXPECT_FALSE(IdleClock(absl::ZeroDuration()).enabled());
+  EXPECT_EQ(IdleClock(absl::Seconds(60)).tick(), absl::Seconds(1));
+  EXPECT_EQ(IdleClock(absl::Seconds(1)).tick(), absl::Milliseconds(125));
+  EXPECT_EQ(IdleClock(absl::Milliseconds(20)).tick(), absl::Milliseconds(10));
+}
+
+TEST(IdleClockTest, IdleOnlyAfterTheTimeoutHasPassed) {
+  IdleClock clock(absl::Seconds(1));  // 8 ticks of 125 ms
+  const std::uint32_t stamped = clock.now();
+  for (int i = 0; i < 8; ++i) {
+    clock.Advance();
+    EXPECT_FALSE(clock.Idle(stamped)) << "after " << i + 1 << " ticks";
+  }
+  clock.Advance();  // more than 8 ticks: at least the full second has passed
+  EXPECT_TRUE(clock.Idle(stamped));
+  EXPECT_FALSE(clock.Idle(clock.now()));
+}
+
+TEST(IdleClockTest, StampsAreComparedAcrossTheWrap) {
+  IdleClock clock(absl::Seconds(1));  // idle after more than 8 ticks
+  for (int i = 0; i < 3; ++i) clock.Advance();
+  // now() is 3: a stamp of 2^32 - 4 was taken 7 ticks ago, one of 2^32 - 6 nine ticks ago.
+  EXPECT_FALSE(clock.Idle(0xFFFF'FFFC));
+  EXPECT_TRUE(clock.Idle(0xFFFF'FFFA));
+}
+
+TEST(DefaultOutputBudgetTest, AnEighthOfMemoryPerShardWithinBounds) {
+  for (int shards : {1, 2, 64, 4096}) {
+    const std::size_t budget = DefaultOutputBudget(shards);
+    EXPECT_GE(budget, std::size_t{32} << 20) << shards;
+    EXPECT_LE(budget, std::size_t{1} << 30) << shards;
+  }
+  EXPECT_GE(DefaultOutputBudget(1), DefaultOutputBudget(64));
+}
+
+TEST(AcceptErrorsTest, PerConnectionErrorsAreRetried) {
+  for (int err : {EINTR, ECONNABORTED, EPERM, ENETDOWN, EPROTO, ENOPROTOOPT, EHOSTDOWN, ENONET,
+                  EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH, ETIMEDOUT}) {
+    EXPECT_EQ(ClassifyAcceptError(err), AcceptAction::kRetry) << std::strerror(err);
+  }
+}
+
+TEST(AcceptErrorsTest, RunningOutBacksOff) {
+  for (int err : {EMFILE, ENFILE, ENOBUFS, ENOMEM}) {
+    EXPECT_EQ(ClassifyAcceptError(err), AcceptAction::kBackOff) << std::strerror(err);
+  }
+  EXPECT_EQ(ClassifyAcceptError(EIO), AcceptAction::kBackOff) << "unknown: neither stop nor spin";
+}
+
+TEST(AcceptErrorsTest, OnlyABrokenListenerIsFatal) {
+  for (int err : {EBADF, EINVAL, ENOTSOCK, EFAULT}) {
+    EXPECT_EQ(ClassifyAcceptError(err), AcceptAction::kFatal) << std::strerror(err);
+  }
+}
+
+}  // namespace
+}  // namespace upcase
