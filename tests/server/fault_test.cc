@@ -461,7 +461,10 @@ TEST_P(FaultTest, FloodBeyondMaxConnsIsTurnedAwayAndServiceRecovers) {
   constexpr int kFlood = 120;
   const bool iterative = OneClientAtATime(GetParam());
   ASSERT_NO_FATAL_FAILURE(
-      Start({"--bind=127.0.0.1", "--proto=tcp", absl::StrCat("--max-conns=", kMaxConns)}));
+      // The flood comes from one address: lift the per-address cap (a quarter of --max-conns
+      // by default) so that --max-conns is what turns it away.
+      Start({"--bind=127.0.0.1", "--proto=tcp", absl::StrCat("--max-conns=", kMaxConns),
+             "--max-conns-per-ip=0"}));
   Fd existing = Tcp();
   ASSERT_EQ(RoundTripWithin(existing.get(), "before the flood").value_or(""), "BEFORE THE FLOOD");
 
