@@ -286,6 +286,40 @@ class FaultTest : public ::testing::TestWithParam<Variant> {
     release_hogs();
   }
 
+  // Many clients that never read, each sending `data` at once until all are blocked: warms the
+  // server up with one round trip, then returns in *baseline the server's RSS before the
+  // clients and in *peak the most it reached while they sent. The clients stay connected.
+  void SendFromNeverReadingClients(int clients, const std::string& data, std::vector<Fd>* hogs,
+                                   std::uint64_t* baseline, std::uint64_t* peak) {
+    constexpr absl::Duration kStalled = absl::Seconds(1);
+    {
+      Fd warm = Tcp();
+      ASSERT_EQ(RoundTripWithin(warm.get(), data.substr(0, 64 * 1024)).value_or(""),
+                Expected(data.substr(0, 64 * 1024)));
+    }
+    ASSERT_NO_FATAL_FAILURE(ExpectFdsBackToBaseline("after the warm-up"));
+    absl::StatusOr<std::uint64_t> rss = RssBytes(pid());
+    ASSERT_TRUE(rss.ok()) << rss.status();
+    *baseline = *peak = *rss;
+    for (int i = 0; i < clients; ++i) {
+      hogs->push_back(Tcp());
+      ASSERT_TRUE(hogs->back().valid());
+      SetBuffer(hogs->back().get(), SO_RCVBUF, 4096);
+    }
+    testing::SendFromAllUntilStalled(*hogs, data, kStalled, pid(), peak);
+    *peak = std::max(*peak, RssBytes(pid()).value_or(0));
+  }
+
+  // The RSS growth of the clients above stays under `bound` (sanitizer builds allocate too
+  // differently for a bound to mean anything).
+  static void ExpectRssGrowthBelow(std::uint64_t growth, std::uint64_t bound, int clients,
+                                   std::uint64_t shared) {
+    if (kSanitized) return;
+    EXPECT_LT(growth, bound) << "RSS grew by " << growth << " bytes with " << clients
+                             << " clients that never read (bound " << bound << ", of which "
+                             << shared << " provided buffers)";
+  }
+
   std::unique_ptr<ServerProcess> server_;
   std::string stats_path_;
   int baseline_fds_ = 0;
@@ -356,29 +390,13 @@ TEST_P(FaultTest, ManyClientsThatNeverReadCostBoundedMemory) {
   // Loopback's autotuned socket buffers may hold all of it: the single-client test above is the
   // one that shows the stall. This one shows the per-connection cost stays bounded.
   constexpr std::uint64_t kPerClient = 1 << 20;
-  constexpr absl::Duration kStalled = absl::Seconds(1);
   ASSERT_NO_FATAL_FAILURE(
       Start({"--bind=127.0.0.1", "--proto=tcp", absl::StrCat("--conn-buffer=", kCap)}));
   const std::string data = RandomBytes(kPerClient, 12);
-  {
-    Fd warm = Tcp();
-    ASSERT_EQ(RoundTripWithin(warm.get(), data.substr(0, 64 * 1024)).value_or(""),
-              Expected(data.substr(0, 64 * 1024)));
-  }
-  ASSERT_NO_FATAL_FAILURE(ExpectFdsBackToBaseline("after the warm-up"));
-  absl::StatusOr<std::uint64_t> baseline = RssBytes(pid());
-  ASSERT_TRUE(baseline.ok()) << baseline.status();
-
   std::vector<Fd> hogs;
-  for (int i = 0; i < kClients; ++i) {
-    hogs.push_back(Tcp());
-    ASSERT_TRUE(hogs.back().valid());
-    SetBuffer(hogs.back().get(), SO_RCVBUF, 4096);
-  }
-  // All of them send at once until every one is blocked.
-  std::uint64_t peak = *baseline;
-  testing::SendFromAllUntilStalled(hogs, data, kStalled, pid(), &peak);
-  peak = std::max(peak, RssBytes(pid()).value_or(0));
+  std::uint64_t baseline = 0;
+  std::uint64_t peak = 0;
+  ASSERT_NO_FATAL_FAILURE(SendFromNeverReadingClients(kClients, data, &hogs, &baseline, &peak));
 
   // Iterative then works through the hogs' connections, each reset, before answering.
   ASSERT_NO_FATAL_FAILURE(ExpectServedAlongsideHogs("anyone home?", 10, [&] { hogs.clear(); }));
@@ -388,11 +406,7 @@ TEST_P(FaultTest, ManyClientsThatNeverReadCostBoundedMemory) {
   const std::uint64_t shared = ProvidedBufferBytes(stats);
   const std::uint64_t bound =
       kClients * MemoryPerBlockedClient(GetParam(), kCap) + shared + kRssSlack;
-  if (!kSanitized) {
-    EXPECT_LT(peak - *baseline, bound) << "RSS grew by " << (peak - *baseline) << " bytes with "
-                                       << kClients << " clients that never read (bound " << bound
-                                       << ", of which " << shared << " provided buffers)";
-  }
+  ExpectRssGrowthBelow(peak - baseline, bound, kClients, shared);
 }
 
 // ---- slowloris ----
@@ -1662,7 +1676,6 @@ TEST_P(FaultTest, OutputBudgetBoundsManyNeverReadingClientsWithLargeBuffers) {
   // Twice the cap: loopback's socket buffers (the server's send buffer grows to a few MiB)
   // take part of it, and without the budget the server's queues take the rest, up to the cap.
   constexpr std::uint64_t kPerClient = 8 << 20;
-  constexpr absl::Duration kStalled = absl::Seconds(1);
   if (RaiseFdLimit() < static_cast<std::uint64_t>(kClients) + 100) {
     GTEST_SKIP() << "RLIMIT_NOFILE too low";
   }
@@ -1670,23 +1683,10 @@ TEST_P(FaultTest, OutputBudgetBoundsManyNeverReadingClientsWithLargeBuffers) {
       Start({"--bind=127.0.0.1", "--proto=tcp", absl::StrCat("--conn-buffer=", kConnBuffer),
              absl::StrCat("--output-budget=", kBudget)}));
   const std::string data = RandomBytes(kPerClient, 17);
-  {
-    Fd warm = Tcp();
-    ASSERT_EQ(RoundTripWithin(warm.get(), data.substr(0, 64 * 1024)).value_or(""),
-              Expected(data.substr(0, 64 * 1024)));
-  }
-  ASSERT_NO_FATAL_FAILURE(ExpectFdsBackToBaseline("after the warm-up"));
-  absl::StatusOr<std::uint64_t> baseline = RssBytes(pid());
-  ASSERT_TRUE(baseline.ok()) << baseline.status();
-
   std::vector<Fd> hogs;
-  for (int i = 0; i < kClients; ++i) {
-    hogs.push_back(Tcp());
-    ASSERT_TRUE(hogs.back().valid());
-    SetBuffer(hogs.back().get(), SO_RCVBUF, 4096);
-  }
-  std::uint64_t peak = *baseline;
-  testing::SendFromAllUntilStalled(hogs, data, kStalled, pid(), &peak);
+  std::uint64_t baseline = 0;
+  std::uint64_t peak = 0;
+  ASSERT_NO_FATAL_FAILURE(SendFromNeverReadingClients(kClients, data, &hogs, &baseline, &peak));
   // Loopback's socket buffers take most of what the clients sent at once: the server reads it
   // into its queues afterwards, as fast as it can, until the budget (or each cap) stops it.
   WaitForRssToSettle(pid(), &peak);
@@ -1704,11 +1704,7 @@ TEST_P(FaultTest, OutputBudgetBoundsManyNeverReadingClientsWithLargeBuffers) {
                                kClients * (16u << 10)
                          : kClients * MemoryPerBlockedClient(GetParam(), kConnBuffer);
   const std::uint64_t bound = queues + shared + kRssSlack;
-  if (!kSanitized) {
-    EXPECT_LT(peak - *baseline, bound) << "RSS grew by " << (peak - *baseline) << " bytes with "
-                                       << kClients << " clients that never read (bound " << bound
-                                       << ", of which " << shared << " provided buffers)";
-  }
+  ExpectRssGrowthBelow(peak - baseline, bound, kClients, shared);
 }
 
 // ---- accept() errors and failed shutdown() calls, injected with strace ----
