@@ -54,6 +54,38 @@ absl::Status CheckIntegers(const nlohmann::json& j, std::initializer_list<const 
   return absl::OkStatus();
 }
 
+// Bounds a result file's numbers must respect before they are cast or summed: past them merge's
+// arithmetic would overflow (undefined behaviour for the signed and floating-point casts). Real
+// runs are far inside them.
+constexpr std::int64_t kMaxInstances = std::int64_t{1} << 20;
+constexpr std::int64_t kMaxThreadsOrConnections = std::int64_t{1} << 40;
+constexpr double kMaxFigure = 1e15;   // seconds (UNIX time included), rates, CPU seconds
+constexpr double kMaxBytes = 1.8e19;  // below 2^64
+
+// Every key present is a number in [lo, hi] (a JSON integer or floating-point number).
+absl::Status CheckRange(const nlohmann::json& j, std::initializer_list<const char*> keys, double lo,
+                        double hi) {
+  for (const char* key : keys) {
+    if (!j.contains(key)) continue;
+    const nlohmann::json& v = j.at(key);
+    if (!v.is_number() || !(v.get<double>() >= lo && v.get<double>() <= hi)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(key, " is not a number from ", lo, " to ", hi));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Every key present is a non-negative integer (a count).
+absl::Status CheckCounts(const nlohmann::json& j, std::initializer_list<const char*> keys) {
+  for (const char* key : keys) {
+    if (j.contains(key) && !j.at(key).is_number_unsigned()) {
+      return absl::InvalidArgumentError(absl::StrCat(key, " is not a non-negative integer"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Table() prints these keys of `config`; a result file that gives one a different type is
 // rejected when read, instead of throwing (and aborting merge) when printed.
 absl::Status CheckConfigTypes(const nlohmann::json& c) {
@@ -153,6 +185,12 @@ nlohmann::json Report::ToJson() const {
       {"sent", counters.sent},
       {"sent_rps", sent_rps},
       {"unfinished", counters.unfinished},
+      {"drain_replies", counters.drain_replies},
+      {"unanswered", counters.unanswered},
+      {"unsent", counters.unsent},
+      {"unanswered_min_age_us", counters.unanswered_min_age_ns == INT64_MAX
+                                    ? nlohmann::json(nullptr)
+                                    : nlohmann::json(Micros(counters.unanswered_min_age_ns))},
       {"reconnects", counters.connects},
       {"latency_us", LatencyJson(latency)},
       {"latency_uncorrected_us", LatencyJson(latency_uncorrected)},
@@ -170,6 +208,7 @@ nlohmann::json Report::ToJson() const {
         {"duplicated", counters.udp_duplicated},
         {"late", counters.udp_late}}},
       {"client_cpu_s", client_cpu_s},
+      {"client_spin_s", client_spin_s},
       {"client_cpu_total_s", client_cpu_total_s},
       {"client_cpu_us_per_request", per_request_us},
       {"histograms",
@@ -189,11 +228,33 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
     if (j.value("tool", "") != "upcase-load") {
       return absl::InvalidArgumentError("not an upcase-load result (no \"tool\": \"upcase-load\")");
     }
-    if (absl::Status s =
-            CheckIntegers(j, {"format", "instances", "threads", "connections", "requests",
-                              "scheduled", "sent", "unfinished", "reconnects", "mismatches"});
+    if (absl::Status s = CheckIntegers(j, {"format", "instances", "threads", "connections"});
         !s.ok()) {
       return s;
+    }
+    if (absl::Status s = CheckRange(j, {"instances"}, 1, kMaxInstances); !s.ok()) return s;
+    if (absl::Status s = CheckRange(j, {"threads", "connections"}, 0, kMaxThreadsOrConnections);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s =
+            CheckCounts(j, {"requests", "scheduled", "sent", "unfinished", "drain_replies",
+                            "unanswered", "unsent", "reconnects", "mismatches"});
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = CheckRange(
+            j,
+            {"start_unix_s", "duration_s", "warmup_s", "requested_rps", "throughput_rps",
+             "bytes_per_s", "sent_rps", "client_cpu_s", "client_spin_s", "client_cpu_total_s"},
+            0, kMaxFigure);
+        !s.ok()) {
+      return s;
+    }
+    if (j.contains("unanswered_min_age_us") && !j.at("unanswered_min_age_us").is_null()) {
+      if (absl::Status s = CheckRange(j, {"unanswered_min_age_us"}, 0, kMaxFigure); !s.ok()) {
+        return s;
+      }
     }
     if (j.at("format").get<int>() != kFormatVersion) {
       return absl::InvalidArgumentError(absl::StrCat("result format ", j.at("format").dump(),
@@ -221,18 +282,25 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
     c.scheduled = j.at("scheduled").get<std::uint64_t>();
     c.sent = j.at("sent").get<std::uint64_t>();
     c.unfinished = j.at("unfinished").get<std::uint64_t>();
+    // Keys added after format 1 was released: absent from older files.
+    c.drain_replies = j.value("drain_replies", std::uint64_t{0});
+    c.unanswered = j.value("unanswered", c.unfinished);
+    c.unsent = j.value("unsent", std::uint64_t{0});
+    if (const auto age = j.find("unanswered_min_age_us"); age != j.end() && !age->is_null()) {
+      c.unanswered_min_age_ns = static_cast<std::int64_t>(age->get<double>() * 1000.0);
+    }
     c.connects = j.at("reconnects").get<std::uint64_t>();
     c.mismatches = j.at("mismatches").get<std::uint64_t>();
     for (int i = 0; i < kErrorKinds; ++i) {
       const char* kind = ErrorKindName(static_cast<ErrorKind>(i));
-      if (absl::Status s = CheckIntegers(j.at("errors"), {kind}); !s.ok()) {
+      if (absl::Status s = CheckCounts(j.at("errors"), {kind}); !s.ok()) {
         return absl::InvalidArgumentError(absl::StrCat("errors.", s.message()));
       }
       c.errors[i] = j.at("errors").value(kind, std::uint64_t{0});
     }
     const nlohmann::json& udp = j.at("udp");
     if (absl::Status s =
-            CheckIntegers(udp, {"sent", "received", "lost", "reordered", "duplicated", "late"});
+            CheckCounts(udp, {"sent", "received", "lost", "reordered", "duplicated", "late"});
         !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("udp.", s.message()));
     }
@@ -243,6 +311,7 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
     c.udp_duplicated = udp.at("duplicated").get<std::uint64_t>();
     c.udp_late = udp.at("late").get<std::uint64_t>();
     r.client_cpu_s = j.at("client_cpu_s").get<double>();
+    r.client_spin_s = j.value("client_spin_s", 0.0);
     r.client_cpu_total_s = j.at("client_cpu_total_s").get<double>();
     r.first_error = j.value("first_error", "");
     r.first_mismatch = j.value("first_mismatch", "");
@@ -261,14 +330,38 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
     r.latency_uncorrected = *std::move(unc);
     r.send_lag = *std::move(lag);
     // The bucketed counts would round the bytes; the measured figure is the rate times the window.
-    c.bytes_received = static_cast<std::uint64_t>(r.bytes_per_s * r.duration_s + 0.5);
+    const double bytes = r.bytes_per_s * r.duration_s + 0.5;
+    if (!(bytes < kMaxBytes)) {
+      return absl::InvalidArgumentError(
+          "bytes_per_s * duration_s is more bytes than can be counted");
+    }
+    c.bytes_received = static_cast<std::uint64_t>(bytes);
     return r;
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("malformed result: ", e.what()));
   }
 }
 
-void Report::Merge(const Report& o) {
+absl::Status Report::Merge(const Report& o) {
+  // Checked first, so that a failed merge changes nothing. FromJson's bounds keep instances,
+  // threads and connections far from overflowing, but not counters summed over many files.
+  if (instances > kMaxInstances - o.instances) {
+    return absl::InvalidArgumentError(absl::StrCat("more than ", kMaxInstances, " runs"));
+  }
+  if (threads > INT64_MAX - o.threads || connections > INT64_MAX - o.connections) {
+    return absl::InvalidArgumentError("threads or connections would overflow");
+  }
+  if (counters.AddWouldOverflow(o.counters)) {
+    return absl::InvalidArgumentError("a counter would overflow");
+  }
+  for (auto [mine, theirs] :
+       {std::pair{&latency, &o.latency}, std::pair{&latency_uncorrected, &o.latency_uncorrected},
+        std::pair{&send_lag, &o.send_lag}}) {
+    if (mine->total_count() > UINT64_MAX - theirs->total_count() ||
+        mine->sum() > UINT64_MAX - theirs->sum()) {
+      return absl::InvalidArgumentError("a histogram's count or sum would overflow");
+    }
+  }
   instances += o.instances;
   sources.insert(sources.end(), o.sources.begin(), o.sources.end());
   start_unix_s = std::min(start_unix_s, o.start_unix_s);
@@ -287,9 +380,11 @@ void Report::Merge(const Report& o) {
   latency_uncorrected.Add(o.latency_uncorrected);
   send_lag.Add(o.send_lag);
   client_cpu_s += o.client_cpu_s;
+  client_spin_s += o.client_spin_s;
   client_cpu_total_s += o.client_cpu_total_s;
   if (first_error.empty()) first_error = o.first_error;
   if (first_mismatch.empty()) first_mismatch = o.first_mismatch;
+  return absl::OkStatus();
 }
 
 std::string Report::Table() const {
@@ -336,20 +431,29 @@ std::string Report::Table() const {
           100 * ratio);
     }
   }
+  // Wider columns when some figures carry a ">=".
+  const int width = counters.unanswered_min_age_ns == INT64_MAX ? 10 : 12;
   absl::StrAppendFormat(&out, "%-14s", "latency (us)");
-  for (const Percentile& p : kSpectrum) absl::StrAppendFormat(&out, "%10s", p.label);
-  absl::StrAppendFormat(&out, "%10s%10s\n", "max", "mean");
-  auto row = [&](const char* name, const Histogram& h) {
+  for (const Percentile& p : kSpectrum) absl::StrAppendFormat(&out, "%*s", width, p.label);
+  absl::StrAppendFormat(&out, "%*s%*s\n", width, "max", width, "mean");
+  // Figures at or above `lower_bounds_from` may be an unanswered request's age: marked ">=".
+  auto row = [&](const char* name, const Histogram& h, std::int64_t lower_bounds_from) {
+    auto cell = [&](std::int64_t ns) {
+      return ns >= lower_bounds_from ? absl::StrFormat(">=%.1f", Micros(ns))
+                                     : absl::StrFormat("%.1f", Micros(ns));
+    };
     absl::StrAppendFormat(&out, "  %-12s", name);
     for (const Percentile& p : kSpectrum) {
-      absl::StrAppendFormat(&out, "%10.1f", Micros(h.ValueAtPercentile(p.value)));
+      absl::StrAppendFormat(&out, "%*s", width, cell(h.ValueAtPercentile(p.value)));
     }
-    absl::StrAppendFormat(&out, "%10.1f%10.1f\n", Micros(h.max()), h.mean() / 1000.0);
+    const std::string mean =
+        absl::StrFormat("%s%.1f", lower_bounds_from == INT64_MAX ? "" : ">=", h.mean() / 1000.0);
+    absl::StrAppendFormat(&out, "%*s%*s\n", width, cell(h.max()), width, mean);
   };
-  row("corrected", latency);
-  row("uncorrected", latency_uncorrected);
+  row("corrected", latency, counters.unanswered_min_age_ns);
+  row("uncorrected", latency_uncorrected, INT64_MAX);
   // Open loop: how much of the corrected latency the client itself added by sending late.
-  if (open_loop) row("send lag", send_lag);
+  if (open_loop) row("send lag", send_lag, INT64_MAX);
   if (counters.errors_total() == 0) {
     out += "errors       none\n";
   } else {
@@ -379,10 +483,24 @@ std::string Report::Table() const {
                           counters.udp_sent, counters.udp_received, counters.udp_lost, lost_pct,
                           counters.udp_reordered, counters.udp_duplicated, counters.udp_late);
   }
-  if (counters.unfinished > 0) {
+  const double drain_s = c.value("drain_s", 0.0);
+  if (counters.drain_replies > 0) {
     absl::StrAppendFormat(&out,
-                          "unfinished   %d requests of the window were unanswered at the end\n",
-                          counters.unfinished);
+                          "drain        %d replies came after the window: in the latency, not in "
+                          "the rate\n",
+                          counters.drain_replies);
+  }
+  if (counters.unanswered > 0) {
+    absl::StrAppendFormat(&out,
+                          "unanswered   %d requests of the window had no reply %.2f s after it",
+                          counters.unanswered, drain_s);
+    if (counters.unsent > 0) absl::StrAppendFormat(&out, " (%d never sent)", counters.unsent);
+    if (counters.unanswered_min_age_ns != INT64_MAX) {
+      absl::StrAppendFormat(&out,
+                            ";\n             their age then is in the corrected latency: figures "
+                            "marked >= are lower bounds");
+    }
+    out += "\n";
   }
   const double per_request =
       counters.requests == 0 ? 0.0 : client_cpu_s * 1e6 / static_cast<double>(counters.requests);
@@ -390,6 +508,12 @@ std::string Report::Table() const {
       &out,
       "client cpu   %.3f s in the window (%.0f %% busy), %.2f us per request (process: %.3f s)\n",
       client_cpu_s, 100 * client_busy(), per_request, client_cpu_total_s);
+  if (client_spin_s > 0) {
+    absl::StrAppendFormat(&out,
+                          "             of which %.3f s spinning for send times (not counted as "
+                          "busy)\n",
+                          client_spin_s);
+  }
   if (client_busy() >= kBusyRatio) {
     absl::StrAppendFormat(
         &out,

@@ -169,7 +169,7 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
   }
 
   const int threads = static_cast<int>(c.threads);
-  const int intervals = IntervalCount(c);
+  const std::int64_t intervals = IntervalCount(c);
   Coordinator coordinator(threads, intervals);
   std::vector<WorkerPlan> plans(static_cast<std::size_t>(threads));
   std::vector<WorkerResult> results(plans.size());
@@ -266,18 +266,23 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
   };
 
   absl::Status log_status;
-  for (int k = 1; k <= intervals; ++k) {
-    const Stats s = coordinator.TakeInterval(k);
-    const double from = absl::ToDoubleSeconds(c.interval) * (k - 1);
+  Stats total;
+  Stats s;
+  for (std::int64_t k = 1; k <= intervals; ++k) {
+    coordinator.TakeInterval(k, &s);
+    total.Add(s);
+    const double from = absl::ToDoubleSeconds(c.interval) * static_cast<double>(k - 1);
     const double to = static_cast<double>(std::min(IntervalEndNs(c, k), window_length_ns())) / 1e9;
-    if (to <= from) continue;  // after a stop request
-    const double length = to - from;
-    if (!c.quiet) PrintProgress(c, from, to, s);
-    if (log.has_value() && log_status.ok()) {
-      log_status = log->Write(from, length, s.latency);
-      if (log_status.ok())
-        log_status = log->Write(from, length, s.latency_uncorrected, "uncorrected");
+    if (to > from) {  // else after a stop request
+      const double length = to - from;
+      if (!c.quiet) PrintProgress(c, from, to, s);
+      if (log.has_value() && log_status.ok()) {
+        log_status = log->Write(from, length, s.latency);
+        if (log_status.ok())
+          log_status = log->Write(from, length, s.latency_uncorrected, "uncorrected");
+      }
     }
+    s.Reset();
   }
   join_all();
   if (log.has_value() && log_status.ok()) log_status = log->Close();
@@ -293,12 +298,13 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
   r.connections = c.connections;
   r.open_loop = c.open_loop();
   r.requested_rps = c.rate;
+  r.counters = total.counters;
+  r.latency = std::move(total.latency);
+  r.latency_uncorrected = std::move(total.latency_uncorrected);
+  r.send_lag = std::move(total.send_lag);
   for (const WorkerResult& w : results) {
-    r.counters.Add(w.total.counters);
-    r.latency.Add(w.total.latency);
-    r.latency_uncorrected.Add(w.total.latency_uncorrected);
-    r.send_lag.Add(w.total.send_lag);
     r.client_cpu_s += w.cpu_seconds;
+    r.client_spin_s += w.spin_seconds;
     if (r.first_error.empty()) r.first_error = w.first_error;
     if (r.first_mismatch.empty()) r.first_mismatch = w.first_mismatch;
   }
@@ -307,7 +313,7 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
     r.bytes_per_s = static_cast<double>(r.counters.bytes_received) / r.duration_s;
     r.sent_rps = static_cast<double>(r.counters.sent) / r.duration_s;
   }
-  r.client_cpu_total_s = ProcessCpuSeconds();
+  r.client_cpu_total_s = CpuSeconds(RUSAGE_SELF);
   return r;
 }
 

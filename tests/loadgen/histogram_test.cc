@@ -222,7 +222,7 @@ TEST(ReportMergeTest, MergingJsonResultsEqualsOneRunOverTheUnion) {
   absl::StatusOr<Report> b = Report::FromJson(two.ToJson());
   ASSERT_TRUE(a.ok()) << a.status();
   ASSERT_TRUE(b.ok()) << b.status();
-  a->Merge(*b);
+  ASSERT_TRUE(a->Merge(*b).ok());
   EXPECT_TRUE(a->latency == all.latency);
   EXPECT_TRUE(a->latency_uncorrected == all.latency_uncorrected);
   EXPECT_EQ(a->counters.requests, all.counters.requests);
