@@ -278,6 +278,9 @@ absl::StatusOr<Histogram> Histogram::DecodeUncompressed(absl::string_view in) {
     const std::int64_t v = h.ValueFromIndex(static_cast<int>(i));
     if (h.total_ == 0) h.min_ = v;
     h.max_ = h.HighestEquivalentValue(v);
+    if (h.total_ > UINT64_MAX - h.counts_[i]) {
+      return absl::InvalidArgumentError("histogram: the counts add up to more than 2^64");
+    }
     h.total_ += h.counts_[i];
     h.sum_ += static_cast<std::uint64_t>(v + h.SizeOfEquivalentValueRange(v) / 2) * h.counts_[i];
   }

@@ -70,7 +70,7 @@ absl::Status CheckRange(const nlohmann::json& j, std::initializer_list<const cha
     const nlohmann::json& v = j.at(key);
     if (!v.is_number() || !(v.get<double>() >= lo && v.get<double>() <= hi)) {
       return absl::InvalidArgumentError(
-          absl::StrCat(key, " is not a number from ", lo, " to ", hi));
+          absl::StrFormat("%s is not a number from %.17g to %.17g", key, lo, hi));
     }
   }
   return absl::OkStatus();
