@@ -172,6 +172,27 @@ void BM_IntervalBoundarySwapSpare(benchmark::State& state) {
 }
 BENCHMARK(BM_IntervalBoundarySwapSpare);
 
+// The main thread's side of one boundary (TakeInterval: add up, reset, recycle) for one load
+// thread. It is not the load thread's time, but where the two share a CPU (taskset -c 1) it
+// preempts the load thread for this long.
+void BM_IntervalTakenByMainThread(benchmark::State& state) {
+  const std::vector<std::int64_t> values = Latencies(2'000);
+  Coordinator coordinator(1, std::max<std::int64_t>(state.max_iterations, 1));
+  Stats* stats = coordinator.FirstStats(0);
+  Stats sum;
+  std::int64_t k = 1;
+  for (auto _ : state) {
+    state.PauseTiming();
+    FillInterval(stats, values);
+    coordinator.Publish(0, k, &stats);
+    state.ResumeTiming();
+    coordinator.TakeInterval(k++, &sum);
+    sum.Reset();
+  }
+  benchmark::DoNotOptimize(sum.counters.requests);
+}
+BENCHMARK(BM_IntervalTakenByMainThread);
+
 }  // namespace
 }  // namespace upcase::load
 
