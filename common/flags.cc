@@ -134,9 +134,11 @@ absl::StatusOr<absl::Duration> ParseDurationFlag(absl::string_view name, absl::s
     parsed = absl::ParseDuration(text, &d);
   }
   if (!parsed || d < min || d > max) {
+    const std::string example =
+        max >= absl::Seconds(10) ? "10s or 500ms" : absl::FormatDuration(max / 2);
     return absl::InvalidArgumentError(absl::StrCat(
         "--", name, "=", Quoted(text), ": expected a duration from ", absl::FormatDuration(min),
-        " to ", absl::FormatDuration(max), ", such as 10s or 500ms"));
+        " to ", absl::FormatDuration(max), ", such as ", example));
   }
   return d;
 }

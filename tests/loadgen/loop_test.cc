@@ -5,6 +5,7 @@
 #include "gtest/gtest.h"
 #include "loadgen/channel.h"
 #include "loadgen/pacer.h"
+#include "loadgen/schedule.h"
 
 namespace upcase::load {
 namespace {
@@ -67,6 +68,19 @@ TEST(PacerTest, AutoLearnsTheWindowFromTheOversleepsItSees) {
   Pacer fixed(OpenLoop(SpinMode::kFixed, absl::Microseconds(7)));
   for (int i = 0; i < Pacer::kSamples; ++i) fixed.LearnOversleep(0, 90 * kUs);
   EXPECT_EQ(fixed.spin_window_ns(), 7 * kUs);
+}
+
+TEST(ScheduleTest, ARateTooLowForAnyRunNeverComesDue) {
+  // --rate=1e-300 over 16 connections: a period of ~1e310 ns, infinite as a double.
+  Rng rng(1);
+  for (Arrival arrival : {Arrival::kUniform, Arrival::kPoisson}) {
+    ArrivalSchedule schedule(arrival, 1e-300 / 16, 5'000, 0.0);
+    EXPECT_EQ(schedule.Next(rng), 5'000 + ArrivalSchedule::kNeverNs);
+    EXPECT_EQ(schedule.Next(rng), 5'000 + ArrivalSchedule::kNeverNs);
+  }
+  ArrivalSchedule usual(Arrival::kUniform, 1000, 5'000, 0.5);
+  EXPECT_EQ(usual.Next(rng), 5'000 + 500'000);
+  EXPECT_EQ(usual.Next(rng), 5'000 + 1'500'000);
 }
 
 struct ContextFixture {
