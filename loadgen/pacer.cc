@@ -10,7 +10,16 @@ Pacer::Pacer(const Config& config)
                  : config.spin == SpinMode::kAuto ? kInitialNs
                                                   : 0) {}
 
-Pacer::Wait Pacer::Next(std::int64_t now, std::int64_t send_due, std::int64_t other) const {
+Pacer::Wait Pacer::Next(std::int64_t now, std::int64_t send_due, std::int64_t other) {
+  if (mode_ == SpinMode::kAuto) {
+    if (last_learnt_ == INT64_MIN) {
+      last_learnt_ = now;
+    } else if (now - last_learnt_ >= kStaleNs) {
+      window_ns_ = std::max(kMinNs, window_ns_ / 2);
+      seen_ = 0;
+      last_learnt_ = now;
+    }
+  }
   const std::int64_t wake = std::min(send_due, other);
   if (wake <= now) return {0, false};
   if (mode_ == SpinMode::kOff || send_due == INT64_MAX) return {wake - now, false};
@@ -23,6 +32,7 @@ Pacer::Wait Pacer::Next(std::int64_t now, std::int64_t send_due, std::int64_t ot
 void Pacer::LearnOversleep(std::int64_t deadline, std::int64_t woke) {
   if (mode_ != SpinMode::kAuto) return;
   samples_[seen_ % kSamples] = std::max<std::int64_t>(0, woke - deadline);
+  last_learnt_ = woke;
   if (++seen_ % kRecomputeEvery != 0) return;
   // A copy, so that the ring keeps its order of arrival; 128 values, every 32 sleeps.
   std::array<std::int64_t, kSamples> sorted = samples_;

@@ -9,6 +9,11 @@
 // --spin=auto sizes the window from the oversleeps the thread measures itself (every sleep that
 // ended by its timeout is one sample): a high percentile of the recent ones plus a margin, within
 // bounds. A quiet machine then spins a few microseconds per send and a VM its wake-up latency.
+// A window as long as the time between sends leaves no sleep to learn from: two wake-ups a
+// millisecond late among 128 would pin it at kMaxNs, spinning away the thread's CPU for the rest
+// of the run. So a window that has learnt nothing for kStaleNs halves, with the old samples
+// dropped, until the thread sleeps again and measures afresh (at worst a few late sends per
+// kStaleNs where spinning throughout is right, e.g. sends closer than the oversleeps).
 // Spinning is CPU time: it is in client_cpu_s, and client_spin_s says how much of it was spent so.
 #ifndef UPCASE_LOADGEN_PACER_H_
 #define UPCASE_LOADGEN_PACER_H_
@@ -33,6 +38,8 @@ class Pacer {
   static constexpr std::int64_t kMinNs = 2'000;
   static constexpr std::int64_t kMaxNs = 1'000'000;
   static constexpr std::int64_t kInitialNs = 100'000;
+  // No sample for this long: the window halves and the samples start again (see above).
+  static constexpr std::int64_t kStaleNs = 100'000'000;
 
   explicit Pacer(const Config& config);
 
@@ -41,8 +48,9 @@ class Pacer {
     bool spinning;            // the zero timeout is the spin window's, not a deadline passed
   };
   // How to wait at `now` when the next send is due at `send_due` (INT64_MAX: none) and the
-  // thread's other deadlines (housekeeping, interval, window end) are at `other`.
-  Wait Next(std::int64_t now, std::int64_t send_due, std::int64_t other) const;
+  // thread's other deadlines (housekeeping, interval, window end) are at `other`. In auto mode
+  // it also ages a window that has learnt nothing for kStaleNs.
+  Wait Next(std::int64_t now, std::int64_t send_due, std::int64_t other);
 
   // A sleep meant to end at `deadline` ended, by its timeout, at `woke`.
   void LearnOversleep(std::int64_t deadline, std::int64_t woke);
@@ -54,6 +62,7 @@ class Pacer {
   std::int64_t window_ns_;
   std::array<std::int64_t, kSamples> samples_{};
   std::uint64_t seen_ = 0;
+  std::int64_t last_learnt_ = INT64_MIN;  // when a sample last came (or aging last began)
 };
 
 }  // namespace upcase::load

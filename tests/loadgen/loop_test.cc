@@ -21,7 +21,7 @@ Config OpenLoop(SpinMode spin, absl::Duration fixed = absl::ZeroDuration()) {
 }
 
 TEST(PacerTest, OffSleepsAllTheWay) {
-  const Pacer pacer(OpenLoop(SpinMode::kOff));
+  Pacer pacer(OpenLoop(SpinMode::kOff));
   const Pacer::Wait w = pacer.Next(0, 200 * kUs, 5'000 * kUs);
   EXPECT_EQ(w.timeout_ns, 200 * kUs);
   EXPECT_FALSE(w.spinning);
@@ -29,7 +29,7 @@ TEST(PacerTest, OffSleepsAllTheWay) {
 }
 
 TEST(PacerTest, SleepsUntilTheSpinWindowThenPolls) {
-  const Pacer pacer(OpenLoop(SpinMode::kFixed, absl::Microseconds(50)));
+  Pacer pacer(OpenLoop(SpinMode::kFixed, absl::Microseconds(50)));
   // Due in 200 us: sleep 150, then spin the last 50.
   EXPECT_EQ(pacer.Next(0, 200 * kUs, 5'000 * kUs).timeout_ns, 150 * kUs);
   const Pacer::Wait spin = pacer.Next(160 * kUs, 200 * kUs, 5'000 * kUs);
@@ -68,6 +68,42 @@ TEST(PacerTest, AutoLearnsTheWindowFromTheOversleepsItSees) {
   Pacer fixed(OpenLoop(SpinMode::kFixed, absl::Microseconds(7)));
   for (int i = 0; i < Pacer::kSamples; ++i) fixed.LearnOversleep(0, 90 * kUs);
   EXPECT_EQ(fixed.spin_window_ns(), 7 * kUs);
+}
+
+TEST(PacerTest, AutoRelearnsAWindowThatLeavesNoSleep) {
+  // Sends every 200 us (5,000 req/s on one thread); the VM wakes 30 us late, but twice in 128
+  // wake-ups 5 ms late: the window goes to its bound, longer than the time between sends.
+  Pacer pacer(OpenLoop(SpinMode::kAuto));
+  std::int64_t now = 0;
+  auto sleep_and_send = [&](std::int64_t oversleep) {
+    const Pacer::Wait w = pacer.Next(now, now + 200 * kUs, now + 10'000 * kUs);
+    if (w.timeout_ns > 0) {
+      pacer.LearnOversleep(now + w.timeout_ns, now + w.timeout_ns + oversleep);
+      return true;
+    }
+    return false;
+  };
+  for (int i = 0; i < Pacer::kSamples - 2; ++i, now += 200 * kUs) sleep_and_send(30 * kUs);
+  sleep_and_send(5'000 * kUs);
+  now += 200 * kUs;
+  sleep_and_send(5'000 * kUs);
+  ASSERT_EQ(pacer.spin_window_ns(), Pacer::kMaxNs);
+  // From now on every wait is a spin, so no sleep measures anything ...
+  int slept = 0;
+  std::int64_t first_sleep = -1;
+  for (int i = 0; i < 5'000; ++i, now += 200 * kUs) {
+    if (sleep_and_send(30 * kUs)) {
+      if (first_sleep < 0) first_sleep = now;
+      ++slept;
+    }
+  }
+  // ... until the stale window has halved below the 200 us between sends (1000 -> 500 -> 250
+  // -> 125 us: three kStaleNs); then the thread sleeps again and learns from fresh samples only:
+  // the two 5 ms wake-ups are forgotten.
+  ASSERT_GT(first_sleep, 0);
+  EXPECT_LE(first_sleep, 4 * Pacer::kStaleNs);
+  EXPECT_GT(slept, 3'000);
+  EXPECT_EQ(pacer.spin_window_ns(), 30 * kUs + Pacer::kMarginNs);
 }
 
 TEST(ScheduleTest, ARateTooLowForAnyRunNeverComesDue) {
