@@ -11,14 +11,16 @@
 // bounds. A quiet machine then spins a few microseconds per send and a VM its wake-up latency.
 // A window as long as the time between sends leaves no sleep to learn from: two wake-ups a
 // millisecond late among 128 would pin it at kMaxNs, spinning away the thread's CPU for the rest
-// of the run. So a window that has learnt nothing for kStaleNs halves, with the old samples
-// dropped, until the thread sleeps again and measures afresh (at worst a few late sends per
-// kStaleNs where spinning throughout is right, e.g. sends closer than the oversleeps).
+// of the run. So a window that has learnt nothing for kStaleNs forgets the samples that set it
+// and is recomputed from the rest, step by step, until the thread sleeps and measures again.
+// Where spinning throughout is right (sends closer than the oversleeps) the fresh samples soon
+// set it back; with no sample at all (kInitialNs longer than the time between sends) it stays.
 // Spinning is CPU time: it is in client_cpu_s, and client_spin_s says how much of it was spent so.
 #ifndef UPCASE_LOADGEN_PACER_H_
 #define UPCASE_LOADGEN_PACER_H_
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 
 #include "loadgen/config.h"
@@ -38,7 +40,7 @@ class Pacer {
   static constexpr std::int64_t kMinNs = 2'000;
   static constexpr std::int64_t kMaxNs = 1'000'000;
   static constexpr std::int64_t kInitialNs = 100'000;
-  // No sample for this long: the window halves and the samples start again (see above).
+  // No sample for this long: the samples that set the window are forgotten (see above).
   static constexpr std::int64_t kStaleNs = 100'000'000;
 
   explicit Pacer(const Config& config);
@@ -58,6 +60,10 @@ class Pacer {
   std::int64_t spin_window_ns() const { return window_ns_; }
 
  private:
+  std::ptrdiff_t Filled() const;
+  void Recompute();
+  void ForgetTheLargest();
+
   const SpinMode mode_;
   std::int64_t window_ns_;
   std::array<std::int64_t, kSamples> samples_{};

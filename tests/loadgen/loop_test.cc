@@ -71,39 +71,45 @@ TEST(PacerTest, AutoLearnsTheWindowFromTheOversleepsItSees) {
 }
 
 TEST(PacerTest, AutoRelearnsAWindowThatLeavesNoSleep) {
-  // Sends every 200 us (5,000 req/s on one thread); the VM wakes 30 us late, but twice in 128
-  // wake-ups 5 ms late: the window goes to its bound, longer than the time between sends.
+  // Sends every `gap` on one thread; every sleep that ends by its timeout wakes `oversleep` late.
   Pacer pacer(OpenLoop(SpinMode::kAuto));
   std::int64_t now = 0;
-  auto sleep_and_send = [&](std::int64_t oversleep) {
-    const Pacer::Wait w = pacer.Next(now, now + 200 * kUs, now + 10'000 * kUs);
-    if (w.timeout_ns > 0) {
-      pacer.LearnOversleep(now + w.timeout_ns, now + w.timeout_ns + oversleep);
-      return true;
-    }
-    return false;
+  auto send = [&](std::int64_t gap, std::int64_t oversleep) {
+    const Pacer::Wait w = pacer.Next(now, now + gap, now + 10'000 * kUs);
+    if (w.timeout_ns > 0) pacer.LearnOversleep(now + w.timeout_ns, now + w.timeout_ns + oversleep);
+    now += gap;
+    return w.timeout_ns > 0;
   };
-  for (int i = 0; i < Pacer::kSamples - 2; ++i, now += 200 * kUs) sleep_and_send(30 * kUs);
-  sleep_and_send(5'000 * kUs);
-  now += 200 * kUs;
-  sleep_and_send(5'000 * kUs);
+  // 5,000 req/s; the VM wakes 30 us late, but twice in 128 wake-ups 5 ms late: the window goes
+  // to its bound, longer than the 200 us between sends.
+  for (int i = 0; i < Pacer::kSamples - 2; ++i) send(200 * kUs, 30 * kUs);
+  send(200 * kUs, 5'000 * kUs);
+  send(200 * kUs, 5'000 * kUs);
   ASSERT_EQ(pacer.spin_window_ns(), Pacer::kMaxNs);
-  // From now on every wait is a spin, so no sleep measures anything ...
-  int slept = 0;
+  const std::int64_t pinned = now;
+  // From now on every wait is a spin, so no sleep measures anything ... until the window has
+  // learnt nothing for kStaleNs: the two 5 ms samples are forgotten and the thread sleeps again.
   std::int64_t first_sleep = -1;
-  for (int i = 0; i < 5'000; ++i, now += 200 * kUs) {
-    if (sleep_and_send(30 * kUs)) {
+  int slept = 0;
+  for (int i = 0; i < 5'000; ++i) {
+    if (send(200 * kUs, 30 * kUs)) {
       if (first_sleep < 0) first_sleep = now;
       ++slept;
     }
   }
-  // ... until the stale window has halved below the 200 us between sends (1000 -> 500 -> 250
-  // -> 125 us: three kStaleNs); then the thread sleeps again and learns from fresh samples only:
-  // the two 5 ms wake-ups are forgotten.
   ASSERT_GT(first_sleep, 0);
-  EXPECT_LE(first_sleep, 4 * Pacer::kStaleNs);
-  EXPECT_GT(slept, 3'000);
+  // (The last sample was taken at its 5 ms late wake-up, which this clock does not advance to.)
+  EXPECT_LE(first_sleep - pinned, Pacer::kStaleNs + 5'000 * kUs + 400 * kUs);
+  EXPECT_GT(slept, 4'000);
   EXPECT_EQ(pacer.spin_window_ns(), 30 * kUs + Pacer::kMarginNs);
+
+  // 20,000 req/s with a fresh pacer: its first window is longer than the 50 us between sends and
+  // it has nothing to forget, so it spins throughout rather than probe with late sends.
+  Pacer fresh(OpenLoop(SpinMode::kAuto));
+  for (std::int64_t t = 0; t < 10 * Pacer::kStaleNs; t += 50 * kUs) {
+    EXPECT_TRUE(fresh.Next(t, t + 50 * kUs, t + 10'000 * kUs).spinning);
+  }
+  EXPECT_EQ(fresh.spin_window_ns(), Pacer::kInitialNs);
 }
 
 TEST(ScheduleTest, ARateTooLowForAnyRunNeverComesDue) {
