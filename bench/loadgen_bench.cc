@@ -1,17 +1,20 @@
 // upcase-load's per-request user-space work, in isolation: recording a latency, verifying a reply,
 // the open-loop schedule (next intended send time, and the per-thread min-heap that picks the
-// channel due next), and the per-interval costs (merging and encoding a histogram). These are what
-// the load generator adds on top of the kernel's send and receive, so they bound how cheap a
-// request can be.
+// channel due next), and the per-interval costs (merging and encoding a histogram, and what a load
+// thread pays at an interval boundary). These are what the load generator adds on top of the
+// kernel's send and receive, so they bound how cheap a request can be.
 //
 //   build/release/bin/loadgen_bench --benchmark_format=json
 #include <algorithm>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <random>
 #include <utility>
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "loadgen/coordinator.h"
 #include "loadgen/histogram.h"
 #include "loadgen/payload.h"
 #include "loadgen/schedule.h"
@@ -110,6 +113,85 @@ void BM_HistogramEncodeBase64(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(h.EncodeBase64());
 }
 BENCHMARK(BM_HistogramEncodeBase64);
+
+// What a load thread pays when an interval ends, the only moment its loop stops for the
+// figures (the main thread's merge is not timed: the worker does not wait for it). An interval's
+// worth of latencies is recorded first, untimed.
+void FillInterval(Stats* stats, const std::vector<std::int64_t>& values) {
+  for (std::int64_t v : values) {
+    stats->latency.Record(v);
+    stats->latency_uncorrected.Record(v / 2);
+    stats->send_lag.Record(v / 64);
+  }
+  stats->counters.requests += values.size();
+}
+
+// The shape before the spares (52b3522): the thread added its Stats to a board entry it created
+// under the coordinator's lock (allocating and zeroing three histograms), added them to its own
+// run total, and reset them.
+void BM_IntervalBoundaryMergeOnWorker(benchmark::State& state) {
+  const std::vector<std::int64_t> values = Latencies(2'000);
+  std::mutex mu;
+  std::map<std::int64_t, Stats> board;
+  Stats stats, total;
+  std::int64_t k = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    FillInterval(&stats, values);
+    board.erase(k - 1);  // the main thread's TakeInterval, untimed
+    state.ResumeTiming();
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      board[k].Add(stats);
+    }
+    total.Add(stats);
+    stats.Reset();
+    ++k;
+  }
+  benchmark::DoNotOptimize(total.counters.requests);
+}
+BENCHMARK(BM_IntervalBoundaryMergeOnWorker);
+
+// Now: the thread swaps its Stats for a spare under the lock (Coordinator::Publish).
+void BM_IntervalBoundarySwapSpare(benchmark::State& state) {
+  const std::vector<std::int64_t> values = Latencies(2'000);
+  const std::int64_t intervals = std::max<std::int64_t>(state.max_iterations, 1);
+  Coordinator coordinator(1, intervals);
+  Stats* stats = coordinator.FirstStats(0);
+  Stats sum;
+  std::int64_t k = 1;
+  for (auto _ : state) {
+    state.PauseTiming();
+    FillInterval(stats, values);
+    if (k > 1) coordinator.TakeInterval(k - 1, &sum);  // the main thread's side, untimed
+    state.ResumeTiming();
+    coordinator.Publish(0, k, &stats);
+    ++k;
+  }
+  benchmark::DoNotOptimize(sum.counters.requests);
+}
+BENCHMARK(BM_IntervalBoundarySwapSpare);
+
+// The main thread's side of one boundary (TakeInterval: add up, reset, recycle) for one load
+// thread. It is not the load thread's time, but where the two share a CPU (taskset -c 1) it
+// preempts the load thread for this long.
+void BM_IntervalTakenByMainThread(benchmark::State& state) {
+  const std::vector<std::int64_t> values = Latencies(2'000);
+  Coordinator coordinator(1, std::max<std::int64_t>(state.max_iterations, 1));
+  Stats* stats = coordinator.FirstStats(0);
+  Stats sum;
+  std::int64_t k = 1;
+  for (auto _ : state) {
+    state.PauseTiming();
+    FillInterval(stats, values);
+    coordinator.Publish(0, k, &stats);
+    state.ResumeTiming();
+    coordinator.TakeInterval(k++, &sum);
+    sum.Reset();
+  }
+  benchmark::DoNotOptimize(sum.counters.requests);
+}
+BENCHMARK(BM_IntervalTakenByMainThread);
 
 }  // namespace
 }  // namespace upcase::load

@@ -1,5 +1,6 @@
 #include "common/flags.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
@@ -121,18 +122,34 @@ void FlagSet::String(std::string name, std::string* target, std::string help,
        }});
 }
 
-void FlagSet::Duration(std::string name, absl::Duration* target, std::string help) {
+absl::StatusOr<absl::Duration> ParseDurationFlag(absl::string_view name, absl::string_view text,
+                                                 absl::Duration min, absl::Duration max) {
+  absl::Duration d;
+  double seconds;
+  bool parsed = false;
+  if (absl::SimpleAtod(text, &seconds)) {
+    parsed = std::isfinite(seconds);
+    if (parsed) d = absl::Seconds(seconds);  // 1e300 becomes infinite: rejected below
+  } else {
+    parsed = absl::ParseDuration(text, &d);
+  }
+  if (!parsed || d < min || d > max) {
+    const std::string example =
+        max >= absl::Seconds(10) ? "10s or 500ms" : absl::FormatDuration(max / 2);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", name, "=", Quoted(text), ": expected a duration from ", absl::FormatDuration(min),
+        " to ", absl::FormatDuration(max), ", such as ", example));
+  }
+  return d;
+}
+
+void FlagSet::Duration(std::string name, absl::Duration* target, std::string help,
+                       absl::Duration min, absl::Duration max) {
   Add({name, std::move(help), absl::FormatDuration(*target), false,
-       [name, target](absl::string_view v) -> absl::Status {
-         absl::Duration d;
-         double seconds;
-         if (absl::SimpleAtod(v, &seconds) && seconds >= 0) {
-           d = absl::Seconds(seconds);
-         } else if (!absl::ParseDuration(v, &d) || d < absl::ZeroDuration()) {
-           return absl::InvalidArgumentError(absl::StrCat(
-               "--", name, "=", Quoted(v), ": expected a duration such as 10s or 500ms"));
-         }
-         *target = d;
+       [name, target, min, max](absl::string_view v) -> absl::Status {
+         absl::StatusOr<absl::Duration> d = ParseDurationFlag(name, v, min, max);
+         if (!d.ok()) return d.status();
+         *target = *d;
          return absl::OkStatus();
        }});
 }

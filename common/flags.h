@@ -21,6 +21,9 @@
 
 namespace upcase {
 
+// The longest duration any flag accepts: a year, far from int64 nanoseconds' 292 years.
+inline constexpr absl::Duration kMaxDurationFlag = absl::Hours(24 * 365);
+
 class FlagSet {
  public:
   // `program` is the name errors start with; `usage` the synopsis and description for --help.
@@ -35,8 +38,11 @@ class FlagSet {
   // `choices`, when given, lists the only accepted values.
   void String(std::string name, std::string* target, std::string help,
               std::vector<std::string> choices = {});
-  // absl duration syntax: 10s, 500ms, 1m30s; a bare number means seconds.
-  void Duration(std::string name, absl::Duration* target, std::string help);
+  // absl duration syntax: 10s, 500ms, 1m30s; a bare number means seconds. Values outside
+  // [min, max] -- negative, `inf`, 1e300 -- are rejected, so a duration can always be added to a
+  // CLOCK_MONOTONIC time in nanoseconds without overflowing.
+  void Duration(std::string name, absl::Duration* target, std::string help,
+                absl::Duration min = absl::ZeroDuration(), absl::Duration max = kMaxDurationFlag);
 
   // Parses everything after argv[0]; returns the positional arguments or a one-line error.
   absl::StatusOr<std::vector<std::string>> Parse(int argc, char** argv);
@@ -68,6 +74,12 @@ void DieIfError(absl::string_view program, const absl::Status& status);
 
 // Parses the byte-count syntax of FlagSet::Bytes.
 absl::StatusOr<std::uint64_t> ParseBytes(absl::string_view text);
+
+// Parses the duration syntax of FlagSet::Duration for flag --`name`, within [min, max]; for flags
+// whose default depends on other flags, parsed after them.
+absl::StatusOr<absl::Duration> ParseDurationFlag(absl::string_view name, absl::string_view text,
+                                                 absl::Duration min = absl::ZeroDuration(),
+                                                 absl::Duration max = kMaxDurationFlag);
 
 }  // namespace upcase
 

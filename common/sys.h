@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -21,11 +22,19 @@ inline std::int64_t MonotonicNanos() {
   return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
-// User + system CPU seconds of the whole process (all threads), from getrusage.
-double ProcessCpuSeconds();
+// User + system CPU seconds from getrusage: `who` is RUSAGE_SELF (the whole process, all
+// threads) or RUSAGE_THREAD (the calling thread).
+double CpuSeconds(int who);
 
 // Number of CPUs online now (sysconf), at least 1.
 int OnlineCpus();
+
+// The CPUs this process may run on (sched_getaffinity), in increasing order: in a container
+// limited to CPUs 4-7 that is {4, 5, 6, 7}, whatever the machine has online.
+absl::StatusOr<std::vector<int>> AllowedCpus();
+
+// The inverse of ParseCpuList: {0, 1, 2, 5} -> "0-2,5".
+std::string FormatCpuList(const std::vector<int>& cpus);
 
 // Restricts the calling thread to one CPU. The error names the CPU and the errno text.
 absl::Status PinCurrentThread(int cpu);

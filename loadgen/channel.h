@@ -9,11 +9,13 @@
 #ifndef UPCASE_LOADGEN_CHANNEL_H_
 #define UPCASE_LOADGEN_CHANNEL_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "common/net.h"
 #include "loadgen/config.h"
@@ -28,9 +30,11 @@ namespace upcase::load {
 enum class IoStatus { kOk, kRetry, kError };
 
 enum class Phase {
-  kSetup,     // connecting; errors are fatal and end the run before it starts
-  kRunning,   // sending on schedule (or refilling, closed loop)
-  kDraining,  // after the window: nothing new goes out; waiting for replies already asked for
+  kSetup,    // connecting; errors are fatal and end the run before it starts
+  kRunning,  // sending on schedule (or refilling, closed loop)
+  // After the window, for at most --drain: nothing new is scheduled; replies already asked for
+  // are awaited, and in open loop requests of the schedule still queued in the client go out.
+  kDraining,
 };
 
 // A thread's state shared by its channels. Owned and touched by that thread only.
@@ -40,7 +44,7 @@ struct LoopContext {
   int epoll_fd = -1;
   const PayloadPool* pool = nullptr;
   Rng rng{1};
-  Stats stats;  // since the last interval publication
+  Stats* stats = nullptr;  // since the last interval publication (swapped for a spare then)
   Phase phase = Phase::kSetup;
   std::int64_t now = 0;  // CLOCK_MONOTONIC ns when the current batch of events was returned
   std::int64_t measure_start = INT64_MAX;
@@ -54,24 +58,51 @@ struct LoopContext {
   std::string first_mismatch;
 
   bool running() const { return phase == Phase::kRunning; }
+  // Requests may go out: while running, and in open loop during the drain too, so that requests
+  // of the window queued in the client still get their chance.
+  bool sending() const {
+    return phase == Phase::kRunning || (phase == Phase::kDraining && config->open_loop());
+  }
   bool InWindow(std::int64_t intended) const {
     return intended >= measure_start && intended < measure_end;
   }
   // A reply to the request intended at `intended` and sent at `sent` arrived at `now`.
   void RecordReply(std::int64_t intended, std::int64_t sent, std::uint32_t size) {
-    if (intended < measure_start || now >= measure_end) return;
-    stats.latency.Record(now - intended);
-    stats.latency_uncorrected.Record(now - sent);
-    ++stats.counters.requests;
-    stats.counters.bytes_received += size;
+    if (!InWindow(intended)) return;
+    if (now < measure_end) {
+      ++stats->counters.requests;
+      stats->counters.bytes_received += size;
+    } else if (config->open_loop()) {
+      ++stats->counters.drain_replies;
+    } else {
+      return;  // closed loop measures what completes inside the window
+    }
+    stats->latency.Record(now - intended);
+    stats->latency_uncorrected.Record(now - sent);
   }
   // A window request's first byte went out at `sent`.
   void RecordSend(std::int64_t intended, std::int64_t sent) {
     if (!InWindow(intended)) return;
-    ++stats.counters.sent;
-    stats.send_lag.Record(sent - intended);
+    ++stats->counters.sent;
+    stats->send_lag.Record(sent - intended);
+  }
+  // The drain is over and the request intended at `intended` has no reply (`sent`: whether its
+  // first byte went out). Open loop records its age as a lower bound of its latency, in the
+  // corrected histogram only: an unsent request has no uncorrected latency at all.
+  void RecordUnanswered(std::int64_t intended, bool sent) {
+    if (intended == 0 || !InWindow(intended)) return;  // closed loop's unsent have no time yet
+    Counters& c = stats->counters;
+    ++c.unanswered;
+    ++(sent ? c.unfinished : c.unsent);
+    if (!config->open_loop()) return;
+    const std::int64_t age = now - intended;
+    stats->latency.Record(age);
+    c.unanswered_min_age_ns = std::min(c.unanswered_min_age_ns, age);
   }
   void NoteError(ErrorKind kind, const absl::Status& cause);
+  // The same, building the cause only when it will be kept (the first error): for errors that
+  // come in floods, such as queue_full when the generator is behind.
+  void NoteError(ErrorKind kind, absl::FunctionRef<absl::Status()> cause);
   void NoteMismatch(const std::string& what);
 };
 
@@ -94,10 +125,11 @@ class Channel {
   virtual void Flush() = 0;
   // Every few milliseconds: timeouts and reconnects.
   virtual void Housekeep() = 0;
-  // Nothing sent is still waiting for its reply.
+  // Nothing sent (or, in open loop, queued) is still waiting for its reply.
   virtual bool Idle() const = 0;
-  // End of run: counts window requests left unanswered, closes the socket.
-  virtual void Finish() = 0;
+  // End of the drain: accounts for window requests left unanswered (RecordUnanswered) and closes
+  // the socket.
+  virtual void CloseAndCountUnanswered() = 0;
 
   // The loop clears this before calling Flush().
   bool TakeDirty() { return std::exchange(dirty_, false); }

@@ -1,5 +1,7 @@
 #include "loadgen/config.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/sys.h"
@@ -22,6 +24,63 @@ absl::StatusOr<SizeRange> ParseSizeRange(absl::string_view text) {
   return SizeRange{static_cast<std::uint32_t>(*lo), static_cast<std::uint32_t>(*hi)};
 }
 
+namespace {
+
+// --cpus: a list of CPUs this process may run on. In a container limited to CPUs 4-7, --cpus=0 is
+// an error naming 4-7 here, not a failed pthread_setaffinity_np in a worker thread.
+absl::StatusOr<std::vector<int>> ParseAllowedCpus(const std::string& text) {
+  absl::StatusOr<std::vector<int>> cpus = ParseCpuList(text);
+  if (!cpus.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--cpus: ", cpus.status().message()));
+  }
+  absl::StatusOr<std::vector<int>> allowed = AllowedCpus();
+  if (!allowed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--cpus: ", allowed.status().message()));
+  }
+  for (int cpu : *cpus) {
+    if (!std::binary_search(allowed->begin(), allowed->end(), cpu)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--cpus=", text, ": CPU ", cpu,
+          " is not one this process may use (allowed: ", FormatCpuList(*allowed), ")"));
+    }
+  }
+  return cpus;
+}
+
+// --drain and --spin, after --rate and --timeout are known (their defaults depend on them).
+absl::Status FinishDrainAndSpin(const RawFlags& raw, Config* c) {
+  if (raw.drain.empty()) {
+    c->drain = std::max(kMinDefaultDrain, c->timeout);
+  } else {
+    absl::StatusOr<absl::Duration> drain = ParseDurationFlag("drain", raw.drain);
+    if (!drain.ok()) return drain.status();
+    c->drain = *drain;
+  }
+  const std::string spin = raw.spin.empty() ? (c->open_loop() ? "auto" : "off") : raw.spin;
+  if (spin == "off") {
+    c->spin = SpinMode::kOff;
+    return absl::OkStatus();
+  }
+  if (!c->open_loop()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--spin=", spin, ": only open loop (--rate) has send times to spin for"));
+  }
+  if (spin == "auto") {
+    c->spin = SpinMode::kAuto;
+    return absl::OkStatus();
+  }
+  absl::StatusOr<absl::Duration> d =
+      ParseDurationFlag("spin", spin, absl::Nanoseconds(1), kMaxSpin);
+  if (!d.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(d.status().message(), ", or auto, or off"));
+  }
+  c->spin = SpinMode::kFixed;
+  c->spin_fixed = *d;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 void RegisterFlags(FlagSet& flags, RawFlags* raw) {
   Config& c = raw->config;
   flags.String("proto", &raw->proto, "protocol", {"tcp", "udp"});
@@ -43,13 +102,19 @@ void RegisterFlags(FlagSet& flags, RawFlags* raw) {
   flags.Bool("verify", &c.verify, "every reply must equal uppercase(request); --no-verify to skip");
   flags.String("json", &c.json_path, "write the result as JSON to this file");
   flags.String("hdr-log", &c.hdr_log_path, "write HdrHistogram interval logs (V2) to this file");
-  flags.Duration("interval", &c.interval, "progress line and log interval");
+  flags.Duration("interval", &c.interval, "progress line and log interval", kMinInterval);
   flags.Bool("quiet", &c.quiet, "no progress lines");
   flags.Double("start-at", &c.start_at, 0, 1e11,
                "start at this UNIX time (seconds, fractions allowed), for runs on several hosts");
   flags.Duration("timeout", &c.timeout,
-                 "UDP: a reply later than this is lost; TCP: connect timeout; both: end-of-run "
-                 "drain");
+                 "UDP: a reply later than this is lost; TCP: connect timeout");
+  flags.String("drain", &raw->drain,
+               "after the window, wait this long for replies to window requests (a duration; "
+               "default: the larger of 1s and --timeout)");
+  flags.String("spin", &raw->spin,
+               "open loop: sleep until this long before each send, then spin on the clock: auto "
+               "(learnt from the oversleeps measured), off, or a duration up to 10ms "
+               "[default: auto in open loop, off in closed loop]");
 }
 
 absl::StatusOr<Config> FinishConfig(const RawFlags& raw, const std::vector<std::string>& args) {
@@ -66,10 +131,9 @@ absl::StatusOr<Config> FinishConfig(const RawFlags& raw, const std::vector<std::
   c.proto = raw.proto == "udp" ? Transport::kUdp : Transport::kTcp;
   c.arrival = raw.arrival == "poisson" ? Arrival::kPoisson : Arrival::kUniform;
   if (!raw.cpus.empty()) {
-    absl::StatusOr<std::vector<int>> cpus = ParseCpuList(raw.cpus);
-    if (!cpus.ok())
-      return absl::InvalidArgumentError(absl::StrCat("--cpus: ", cpus.status().message()));
-    c.cpus = *cpus;
+    absl::StatusOr<std::vector<int>> cpus = ParseAllowedCpus(raw.cpus);
+    if (!cpus.ok()) return cpus.status();
+    c.cpus = *std::move(cpus);
   }
   absl::StatusOr<SizeRange> size = ParseSizeRange(raw.size);
   if (!size.ok()) return size.status();
@@ -97,12 +161,10 @@ absl::StatusOr<Config> FinishConfig(const RawFlags& raw, const std::vector<std::
   if (c.duration <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--duration: must be positive");
   }
-  if (c.interval <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError("--interval: must be positive");
-  }
   if (c.timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--timeout: must be positive");
   }
+  if (absl::Status s = FinishDrainAndSpin(raw, &c); !s.ok()) return s;
   if (c.threads > c.connections) c.threads = c.connections;
   return c;
 }
@@ -119,6 +181,10 @@ nlohmann::json Config::ToJson() const {
       {"warmup_s", absl::ToDoubleSeconds(warmup)},
       {"interval_s", absl::ToDoubleSeconds(interval)},
       {"timeout_s", absl::ToDoubleSeconds(timeout)},
+      {"drain_s", absl::ToDoubleSeconds(drain)},
+      {"spin", spin == SpinMode::kOff    ? "off"
+               : spin == SpinMode::kAuto ? "auto"
+                                         : absl::FormatDuration(spin_fixed)},
       {"size", size.ToString()},
       {"size_min", size.min},
       {"size_max", size.max},

@@ -25,6 +25,18 @@ inline constexpr std::uint64_t kMaxTcpRequest = 16 << 20;
 
 enum class Arrival { kUniform, kPoisson };
 
+// How an open-loop thread waits for its next send (see pacer.h): sleep the whole way (kOff), or
+// sleep until a spin window before it and then poll, the window learnt from the oversleeps seen
+// (kAuto) or fixed (kFixed).
+enum class SpinMode { kOff, kAuto, kFixed };
+
+// --interval below this would spend the run publishing intervals.
+inline constexpr absl::Duration kMinInterval = absl::Milliseconds(10);
+// --spin=DURATION above this is a busy loop, not a finishing stretch.
+inline constexpr absl::Duration kMaxSpin = absl::Milliseconds(10);
+// The drain's default: the larger of this and --timeout.
+inline constexpr absl::Duration kMinDefaultDrain = absl::Seconds(1);
+
 // Request sizes: fixed (--size=64) or uniform over a range (--size=64:1024).
 struct SizeRange {
   std::uint32_t min = 64;
@@ -47,6 +59,10 @@ struct Config {
   absl::Duration warmup = absl::Seconds(2);
   absl::Duration interval = absl::Seconds(1);
   absl::Duration timeout = absl::Seconds(1);
+  // After the window: how long replies to window requests are still awaited (and recorded).
+  absl::Duration drain = absl::Seconds(1);
+  SpinMode spin = SpinMode::kOff;
+  absl::Duration spin_fixed = absl::ZeroDuration();  // kFixed's window
   SizeRange size;
   std::int64_t pipeline = 1;  // closed loop: kept in flight; open loop: most in flight
   double rate = 0;            // requests/s in total; 0 = closed loop
@@ -69,6 +85,8 @@ struct RawFlags {
   std::string size = "64";
   std::string arrival = "uniform";
   std::int64_t pipeline = 0;  // 0: 1 in closed loop, no cap in open loop
+  std::string drain;          // empty: max(1s, --timeout)
+  std::string spin;           // empty: auto in open loop, off in closed loop
   Config config;
 };
 void RegisterFlags(FlagSet& flags, RawFlags* raw);

@@ -129,7 +129,9 @@ std::int64_t Histogram::HighestEquivalentValue(std::int64_t value) const {
 void Histogram::Add(const Histogram& other) {
   if (other.total_ == 0) return;
   if (SameLayout(other)) {
-    for (std::size_t i = 0; i < counts_.size(); ++i) counts_[i] += other.counts_[i];
+    std::uint64_t* to = counts_.data();
+    const std::uint64_t* from = other.counts_.data();
+    for (std::size_t i = other.FirstUsed(), end = other.EndUsed(); i < end; ++i) to[i] += from[i];
     total_ += other.total_;
     sum_ += other.sum_;
     clamped_ += other.clamped_;
@@ -144,7 +146,7 @@ void Histogram::Add(const Histogram& other) {
 }
 
 void Histogram::Reset() {
-  std::fill(counts_.begin(), counts_.end(), 0);
+  if (total_ > 0) std::fill(counts_.begin() + FirstUsed(), counts_.begin() + EndUsed(), 0);
   total_ = clamped_ = sum_ = 0;
   min_ = INT64_MAX;
   max_ = 0;
@@ -158,8 +160,9 @@ std::int64_t Histogram::ValueAtPercentile(double percentile) const {
   std::uint64_t rank =
       static_cast<std::uint64_t>(std::ceil(requested * static_cast<double>(total_) / 100.0));
   rank = std::max<std::uint64_t>(rank, 1);
+  if (total_ == 0) return 0;
   std::uint64_t seen = 0;
-  for (std::size_t i = 0; i < counts_.size(); ++i) {
+  for (std::size_t i = FirstUsed(), end = EndUsed(); i < end; ++i) {
     seen += counts_[i];
     if (seen >= rank) {
       const std::int64_t v = ValueFromIndex(static_cast<int>(i));
@@ -278,6 +281,9 @@ absl::StatusOr<Histogram> Histogram::DecodeUncompressed(absl::string_view in) {
     const std::int64_t v = h.ValueFromIndex(static_cast<int>(i));
     if (h.total_ == 0) h.min_ = v;
     h.max_ = h.HighestEquivalentValue(v);
+    if (h.total_ > UINT64_MAX - h.counts_[i]) {
+      return absl::InvalidArgumentError("histogram: the counts add up to more than 2^64");
+    }
     h.total_ += h.counts_[i];
     h.sum_ += static_cast<std::uint64_t>(v + h.SizeOfEquivalentValueRange(v) / 2) * h.counts_[i];
   }

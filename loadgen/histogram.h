@@ -84,7 +84,8 @@ class Histogram {
   // every non-empty bucket.
   template <typename Fn>
   void ForEachBucket(Fn fn) const {
-    for (std::size_t i = 0; i < counts_.size(); ++i) {
+    if (total_ == 0) return;
+    for (std::size_t i = FirstUsed(), end = EndUsed(); i < end; ++i) {
       if (counts_[i] == 0) continue;
       const std::int64_t v = ValueFromIndex(static_cast<int>(i));
       fn(v, HighestEquivalentValue(v), counts_[i]);
@@ -120,6 +121,11 @@ class Histogram {
     return ((bucket + 1) << sub_bucket_half_count_magnitude_) + (sub - sub_bucket_half_count_);
   }
   std::int64_t ValueFromIndex(int index) const;
+  // The counts that may be non-zero: those from min_'s bucket to max_'s (when total_ > 0), so
+  // that adding, resetting and reading a histogram cost what its values span, not its ~32,000
+  // buckets.
+  std::size_t FirstUsed() const { return static_cast<std::size_t>(CountsIndex(min_)); }
+  std::size_t EndUsed() const { return static_cast<std::size_t>(CountsIndex(max_)) + 1; }
   std::string EncodeUncompressed() const;
   static absl::StatusOr<Histogram> DecodeUncompressed(absl::string_view bytes);
 
@@ -136,6 +142,7 @@ class Histogram {
   std::uint64_t total_ = 0;
   std::uint64_t clamped_ = 0;
   std::uint64_t sum_ = 0;
+  // Invariant: every non-zero count lies in [CountsIndex(min_), CountsIndex(max_)].
   std::int64_t min_ = INT64_MAX;  // meaningful only when total_ > 0
   std::int64_t max_ = 0;
 };

@@ -88,7 +88,11 @@ int Merge(const std::vector<std::string>& files, const Config& config) {
       return kExitFailed;
     }
     if (merged.has_value()) {
-      merged->Merge(*r);
+      if (absl::Status s = merged->Merge(*r); !s.ok()) {
+        std::fprintf(stderr, "%s: merge: %s: %s\n", kProgram, f.c_str(),
+                     std::string(s.message()).c_str());
+        return kExitFailed;
+      }
     } else {
       merged = *std::move(r);
     }

@@ -54,6 +54,38 @@ absl::Status CheckIntegers(const nlohmann::json& j, std::initializer_list<const 
   return absl::OkStatus();
 }
 
+// Bounds a result file's numbers must respect before they are cast or summed: past them merge's
+// arithmetic would overflow (undefined behaviour for the signed and floating-point casts). Real
+// runs are far inside them.
+constexpr std::int64_t kMaxInstances = std::int64_t{1} << 20;
+constexpr std::int64_t kMaxThreadsOrConnections = std::int64_t{1} << 40;
+constexpr double kMaxFigure = 1e15;   // seconds (UNIX time included), rates, CPU seconds
+constexpr double kMaxBytes = 1.8e19;  // below 2^64
+
+// Every key present is a number in [lo, hi] (a JSON integer or floating-point number).
+absl::Status CheckRange(const nlohmann::json& j, std::initializer_list<const char*> keys, double lo,
+                        double hi) {
+  for (const char* key : keys) {
+    if (!j.contains(key)) continue;
+    const nlohmann::json& v = j.at(key);
+    if (!v.is_number() || !(v.get<double>() >= lo && v.get<double>() <= hi)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s is not a number from %.17g to %.17g", key, lo, hi));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Every key present is a non-negative integer (a count).
+absl::Status CheckCounts(const nlohmann::json& j, std::initializer_list<const char*> keys) {
+  for (const char* key : keys) {
+    if (j.contains(key) && !j.at(key).is_number_unsigned()) {
+      return absl::InvalidArgumentError(absl::StrCat(key, " is not a non-negative integer"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Table() prints these keys of `config`; a result file that gives one a different type is
 // rejected when read, instead of throwing (and aborting merge) when printed.
 absl::Status CheckConfigTypes(const nlohmann::json& c) {
@@ -96,6 +128,73 @@ absl::StatusOr<Histogram> HistogramFromJson(const nlohmann::json& j, const char*
     return absl::InvalidArgumentError(absl::StrCat(name, ": ", s.message()));
   }
   return h;
+}
+
+// Every number of a result, before anything is cast or summed (see the bounds above).
+absl::Status CheckNumbers(const nlohmann::json& j) {
+  if (absl::Status s = CheckIntegers(j, {"format", "instances", "threads", "connections"});
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckRange(j, {"instances"}, 1, kMaxInstances); !s.ok()) return s;
+  if (absl::Status s = CheckRange(j, {"threads", "connections"}, 0, kMaxThreadsOrConnections);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          CheckCounts(j, {"requests", "scheduled", "sent", "unfinished", "drain_replies",
+                          "unanswered", "unsent", "reconnects", "mismatches"});
+      !s.ok()) {
+    return s;
+  }
+  if (j.contains("unanswered_min_age_us") && !j.at("unanswered_min_age_us").is_null()) {
+    if (absl::Status s = CheckRange(j, {"unanswered_min_age_us"}, 0, kMaxFigure); !s.ok()) {
+      return s;
+    }
+  }
+  return CheckRange(
+      j,
+      {"start_unix_s", "duration_s", "warmup_s", "requested_rps", "throughput_rps", "bytes_per_s",
+       "sent_rps", "client_cpu_s", "client_spin_s", "client_cpu_total_s"},
+      0, kMaxFigure);
+}
+
+// The counters of a result (all but bytes_received, which the caller derives).
+absl::StatusOr<Counters> CountersFromJson(const nlohmann::json& j) {
+  Counters c;
+  c.requests = j.at("requests").get<std::uint64_t>();
+  c.scheduled = j.at("scheduled").get<std::uint64_t>();
+  c.sent = j.at("sent").get<std::uint64_t>();
+  c.unfinished = j.at("unfinished").get<std::uint64_t>();
+  // Keys added after format 1 was released: absent from older files.
+  c.drain_replies = j.value("drain_replies", std::uint64_t{0});
+  c.unanswered = j.value("unanswered", c.unfinished);
+  c.unsent = j.value("unsent", std::uint64_t{0});
+  if (const auto age = j.find("unanswered_min_age_us"); age != j.end() && !age->is_null()) {
+    c.unanswered_min_age_ns = static_cast<std::int64_t>(age->get<double>() * 1000.0);
+  }
+  c.connects = j.at("reconnects").get<std::uint64_t>();
+  c.mismatches = j.at("mismatches").get<std::uint64_t>();
+  for (int i = 0; i < kErrorKinds; ++i) {
+    const char* kind = ErrorKindName(static_cast<ErrorKind>(i));
+    if (absl::Status s = CheckCounts(j.at("errors"), {kind}); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("errors.", s.message()));
+    }
+    c.errors[i] = j.at("errors").value(kind, std::uint64_t{0});
+  }
+  const nlohmann::json& udp = j.at("udp");
+  if (absl::Status s =
+          CheckCounts(udp, {"sent", "received", "lost", "reordered", "duplicated", "late"});
+      !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("udp.", s.message()));
+  }
+  c.udp_sent = udp.at("sent").get<std::uint64_t>();
+  c.udp_received = udp.at("received").get<std::uint64_t>();
+  c.udp_lost = udp.at("lost").get<std::uint64_t>();
+  c.udp_reordered = udp.at("reordered").get<std::uint64_t>();
+  c.udp_duplicated = udp.at("duplicated").get<std::uint64_t>();
+  c.udp_late = udp.at("late").get<std::uint64_t>();
+  return c;
 }
 
 std::string FormatRate(double rps) { return absl::StrFormat("%.1f", rps); }
@@ -153,6 +252,12 @@ nlohmann::json Report::ToJson() const {
       {"sent", counters.sent},
       {"sent_rps", sent_rps},
       {"unfinished", counters.unfinished},
+      {"drain_replies", counters.drain_replies},
+      {"unanswered", counters.unanswered},
+      {"unsent", counters.unsent},
+      {"unanswered_min_age_us", counters.unanswered_min_age_ns == INT64_MAX
+                                    ? nlohmann::json(nullptr)
+                                    : nlohmann::json(Micros(counters.unanswered_min_age_ns))},
       {"reconnects", counters.connects},
       {"latency_us", LatencyJson(latency)},
       {"latency_uncorrected_us", LatencyJson(latency_uncorrected)},
@@ -170,6 +275,7 @@ nlohmann::json Report::ToJson() const {
         {"duplicated", counters.udp_duplicated},
         {"late", counters.udp_late}}},
       {"client_cpu_s", client_cpu_s},
+      {"client_spin_s", client_spin_s},
       {"client_cpu_total_s", client_cpu_total_s},
       {"client_cpu_us_per_request", per_request_us},
       {"histograms",
@@ -189,12 +295,7 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
     if (j.value("tool", "") != "upcase-load") {
       return absl::InvalidArgumentError("not an upcase-load result (no \"tool\": \"upcase-load\")");
     }
-    if (absl::Status s =
-            CheckIntegers(j, {"format", "instances", "threads", "connections", "requests",
-                              "scheduled", "sent", "unfinished", "reconnects", "mismatches"});
-        !s.ok()) {
-      return s;
-    }
+    if (absl::Status s = CheckNumbers(j); !s.ok()) return s;
     if (j.at("format").get<int>() != kFormatVersion) {
       return absl::InvalidArgumentError(absl::StrCat("result format ", j.at("format").dump(),
                                                      " (this tool reads ", kFormatVersion, ")"));
@@ -216,33 +317,18 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
     r.throughput_rps = j.at("throughput_rps").get<double>();
     r.bytes_per_s = j.at("bytes_per_s").get<double>();
     r.sent_rps = j.at("sent_rps").get<double>();
-    Counters& c = r.counters;
-    c.requests = j.at("requests").get<std::uint64_t>();
-    c.scheduled = j.at("scheduled").get<std::uint64_t>();
-    c.sent = j.at("sent").get<std::uint64_t>();
-    c.unfinished = j.at("unfinished").get<std::uint64_t>();
-    c.connects = j.at("reconnects").get<std::uint64_t>();
-    c.mismatches = j.at("mismatches").get<std::uint64_t>();
-    for (int i = 0; i < kErrorKinds; ++i) {
-      const char* kind = ErrorKindName(static_cast<ErrorKind>(i));
-      if (absl::Status s = CheckIntegers(j.at("errors"), {kind}); !s.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat("errors.", s.message()));
-      }
-      c.errors[i] = j.at("errors").value(kind, std::uint64_t{0});
+    absl::StatusOr<Counters> counters = CountersFromJson(j);
+    if (!counters.ok()) return counters.status();
+    r.counters = *counters;
+    // The bucketed counts would round the bytes; the measured figure is the rate times the window.
+    const double bytes = r.bytes_per_s * r.duration_s + 0.5;
+    if (!(bytes < kMaxBytes)) {
+      return absl::InvalidArgumentError(
+          "bytes_per_s * duration_s is more bytes than can be counted");
     }
-    const nlohmann::json& udp = j.at("udp");
-    if (absl::Status s =
-            CheckIntegers(udp, {"sent", "received", "lost", "reordered", "duplicated", "late"});
-        !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("udp.", s.message()));
-    }
-    c.udp_sent = udp.at("sent").get<std::uint64_t>();
-    c.udp_received = udp.at("received").get<std::uint64_t>();
-    c.udp_lost = udp.at("lost").get<std::uint64_t>();
-    c.udp_reordered = udp.at("reordered").get<std::uint64_t>();
-    c.udp_duplicated = udp.at("duplicated").get<std::uint64_t>();
-    c.udp_late = udp.at("late").get<std::uint64_t>();
+    r.counters.bytes_received = static_cast<std::uint64_t>(bytes);
     r.client_cpu_s = j.at("client_cpu_s").get<double>();
+    r.client_spin_s = j.value("client_spin_s", 0.0);
     r.client_cpu_total_s = j.at("client_cpu_total_s").get<double>();
     r.first_error = j.value("first_error", "");
     r.first_mismatch = j.value("first_mismatch", "");
@@ -250,25 +336,40 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
     if (hs.at("unit").get<std::string>() != "ns") {
       return absl::InvalidArgumentError("histograms: unit is not ns");
     }
-    absl::StatusOr<Histogram> lat = HistogramFromJson(hs.at("latency"), "histograms.latency");
-    if (!lat.ok()) return lat.status();
-    absl::StatusOr<Histogram> unc =
-        HistogramFromJson(hs.at("latency_uncorrected"), "histograms.latency_uncorrected");
-    if (!unc.ok()) return unc.status();
-    r.latency = *std::move(lat);
-    absl::StatusOr<Histogram> lag = HistogramFromJson(hs.at("send_lag"), "histograms.send_lag");
-    if (!lag.ok()) return lag.status();
-    r.latency_uncorrected = *std::move(unc);
-    r.send_lag = *std::move(lag);
-    // The bucketed counts would round the bytes; the measured figure is the rate times the window.
-    c.bytes_received = static_cast<std::uint64_t>(r.bytes_per_s * r.duration_s + 0.5);
+    for (auto [name, target] : {std::pair{"latency", &r.latency},
+                                std::pair{"latency_uncorrected", &r.latency_uncorrected},
+                                std::pair{"send_lag", &r.send_lag}}) {
+      absl::StatusOr<Histogram> h =
+          HistogramFromJson(hs.at(name), absl::StrCat("histograms.", name).c_str());
+      if (!h.ok()) return h.status();
+      *target = *std::move(h);
+    }
     return r;
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("malformed result: ", e.what()));
   }
 }
 
-void Report::Merge(const Report& o) {
+absl::Status Report::Merge(const Report& o) {
+  // Checked first, so that a failed merge changes nothing. FromJson's bounds keep instances,
+  // threads and connections far from overflowing, but not counters summed over many files.
+  if (instances > kMaxInstances - o.instances) {
+    return absl::InvalidArgumentError(absl::StrCat("more than ", kMaxInstances, " runs"));
+  }
+  if (threads > INT64_MAX - o.threads || connections > INT64_MAX - o.connections) {
+    return absl::InvalidArgumentError("threads or connections would overflow");
+  }
+  if (counters.AddWouldOverflow(o.counters)) {
+    return absl::InvalidArgumentError("a counter would overflow");
+  }
+  for (auto [mine, theirs] :
+       {std::pair{&latency, &o.latency}, std::pair{&latency_uncorrected, &o.latency_uncorrected},
+        std::pair{&send_lag, &o.send_lag}}) {
+    if (mine->total_count() > UINT64_MAX - theirs->total_count() ||
+        mine->sum() > UINT64_MAX - theirs->sum()) {
+      return absl::InvalidArgumentError("a histogram's count or sum would overflow");
+    }
+  }
   instances += o.instances;
   sources.insert(sources.end(), o.sources.begin(), o.sources.end());
   start_unix_s = std::min(start_unix_s, o.start_unix_s);
@@ -287,17 +388,21 @@ void Report::Merge(const Report& o) {
   latency_uncorrected.Add(o.latency_uncorrected);
   send_lag.Add(o.send_lag);
   client_cpu_s += o.client_cpu_s;
+  client_spin_s += o.client_spin_s;
   client_cpu_total_s += o.client_cpu_total_s;
   if (first_error.empty()) first_error = o.first_error;
   if (first_mismatch.empty()) first_mismatch = o.first_mismatch;
+  return absl::OkStatus();
 }
 
-std::string Report::Table() const {
-  std::string out;
-  const nlohmann::json& c = config;
+namespace {
+
+// The table's first lines: what ran, the window, the rate.
+void AppendRunLines(const Report& r, std::string* out) {
+  const nlohmann::json& c = r.config;
   const std::string proto = c.value("proto", "?");
   std::string load;
-  if (open_loop) {
+  if (r.open_loop) {
     const std::int64_t pipeline = c.value("pipeline", std::int64_t{1});
     load = absl::StrCat("open loop, ", c.value("arrival", "uniform"), " arrivals",
                         pipeline >= kUnlimitedPipeline
@@ -308,96 +413,153 @@ std::string Report::Table() const {
   }
   if (c.value("reconnect", false)) load += ", a connection per request";
   absl::StrAppendFormat(
-      &out, "upcase-load  %s %s:%d  %d thread%s  %d connection%s  %s-byte requests  %s\n", proto,
-      c.value("host", "?"), c.value("port", 0), threads, threads == 1 ? "" : "s", connections,
-      connections == 1 ? "" : "s", c.value("size", "?"), load);
-  if (instances > 1) {
-    absl::StrAppendFormat(&out, "merged       %d runs: %s\n", instances,
-                          absl::StrJoin(sources, " "));
+      out, "upcase-load  %s %s:%d  %d thread%s  %d connection%s  %s-byte requests  %s\n", proto,
+      c.value("host", "?"), c.value("port", 0), r.threads, r.threads == 1 ? "" : "s", r.connections,
+      r.connections == 1 ? "" : "s", c.value("size", "?"), load);
+  if (r.instances > 1) {
+    absl::StrAppendFormat(out, "merged       %d runs: %s\n", r.instances,
+                          absl::StrJoin(r.sources, " "));
   }
-  absl::StrAppendFormat(&out, "window       %.2f s after %.2f s of warmup%s\n", duration_s,
-                        warmup_s, stopped_early ? " (stopped early by a signal)" : "");
-  absl::StrAppendFormat(&out, "requests     %d  (%s req/s, %.2f MB/s of replies)\n",
-                        counters.requests, FormatRate(throughput_rps), bytes_per_s / 1e6);
-  if (open_loop) {
-    const double ratio = requested_rps > 0 ? throughput_rps / requested_rps : 0;
-    absl::StrAppendFormat(&out, "rate         requested %s req/s, achieved %s req/s (%.2f %%)\n",
-                          FormatRate(requested_rps), FormatRate(throughput_rps), 100 * ratio);
-    if (!kept_up() && client_busy() < kBusyRatio) {
-      absl::StrAppendFormat(&out,
+  absl::StrAppendFormat(out, "window       %.2f s after %.2f s of warmup%s\n", r.duration_s,
+                        r.warmup_s, r.stopped_early ? " (stopped early by a signal)" : "");
+  absl::StrAppendFormat(out, "requests     %d  (%s req/s, %.2f MB/s of replies)\n",
+                        r.counters.requests, FormatRate(r.throughput_rps), r.bytes_per_s / 1e6);
+  if (r.open_loop) {
+    const double ratio = r.requested_rps > 0 ? r.throughput_rps / r.requested_rps : 0;
+    absl::StrAppendFormat(out, "rate         requested %s req/s, achieved %s req/s (%.2f %%)\n",
+                          FormatRate(r.requested_rps), FormatRate(r.throughput_rps), 100 * ratio);
+    if (!r.kept_up() && r.client_busy() < kBusyRatio) {
+      absl::StrAppendFormat(out,
                             "             THE SERVER DID NOT KEEP UP: it answered %.1f %% of the "
                             "requested rate; the corrected latency includes the queueing\n",
                             100 * ratio);
-    } else if (!kept_up()) {  // a busy load generator may be what fell short: not the server alone
+    } else if (!r.kept_up()) {  // a busy load generator may be what fell short: not the server
+                                // alone
       absl::StrAppendFormat(
-          &out,
+          out,
           "             THE RATE WAS NOT REACHED: %.1f %% of it was answered, and "
           "upcase-load itself was busy (client cpu below)\n",
           100 * ratio);
     }
   }
-  absl::StrAppendFormat(&out, "%-14s", "latency (us)");
-  for (const Percentile& p : kSpectrum) absl::StrAppendFormat(&out, "%10s", p.label);
-  absl::StrAppendFormat(&out, "%10s%10s\n", "max", "mean");
-  auto row = [&](const char* name, const Histogram& h) {
-    absl::StrAppendFormat(&out, "  %-12s", name);
+}
+
+// The latency spectrum: corrected, uncorrected, and in open loop the send lag.
+void AppendLatencyRows(const Report& r, std::string* out) {
+  // Wider columns when some figures carry a ">=".
+  const int width = r.counters.unanswered_min_age_ns == INT64_MAX ? 10 : 12;
+  absl::StrAppendFormat(out, "%-14s", "latency (us)");
+  for (const Percentile& p : kSpectrum) absl::StrAppendFormat(out, "%*s", width, p.label);
+  absl::StrAppendFormat(out, "%*s%*s\n", width, "max", width, "mean");
+  // Figures at or above `lower_bounds_from` may be an unanswered request's age: marked ">=".
+  auto row = [&](const char* name, const Histogram& h, std::int64_t lower_bounds_from) {
+    auto cell = [&](std::int64_t ns) {
+      return ns >= lower_bounds_from ? absl::StrFormat(">=%.1f", Micros(ns))
+                                     : absl::StrFormat("%.1f", Micros(ns));
+    };
+    absl::StrAppendFormat(out, "  %-12s", name);
     for (const Percentile& p : kSpectrum) {
-      absl::StrAppendFormat(&out, "%10.1f", Micros(h.ValueAtPercentile(p.value)));
+      absl::StrAppendFormat(out, "%*s", width, cell(h.ValueAtPercentile(p.value)));
     }
-    absl::StrAppendFormat(&out, "%10.1f%10.1f\n", Micros(h.max()), h.mean() / 1000.0);
+    const std::string mean =
+        absl::StrFormat("%s%.1f", lower_bounds_from == INT64_MAX ? "" : ">=", h.mean() / 1000.0);
+    absl::StrAppendFormat(out, "%*s%*s\n", width, cell(h.max()), width, mean);
   };
-  row("corrected", latency);
-  row("uncorrected", latency_uncorrected);
+  row("corrected", r.latency, r.counters.unanswered_min_age_ns);
+  row("uncorrected", r.latency_uncorrected, INT64_MAX);
   // Open loop: how much of the corrected latency the client itself added by sending late.
-  if (open_loop) row("send lag", send_lag);
-  if (counters.errors_total() == 0) {
-    out += "errors       none\n";
+  if (r.open_loop) row("send lag", r.send_lag, INT64_MAX);
+}
+
+// Errors, mismatches, UDP's fate of datagrams, and the drain's outcome.
+void AppendOutcomeLines(const Report& r, std::string* out) {
+  const nlohmann::json& c = r.config;
+  const std::string proto = c.value("proto", "?");
+  if (r.counters.errors_total() == 0) {
+    *out += "errors       none\n";
   } else {
     std::vector<std::string> parts;
     for (int i = 0; i < kErrorKinds; ++i) {
-      if (counters.errors[i] > 0) {
+      if (r.counters.errors[i] > 0) {
         parts.push_back(
-            absl::StrCat(ErrorKindName(static_cast<ErrorKind>(i)), " ", counters.errors[i]));
+            absl::StrCat(ErrorKindName(static_cast<ErrorKind>(i)), " ", r.counters.errors[i]));
       }
     }
-    absl::StrAppendFormat(&out, "errors       %s (first: %s)\n", absl::StrJoin(parts, ", "),
-                          first_error);
+    absl::StrAppendFormat(out, "errors       %s (first: %s)\n", absl::StrJoin(parts, ", "),
+                          r.first_error);
   }
-  if (counters.mismatches == 0) {
-    absl::StrAppendFormat(&out, "mismatches   0%s\n",
+  if (r.counters.mismatches == 0) {
+    absl::StrAppendFormat(out, "mismatches   0%s\n",
                           c.value("verify", true) ? "" : " (not verified: --no-verify)");
   } else {
-    absl::StrAppendFormat(&out, "mismatches   %d  VERIFICATION FAILED; first: %s\n",
-                          counters.mismatches, first_mismatch);
+    absl::StrAppendFormat(out, "mismatches   %d  VERIFICATION FAILED; first: %s\n",
+                          r.counters.mismatches, r.first_mismatch);
   }
   if (proto == "udp") {
     const double lost_pct =
-        counters.udp_sent == 0 ? 0.0 : 100.0 * counters.udp_lost / counters.udp_sent;
-    absl::StrAppendFormat(&out,
+        r.counters.udp_sent == 0 ? 0.0 : 100.0 * r.counters.udp_lost / r.counters.udp_sent;
+    absl::StrAppendFormat(out,
                           "udp          sent %d  received %d  lost %d (%.2f %%)  reordered %d  "
                           "duplicated %d  late %d\n",
-                          counters.udp_sent, counters.udp_received, counters.udp_lost, lost_pct,
-                          counters.udp_reordered, counters.udp_duplicated, counters.udp_late);
+                          r.counters.udp_sent, r.counters.udp_received, r.counters.udp_lost,
+                          lost_pct, r.counters.udp_reordered, r.counters.udp_duplicated,
+                          r.counters.udp_late);
   }
-  if (counters.unfinished > 0) {
-    absl::StrAppendFormat(&out,
-                          "unfinished   %d requests of the window were unanswered at the end\n",
-                          counters.unfinished);
+  const double drain_s = c.value("drain_s", 0.0);
+  if (r.counters.drain_replies > 0) {
+    absl::StrAppendFormat(out,
+                          "drain        %d replies came after the window: in the latency, not in "
+                          "the rate\n",
+                          r.counters.drain_replies);
   }
-  const double per_request =
-      counters.requests == 0 ? 0.0 : client_cpu_s * 1e6 / static_cast<double>(counters.requests);
+  if (r.counters.unanswered > 0) {
+    absl::StrAppendFormat(out,
+                          "unanswered   %d requests of the window had no reply %.2f s after it",
+                          r.counters.unanswered, drain_s);
+    if (r.counters.unsent > 0) absl::StrAppendFormat(out, " (%d never sent)", r.counters.unsent);
+    if (r.counters.unanswered_min_age_ns != INT64_MAX) {
+      absl::StrAppendFormat(out,
+                            ";\n             their age then is in the corrected latency: figures "
+                            "marked >= are lower bounds");
+    }
+    *out += "\n";
+  }
+}
+
+// What the load generator itself cost.
+void AppendClientCpuLines(const Report& r, std::string* out) {
+  const double per_request = r.counters.requests == 0
+                                 ? 0.0
+                                 : r.client_cpu_s * 1e6 / static_cast<double>(r.counters.requests);
   absl::StrAppendFormat(
-      &out,
+      out,
       "client cpu   %.3f s in the window (%.0f %% busy), %.2f us per request (process: %.3f s)\n",
-      client_cpu_s, 100 * client_busy(), per_request, client_cpu_total_s);
-  if (client_busy() >= kBusyRatio) {
+      r.client_cpu_s, 100 * r.client_busy(), per_request, r.client_cpu_total_s);
+  if (r.client_spin_s > 0) {
+    absl::StrAppendFormat(out,
+                          "             of which %.3f s spinning for send times (not counted as "
+                          "busy)\n",
+                          r.client_spin_s);
+  }
+  if (r.client_busy() >= kBusyRatio) {
     absl::StrAppendFormat(
-        &out,
-        "             UPCASE-LOAD WAS %.0f %% BUSY: latency includes time replies waited for it,\n"
+        out,
+        "             UPCASE-LOAD WAS %.0f %% BUSY: latency includes time replies waited for "
+        "it,\n"
         "             and the rate may be its limit rather than the server's; give "
         "it more --threads and CPUs\n",
-        100 * client_busy());
+        100 * r.client_busy());
   }
+}
+
+}  // namespace
+
+std::string Report::Table() const {
+  std::string out;
+  AppendRunLines(*this, &out);
+  AppendLatencyRows(*this, &out);
+  AppendOutcomeLines(*this, &out);
+  AppendClientCpuLines(*this, &out);
   return out;
 }
 

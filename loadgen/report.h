@@ -7,6 +7,7 @@
 #ifndef UPCASE_LOADGEN_REPORT_H_
 #define UPCASE_LOADGEN_REPORT_H_
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -50,16 +51,18 @@ struct Report {
   Histogram latency_uncorrected;
   Histogram send_lag;             // actual minus intended send time (see Stats)
   double client_cpu_s = 0;        // worker threads' CPU inside the window (getrusage)
+  double client_spin_s = 0;       // of which spent spinning for send times (open loop)
   double client_cpu_total_s = 0;  // the whole process, start to exit (getrusage)
   std::string first_error;
   std::string first_mismatch;
 
   bool kept_up() const { return !open_loop || throughput_rps >= kKeptUpRatio * requested_rps; }
-  // client_cpu_s as a share of the window times the threads (0 when either is unknown).
+  // client_cpu_s less the spinning, as a share of the window times the threads (0 when either is
+  // unknown): how close the threads came to having no time left for replies.
   double client_busy() const {
-    return duration_s > 0 && threads > 0
-               ? client_cpu_s / (duration_s * static_cast<double>(threads))
-               : 0.0;
+    return duration_s > 0 && threads > 0 ? std::max(0.0, client_cpu_s - client_spin_s) /
+                                               (duration_s * static_cast<double>(threads))
+                                         : 0.0;
   }
   int ExitCode() const;
   // One line naming why ExitCode() is not 0 (empty when it is).
@@ -67,8 +70,9 @@ struct Report {
 
   nlohmann::json ToJson() const;
   static absl::StatusOr<Report> FromJson(const nlohmann::json& j);
-  // Adds another instance's run: counts and histograms add, rates add, the window widens.
-  void Merge(const Report& other);
+  // Adds another instance's run: counts and histograms add, rates add, the window widens. An
+  // error (and no change) when a sum would overflow, which only crafted files reach.
+  absl::Status Merge(const Report& other);
   // The human summary printed at the end of a run.
   std::string Table() const;
 };

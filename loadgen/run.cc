@@ -156,6 +156,140 @@ void PrintProgress(const Config& c, double start, double end, const Stats& s) {
   std::fprintf(stderr, "%s\n", line.c_str());
 }
 
+// Thread i's share of the connections, its CPU, and the server.
+std::vector<WorkerPlan> PlanWorkers(const Config& c, const SocketAddress& target) {
+  const int threads = static_cast<int>(c.threads);
+  std::vector<WorkerPlan> plans(static_cast<std::size_t>(threads));
+  for (int i = 0; i < threads; ++i) {
+    WorkerPlan& p = plans[i];
+    p.index = i;
+    p.first_channel = static_cast<int>(c.connections * i / threads);
+    p.channels = static_cast<int>(c.connections * (i + 1) / threads) - p.first_channel;
+    if (!c.cpus.empty()) p.cpu = c.cpus[static_cast<std::size_t>(i) % c.cpus.size()];
+    p.target = target;
+  }
+  return plans;
+}
+
+// Starts one load thread per plan. They block SIGINT and SIGTERM (they inherit the mask), so the
+// main thread receives them, even while it sleeps until --start-at.
+absl::Status StartWorkers(const Config& c, const std::vector<WorkerPlan>& plans,
+                          Coordinator& coordinator, std::vector<WorkerResult>& results,
+                          std::vector<std::thread>* workers) {
+  sigset_t stop_signals, previous;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  if (const int rc = pthread_sigmask(SIG_BLOCK, &stop_signals, &previous); rc != 0) {
+    return ErrnoError("pthread_sigmask", rc);
+  }
+  workers->reserve(plans.size());
+  for (std::size_t i = 0; i < plans.size(); ++i) {
+    workers->emplace_back(RunWorker, std::cref(c), std::cref(plans[i]), std::ref(coordinator),
+                          &results[i]);
+  }
+  if (const int rc = pthread_sigmask(SIG_SETMASK, &previous, nullptr); rc != 0) {
+    return ErrnoError("pthread_sigmask", rc);
+  }
+  return absl::OkStatus();
+}
+
+// --start-at: sleeps until then. An error when a signal asked to stop first.
+absl::Status WaitForStartAt(const Config& c) {
+  if (c.start_at <= 0) return absl::OkStatus();
+  const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  if (c.start_at <= now) {
+    std::fprintf(stderr, "upcase-load: --start-at was %.1f s ago; starting now\n",
+                 now - c.start_at);
+    return absl::OkStatus();
+  }
+  if (!c.quiet) {
+    std::fprintf(stderr, "upcase-load: connected; starting in %.1f s (--start-at)\n",
+                 c.start_at - now);
+  }
+  if (!SleepUntilUnix(c.start_at)) return absl::CancelledError("interrupted before --start-at");
+  return absl::OkStatus();
+}
+
+void AnnounceStart(const Config& c, const SocketAddress& target) {
+  if (c.quiet) return;
+  const std::string load = c.open_loop() ? absl::StrFormat("open loop at %.1f req/s", c.rate)
+                                         : absl::StrCat("closed loop, pipeline ", c.pipeline);
+  std::fprintf(
+      stderr, "%s\n",
+      absl::StrFormat("upcase-load: %s %s, %d connection%s on %d thread%s, %s; %s "
+                      "warmup, then %s",
+                      TransportName(c.proto), target.ToString(), c.connections,
+                      c.connections == 1 ? "" : "s", c.threads, c.threads == 1 ? "" : "s", load,
+                      absl::FormatDuration(c.warmup), absl::FormatDuration(c.duration))
+          .c_str());
+}
+
+// The window measured: --duration, or up to a stop request (empty when it came in the warmup).
+std::int64_t WindowLengthNs(const Config& c, std::int64_t window_start_ns) {
+  const std::int64_t full = absl::ToInt64Nanoseconds(c.duration);
+  const std::int64_t stop = StopRequestedAt();
+  return stop == 0 ? full : std::clamp<std::int64_t>(stop - window_start_ns, 0, full);
+}
+
+// Takes every interval as the threads publish it: a progress line, --hdr-log lines, and the run's
+// total. The last interval comes when the drain is over.
+absl::Status TakeIntervals(const Config& c, Coordinator& coordinator, std::int64_t window_start_ns,
+                           HdrLogWriter* log, Stats* total) {
+  absl::Status log_status;
+  Stats s;
+  for (std::int64_t k = 1; k <= coordinator.intervals(); ++k) {
+    coordinator.TakeInterval(k, &s);
+    total->Add(s);
+    const double from = absl::ToDoubleSeconds(c.interval) * static_cast<double>(k - 1);
+    const double to =
+        static_cast<double>(std::min(IntervalEndNs(c, k), WindowLengthNs(c, window_start_ns))) /
+        1e9;
+    if (to > from) {  // else after a stop request
+      if (!c.quiet) PrintProgress(c, from, to, s);
+      if (log != nullptr && log_status.ok()) {
+        log_status = log->Write(from, to - from, s.latency);
+        if (log_status.ok()) {
+          log_status = log->Write(from, to - from, s.latency_uncorrected, "uncorrected");
+        }
+      }
+    }
+    s.Reset();
+  }
+  return log_status;
+}
+
+Report Summarize(const Config& c, Stats total, const std::vector<WorkerResult>& results,
+                 double measure_unix, std::int64_t window_ns) {
+  Report r;
+  r.config = c.ToJson();
+  r.start_unix_s = measure_unix;
+  r.duration_s = static_cast<double>(window_ns) / 1e9;
+  r.stopped_early = StopRequestedAt() != 0;
+  r.warmup_s = absl::ToDoubleSeconds(c.warmup);
+  r.threads = c.threads;
+  r.connections = c.connections;
+  r.open_loop = c.open_loop();
+  r.requested_rps = c.rate;
+  r.counters = total.counters;
+  r.latency = std::move(total.latency);
+  r.latency_uncorrected = std::move(total.latency_uncorrected);
+  r.send_lag = std::move(total.send_lag);
+  for (const WorkerResult& w : results) {
+    r.client_cpu_s += w.cpu_seconds;
+    r.client_spin_s += w.spin_seconds;
+    if (r.first_error.empty()) r.first_error = w.first_error;
+    if (r.first_mismatch.empty()) r.first_mismatch = w.first_mismatch;
+  }
+  if (r.duration_s > 0) {
+    r.throughput_rps = static_cast<double>(r.counters.requests) / r.duration_s;
+    r.bytes_per_s = static_cast<double>(r.counters.bytes_received) / r.duration_s;
+    r.sent_rps = static_cast<double>(r.counters.sent) / r.duration_s;
+  }
+  r.client_cpu_total_s = CpuSeconds(RUSAGE_SELF);
+  return r;
+}
+
 }  // namespace
 
 absl::StatusOr<Report> RunLoad(const Config& c) {
@@ -168,147 +302,48 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
                      " file descriptors; the limit is ", fd_limit, " (raise it with ulimit -n)"));
   }
 
-  const int threads = static_cast<int>(c.threads);
-  const int intervals = IntervalCount(c);
-  Coordinator coordinator(threads, intervals);
-  std::vector<WorkerPlan> plans(static_cast<std::size_t>(threads));
+  const std::vector<WorkerPlan> plans = PlanWorkers(c, *target);
   std::vector<WorkerResult> results(plans.size());
-  for (int i = 0; i < threads; ++i) {
-    WorkerPlan& p = plans[i];
-    p.index = i;
-    p.first_channel = static_cast<int>(c.connections * i / threads);
-    p.channels = static_cast<int>(c.connections * (i + 1) / threads) - p.first_channel;
-    if (!c.cpus.empty()) p.cpu = c.cpus[static_cast<std::size_t>(i) % c.cpus.size()];
-    p.target = *target;
-  }
-  // The load threads block SIGINT and SIGTERM (they inherit the mask), so the main thread
-  // receives them, even while it sleeps until --start-at.
-  sigset_t stop_signals, previous;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  if (const int rc = pthread_sigmask(SIG_BLOCK, &stop_signals, &previous); rc != 0) {
-    return ErrnoError("pthread_sigmask", rc);
-  }
+  Coordinator coordinator(static_cast<int>(plans.size()), IntervalCount(c));
   std::vector<std::thread> workers;
-  workers.reserve(plans.size());
-  for (int i = 0; i < threads; ++i) {
-    workers.emplace_back(RunWorker, std::cref(c), std::cref(plans[i]), std::ref(coordinator),
-                         &results[i]);
-  }
   auto join_all = [&] {
     for (std::thread& t : workers) t.join();
   };
-  if (const int rc = pthread_sigmask(SIG_SETMASK, &previous, nullptr); rc != 0) {
+  // Before the start, any failure calls the run off: the threads return from AwaitStart.
+  auto call_off = [&](const absl::Status& why) {
     coordinator.Abort();
     join_all();
-    return ErrnoError("pthread_sigmask", rc);
+    return why;
+  };
+  if (absl::Status s = StartWorkers(c, plans, coordinator, results, &workers); !s.ok()) {
+    return call_off(s);
   }
+  if (absl::Status s = coordinator.AwaitReady(); !s.ok()) return call_off(s);
+  if (absl::Status s = WaitForStartAt(c); !s.ok()) return call_off(s);
 
-  if (absl::Status s = coordinator.AwaitReady(); !s.ok()) {
-    coordinator.Abort();
-    join_all();
-    return s;
-  }
-
-  if (c.start_at > 0) {
-    const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
-    if (c.start_at > now) {
-      if (!c.quiet) {
-        std::fprintf(stderr, "upcase-load: connected; starting in %.1f s (--start-at)\n",
-                     c.start_at - now);
-      }
-      if (!SleepUntilUnix(c.start_at)) {
-        coordinator.Abort();
-        join_all();
-        return absl::CancelledError("interrupted before --start-at");
-      }
-    } else {
-      std::fprintf(stderr, "upcase-load: --start-at was %.1f s ago; starting now\n",
-                   now - c.start_at);
-    }
-  }
-  const double start_unix = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
-  const double measure_unix = start_unix + absl::ToDoubleSeconds(c.warmup);
+  const double measure_unix =
+      absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()) + absl::ToDoubleSeconds(c.warmup);
   std::optional<HdrLogWriter> log;
   if (!c.hdr_log_path.empty()) {
     absl::StatusOr<HdrLogWriter> w = HdrLogWriter::Open(
         c.hdr_log_path, measure_unix,
         "[upcase-load: latency in ns; untagged: from the intended send time (coordinated "
         "omission corrected); Tag=uncorrected: from the actual send]");
-    if (!w.ok()) {
-      coordinator.Abort();
-      join_all();
-      return w.status();
-    }
+    if (!w.ok()) return call_off(w.status());
     log.emplace(*std::move(w));
   }
-  if (!c.quiet) {
-    const std::string load = c.open_loop() ? absl::StrFormat("open loop at %.1f req/s", c.rate)
-                                           : absl::StrCat("closed loop, pipeline ", c.pipeline);
-    std::fprintf(
-        stderr, "%s\n",
-        absl::StrFormat("upcase-load: %s %s, %d connection%s on %d thread%s, %s; %s warmup, "
-                        "then %s",
-                        TransportName(c.proto), target->ToString(), c.connections,
-                        c.connections == 1 ? "" : "s", c.threads, c.threads == 1 ? "" : "s", load,
-                        absl::FormatDuration(c.warmup), absl::FormatDuration(c.duration))
-            .c_str());
-  }
+  AnnounceStart(c, *target);
   const std::int64_t start_ns = MonotonicNanos();
   const std::int64_t window_start_ns = start_ns + absl::ToInt64Nanoseconds(c.warmup);
   coordinator.Start(start_ns);
-  // After a stop request the window ends at the request (or is empty, during the warmup).
-  auto window_length_ns = [&] {
-    const std::int64_t full = absl::ToInt64Nanoseconds(c.duration);
-    const std::int64_t stop = StopRequestedAt();
-    return stop == 0 ? full : std::clamp<std::int64_t>(stop - window_start_ns, 0, full);
-  };
 
-  absl::Status log_status;
-  for (int k = 1; k <= intervals; ++k) {
-    const Stats s = coordinator.TakeInterval(k);
-    const double from = absl::ToDoubleSeconds(c.interval) * (k - 1);
-    const double to = static_cast<double>(std::min(IntervalEndNs(c, k), window_length_ns())) / 1e9;
-    if (to <= from) continue;  // after a stop request
-    const double length = to - from;
-    if (!c.quiet) PrintProgress(c, from, to, s);
-    if (log.has_value() && log_status.ok()) {
-      log_status = log->Write(from, length, s.latency);
-      if (log_status.ok())
-        log_status = log->Write(from, length, s.latency_uncorrected, "uncorrected");
-    }
-  }
+  Stats total;
+  absl::Status log_status =
+      TakeIntervals(c, coordinator, window_start_ns, log.has_value() ? &*log : nullptr, &total);
   join_all();
   if (log.has_value() && log_status.ok()) log_status = log->Close();
   if (!log_status.ok()) return log_status;
-
-  Report r;
-  r.config = c.ToJson();
-  r.start_unix_s = measure_unix;
-  r.duration_s = static_cast<double>(window_length_ns()) / 1e9;
-  r.stopped_early = StopRequestedAt() != 0;
-  r.warmup_s = absl::ToDoubleSeconds(c.warmup);
-  r.threads = c.threads;
-  r.connections = c.connections;
-  r.open_loop = c.open_loop();
-  r.requested_rps = c.rate;
-  for (const WorkerResult& w : results) {
-    r.counters.Add(w.total.counters);
-    r.latency.Add(w.total.latency);
-    r.latency_uncorrected.Add(w.total.latency_uncorrected);
-    r.send_lag.Add(w.total.send_lag);
-    r.client_cpu_s += w.cpu_seconds;
-    if (r.first_error.empty()) r.first_error = w.first_error;
-    if (r.first_mismatch.empty()) r.first_mismatch = w.first_mismatch;
-  }
-  if (r.duration_s > 0) {
-    r.throughput_rps = static_cast<double>(r.counters.requests) / r.duration_s;
-    r.bytes_per_s = static_cast<double>(r.counters.bytes_received) / r.duration_s;
-    r.sent_rps = static_cast<double>(r.counters.sent) / r.duration_s;
-  }
-  r.client_cpu_total_s = ProcessCpuSeconds();
-  return r;
+  return Summarize(c, std::move(total), results, measure_unix, WindowLengthNs(c, window_start_ns));
 }
 
 }  // namespace upcase::load

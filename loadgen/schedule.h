@@ -26,14 +26,23 @@ class ArrivalSchedule {
   std::int64_t Next(Rng& rng) {
     if (arrival_ == Arrival::kUniform) {
       // From the index rather than by accumulating, so rounding never drifts the rate.
-      return start_ns_ +
-             static_cast<std::int64_t>((phase_ + static_cast<double>(k_++)) * period_ns_);
+      return At((phase_ + static_cast<double>(k_++)) * period_ns_);
     }
     poisson_ns_ += -std::log(rng.UnitOpenZero()) * period_ns_;
-    return start_ns_ + static_cast<std::int64_t>(poisson_ns_);
+    return At(poisson_ns_);
   }
 
+  // Beyond any run (146 years): where a rate so low that its period overflows puts requests.
+  static constexpr std::int64_t kNeverNs = std::int64_t{1} << 62;
+
  private:
+  // Also for an offset that is infinite or NaN (0 x an infinite period), which no cast may see.
+  std::int64_t At(double offset_ns) const {
+    return start_ns_ + (offset_ns < static_cast<double>(kNeverNs)
+                            ? static_cast<std::int64_t>(offset_ns)
+                            : kNeverNs);
+  }
+
   Arrival arrival_;
   double period_ns_;
   std::int64_t start_ns_;

@@ -1,5 +1,7 @@
 #include "loadgen/stats.h"
 
+#include <algorithm>
+
 namespace upcase::load {
 
 const char* ErrorKindName(ErrorKind kind) {
@@ -32,21 +34,39 @@ std::uint64_t Counters::errors_total() const {
   return n;
 }
 
+// Calls fn(this counter, the other's) for every counter that adds up when runs are combined.
+template <typename Self, typename Fn>
+void Counters::ForEachCount(Self& self, const Counters& o, Fn fn) {
+  fn(self.requests, o.requests);
+  fn(self.bytes_received, o.bytes_received);
+  fn(self.scheduled, o.scheduled);
+  fn(self.sent, o.sent);
+  fn(self.drain_replies, o.drain_replies);
+  fn(self.unanswered, o.unanswered);
+  fn(self.unfinished, o.unfinished);
+  fn(self.unsent, o.unsent);
+  fn(self.mismatches, o.mismatches);
+  fn(self.connects, o.connects);
+  for (int i = 0; i < kErrorKinds; ++i) fn(self.errors[i], o.errors[i]);
+  fn(self.udp_sent, o.udp_sent);
+  fn(self.udp_received, o.udp_received);
+  fn(self.udp_lost, o.udp_lost);
+  fn(self.udp_reordered, o.udp_reordered);
+  fn(self.udp_duplicated, o.udp_duplicated);
+  fn(self.udp_late, o.udp_late);
+}
+
 void Counters::Add(const Counters& o) {
-  requests += o.requests;
-  bytes_received += o.bytes_received;
-  scheduled += o.scheduled;
-  sent += o.sent;
-  unfinished += o.unfinished;
-  mismatches += o.mismatches;
-  connects += o.connects;
-  for (int i = 0; i < kErrorKinds; ++i) errors[i] += o.errors[i];
-  udp_sent += o.udp_sent;
-  udp_received += o.udp_received;
-  udp_lost += o.udp_lost;
-  udp_reordered += o.udp_reordered;
-  udp_duplicated += o.udp_duplicated;
-  udp_late += o.udp_late;
+  ForEachCount(*this, o, [](std::uint64_t& mine, std::uint64_t theirs) { mine += theirs; });
+  unanswered_min_age_ns = std::min(unanswered_min_age_ns, o.unanswered_min_age_ns);
+}
+
+bool Counters::AddWouldOverflow(const Counters& o) const {
+  bool overflow = false;
+  ForEachCount(*this, o, [&](const std::uint64_t& mine, std::uint64_t theirs) {
+    overflow = overflow || mine > UINT64_MAX - theirs;
+  });
+  return overflow;
 }
 
 }  // namespace upcase::load

@@ -1,10 +1,15 @@
-// What a thread counts: plain counters and two latency histograms, owned by one thread and summed
-// after join (or, per interval, under the board's lock), never shared while being written.
+// What a thread counts: plain counters and three histograms, owned by one thread and handed to
+// the main thread whole at each interval boundary (coordinator.h), never shared while being
+// written.
 //
 // Window rules, used everywhere: a request belongs to the measurement when its intended send time
-// is inside [measure start, measure end). Its latency is recorded, and it counts in `requests`,
-// when its reply also arrives before the measurement end. Errors and mismatches count over the
-// whole run, warmup and drain included: a wrong byte is wrong whenever it comes.
+// is inside [measure start, measure end). It counts in `requests` (and the throughput) when its
+// reply arrives before the measurement end. In open loop every window request is also accounted
+// for after that: a reply that arrives during the drain is recorded in the histograms and counted
+// in `drain_replies`; a request still unanswered when the drain ends is counted in `unanswered`
+// and recorded in the corrected histogram at its age then, a lower bound. Closed loop records
+// only replies inside the window. Errors and mismatches count over the whole run, warmup and
+// drain included: a wrong byte is wrong whenever it comes.
 #ifndef UPCASE_LOADGEN_STATS_H_
 #define UPCASE_LOADGEN_STATS_H_
 
@@ -30,15 +35,23 @@ inline constexpr int kErrorKinds = static_cast<int>(ErrorKind::kCount);
 const char* ErrorKindName(ErrorKind kind);
 
 struct Counters {
-  std::uint64_t requests = 0;        // replies recorded in the histograms
+  std::uint64_t requests = 0;        // window requests answered inside the window
   std::uint64_t bytes_received = 0;  // reply bytes of those requests
   std::uint64_t scheduled = 0;       // open loop: requests due inside the window
   std::uint64_t sent = 0;            // window requests whose first byte went out
-  std::uint64_t unfinished = 0;      // window requests never answered by the end of the drain
-  std::uint64_t mismatches = 0;      // replies that differed from uppercase(request)
-  std::uint64_t connects = 0;        // successful connects after the first (reconnects)
+  std::uint64_t drain_replies = 0;   // open loop: window requests answered during the drain
+  // Window requests with no reply when the drain ended (UDP: nor declared lost), and of those the
+  // ones sent (`unfinished`) and the ones still queued in the client (`unsent`).
+  std::uint64_t unanswered = 0;
+  std::uint64_t unfinished = 0;
+  std::uint64_t unsent = 0;
+  // Open loop: the youngest unanswered request's age when the drain ended, in ns. Corrected
+  // latency figures at or above it may include unanswered requests: they are lower bounds.
+  std::int64_t unanswered_min_age_ns = INT64_MAX;
+  std::uint64_t mismatches = 0;  // replies that differed from uppercase(request)
+  std::uint64_t connects = 0;    // successful connects after the first (reconnects)
   std::array<std::uint64_t, kErrorKinds> errors{};
-  // UDP, over window requests: sent = received + lost + unfinished.
+  // UDP, over window requests (the drain included): sent = received + lost + unfinished.
   std::uint64_t udp_sent = 0;
   std::uint64_t udp_received = 0;
   std::uint64_t udp_lost = 0;        // no reply within --timeout
@@ -49,6 +62,12 @@ struct Counters {
   void Count(ErrorKind kind) { ++errors[static_cast<int>(kind)]; }
   std::uint64_t errors_total() const;
   void Add(const Counters& other);
+  // True when Add(other) would wrap a counter around (only crafted result files get there).
+  bool AddWouldOverflow(const Counters& other) const;
+
+ private:
+  template <typename Self, typename Fn>
+  static void ForEachCount(Self& self, const Counters& other, Fn fn);
 };
 
 struct Stats {

@@ -20,6 +20,7 @@
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
@@ -37,12 +38,6 @@ constexpr std::int64_t kReconnectDelayNs = 10'000'000;
 // Initial ring size in open loop; it doubles as a backlog builds up.
 constexpr std::uint64_t kInitialRing = 64;
 
-std::uint64_t RoundUpPow2(std::uint64_t v) {
-  std::uint64_t p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
-
 ErrorKind KindOf(int err) {
   return err == ECONNRESET || err == EPIPE ? ErrorKind::kReset : ErrorKind::kIo;
 }
@@ -50,7 +45,7 @@ ErrorKind KindOf(int err) {
 }  // namespace
 
 TcpChannel::TcpChannel(LoopContext* ctx, std::uint32_t id) : Channel(ctx, id) {
-  const std::uint64_t size = RoundUpPow2(std::max<std::uint64_t>(
+  const std::uint64_t size = std::bit_ceil(std::max<std::uint64_t>(
       ctx->config->open_loop() ? kInitialRing : static_cast<std::uint64_t>(ctx->pipeline), 2));
   ring_.resize(size);
   mask_ = size - 1;
@@ -102,15 +97,21 @@ void TcpChannel::StartConnect() {
 
 void TcpChannel::OnConnected() {
   state_ = State::kOpen;
-  if (ever_connected_ && !ctx_->config->reconnect) ++ctx_->stats.counters.connects;
+  if (ever_connected_ && !ctx_->config->reconnect) ++ctx_->stats->counters.connects;
   ever_connected_ = true;
-  TopUp();
+  RefillPipeline();
   if (send_ < tail_) MarkDirty();
 }
 
-// Closed loop: keep `pipeline` requests queued or in flight.
-void TcpChannel::TopUp() {
-  if (ctx_->config->open_loop() || !ctx_->running()) return;
+// A reply made room under the in-flight cap. Closed loop: keep `pipeline` requests queued or in
+// flight. Open loop: requests waiting for that room go out now, not at this connection's next
+// scheduled request (or a stray EPOLLOUT), which would add that wait to their send lag.
+void TcpChannel::RefillPipeline() {
+  if (ctx_->config->open_loop()) {
+    if (send_ < tail_) MarkDirty();
+    return;
+  }
+  if (!ctx_->running()) return;
   while (tail_ - head_ < static_cast<std::uint64_t>(ctx_->pipeline)) Enqueue(0);
 }
 
@@ -128,7 +129,7 @@ void TcpChannel::Fail(ErrorKind kind, const absl::Status& cause) {
   // them, so they cannot be resent.
   const std::uint64_t aborted_end = send_ + (send_written_ > 0 ? 1 : 0);
   for (std::uint64_t i = head_; i < aborted_end; ++i)
-    ctx_->stats.counters.Count(ErrorKind::kAborted);
+    ctx_->stats->counters.Count(ErrorKind::kAborted);
   head_ = send_ = aborted_end;
   send_written_ = head_received_ = 0;
   head_bad_ = false;
@@ -142,10 +143,11 @@ void TcpChannel::Fail(ErrorKind kind, const absl::Status& cause) {
 void TcpChannel::Enqueue(std::int64_t intended) {
   if (tail_ - head_ > mask_) {
     if (tail_ - head_ >= static_cast<std::uint64_t>(ctx_->max_backlog)) {
-      ctx_->NoteError(ErrorKind::kQueueFull,
-                      absl::ResourceExhaustedError(
-                          absl::StrCat(Where(), ": more than ", ctx_->max_backlog,
-                                       " requests waiting on one connection; dropping requests")));
+      ctx_->NoteError(ErrorKind::kQueueFull, [&] {
+        return absl::ResourceExhaustedError(
+            absl::StrCat(Where(), ": more than ", ctx_->max_backlog,
+                         " requests waiting on one connection; dropping requests"));
+      });
       return;
     }
     Grow();
@@ -168,7 +170,7 @@ void TcpChannel::Grow() {
 }
 
 void TcpChannel::Flush() {
-  if (state_ != State::kOpen || ctx_->phase != Phase::kRunning) return;
+  if (state_ != State::kOpen || !ctx_->sending()) return;
   while (true) {
     const std::uint64_t limit = std::min(tail_, head_ + static_cast<std::uint64_t>(ctx_->pipeline));
     if (send_ >= limit) return;
@@ -303,7 +305,7 @@ void TcpChannel::Consume(const char* data, std::size_t n) {
 void TcpChannel::CompleteHead() {
   const Request r = at(head_);
   if (head_bad_) {
-    ++ctx_->stats.counters.mismatches;
+    ++ctx_->stats->counters.mismatches;
   } else {
     ctx_->RecordReply(r.intended, r.sent, r.size);
   }
@@ -314,13 +316,13 @@ void TcpChannel::CompleteHead() {
     Close();
     retry_at_ = 0;
     if (ctx_->config->open_loop()) {
-      if (head_ < tail_ && ctx_->running()) StartConnect();
+      if (head_ < tail_ && ctx_->sending()) StartConnect();
     } else if (ctx_->running()) {
       Enqueue(0);  // connects at once and times the connect
     }
     return;
   }
-  TopUp();
+  RefillPipeline();
 }
 
 void TcpChannel::Housekeep() {
@@ -331,7 +333,7 @@ void TcpChannel::Housekeep() {
          absl::DeadlineExceededError(absl::StrCat("connect ", Where(), ": timed out")));
     return;
   }
-  if (state_ != State::kDown || !ctx_->running() || now < retry_at_) return;
+  if (state_ != State::kDown || !ctx_->sending() || now < retry_at_) return;
   if (!ctx_->config->reconnect) {
     StartConnect();
   } else if (head_ < tail_) {
@@ -341,10 +343,10 @@ void TcpChannel::Housekeep() {
   }
 }
 
-void TcpChannel::Finish() {
+void TcpChannel::CloseAndCountUnanswered() {
   for (std::uint64_t i = head_; i < tail_; ++i) {
-    const Request& r = at(i);
-    if (r.intended != 0 && ctx_->InWindow(r.intended)) ++ctx_->stats.counters.unfinished;
+    const bool sent = i < send_ || (i == send_ && send_written_ > 0);
+    ctx_->RecordUnanswered(at(i).intended, sent);
   }
   head_ = send_ = tail_;
   Close();

@@ -20,8 +20,9 @@ class TcpChannel final : public Channel {
   void Enqueue(std::int64_t intended) override;
   void Flush() override;
   void Housekeep() override;
-  bool Idle() const override { return state_ != State::kOpen || head_ == send_; }
-  void Finish() override;
+  // Open loop: the queue too (it is sent during the drain); closed loop: what was sent.
+  bool Idle() const override { return head_ == (ctx_->config->open_loop() ? tail_ : send_); }
+  void CloseAndCountUnanswered() override;
 
  private:
   struct Request {
@@ -40,7 +41,7 @@ class TcpChannel final : public Channel {
   IoStatus ReadAvailable();
   void Consume(const char* data, std::size_t n);
   void CompleteHead();
-  void TopUp();
+  void RefillPipeline();
   void Grow();
   Request& at(std::uint64_t i) { return ring_[i & mask_]; }
   const Request& at(std::uint64_t i) const { return ring_[i & mask_]; }

@@ -15,6 +15,7 @@
 #include <sys/epoll.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 
@@ -32,12 +33,6 @@ constexpr std::uint64_t kMinWindow = 64;
 constexpr std::uint64_t kMaxWindow = 1 << 16;
 // ECONNREFUSED is reported once per ICMP message; a few retries cover a burst of them.
 constexpr int kMaxRefusedRetries = 4;
-
-std::uint64_t RoundUpPow2(std::uint64_t v) {
-  std::uint64_t p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
 
 }  // namespace
 
@@ -66,11 +61,11 @@ UdpChannel::UdpChannel(LoopContext* ctx, std::uint32_t id, UdpBatchBuffers* buff
   }
   // The window is at least twice that, so requests retired recently are still remembered: a
   // duplicate arriving just after its original is told apart from a reply too old to place.
-  const std::uint64_t window = RoundUpPow2(std::max<std::uint64_t>(2 * in_flight, kMinWindow));
+  const std::uint64_t window = std::bit_ceil(std::max<std::uint64_t>(2 * in_flight, kMinWindow));
   window_.resize(window);
   window_mask_ = window - 1;
   cap_ = std::max<std::uint64_t>(in_flight, 1);
-  queue_.resize(RoundUpPow2(std::max<std::uint64_t>(cap_, kMinWindow)));
+  queue_.resize(std::bit_ceil(std::max<std::uint64_t>(cap_, kMinWindow)));
   queue_mask_ = queue_.size() - 1;
 }
 
@@ -102,10 +97,11 @@ absl::Status UdpChannel::Open() {
 void UdpChannel::Enqueue(std::int64_t intended) {
   if (queue_tail_ - queue_head_ > queue_mask_) {
     if (queue_tail_ - queue_head_ >= static_cast<std::uint64_t>(ctx_->max_backlog)) {
-      ctx_->NoteError(ErrorKind::kQueueFull,
-                      absl::ResourceExhaustedError(
-                          absl::StrCat(Where(), ": more than ", ctx_->max_backlog,
-                                       " requests waiting on one socket; dropping requests")));
+      ctx_->NoteError(ErrorKind::kQueueFull, [&] {
+        return absl::ResourceExhaustedError(
+            absl::StrCat(Where(), ": more than ", ctx_->max_backlog,
+                         " requests waiting on one socket; dropping requests"));
+      });
       return;
     }
     std::vector<std::int64_t> bigger(queue_.size() * 2);
@@ -120,7 +116,7 @@ void UdpChannel::Enqueue(std::int64_t intended) {
 }
 
 void UdpChannel::Flush() {
-  if (!fd_.valid() || ctx_->phase != Phase::kRunning) return;
+  if (!fd_.valid() || !ctx_->sending()) return;
   mmsghdr msgs[kUdpBatch];
   iovec iov[2 * kUdpBatch];
   int refused_retries = 0;
@@ -158,7 +154,7 @@ void UdpChannel::Flush() {
     }
     for (int i = 0; i < sent; ++i) {
       const Slot& s = slot(next_seq_ + static_cast<std::uint64_t>(i));
-      if (ctx_->InWindow(s.intended)) ++ctx_->stats.counters.udp_sent;
+      if (ctx_->InWindow(s.intended)) ++ctx_->stats->counters.udp_sent;
       ctx_->RecordSend(s.intended, s.sent);
     }
     next_seq_ += static_cast<std::uint64_t>(sent);
@@ -207,23 +203,23 @@ void UdpChannel::OnDatagram(const char* data, std::size_t n, bool truncated) {
   }
   Slot& s = slot(seq);
   if (s.seq != seq) {  // so old that its slot was reused: it was answered or declared lost
-    ++ctx_->stats.counters.udp_late;
+    ++ctx_->stats->counters.udp_late;
     return;
   }
   const bool in_window = ctx_->InWindow(s.intended);
   switch (s.state) {
     case SlotState::kDone:
-      if (in_window) ++ctx_->stats.counters.udp_duplicated;
+      if (in_window) ++ctx_->stats->counters.udp_duplicated;
       return;
     case SlotState::kLost:
-      if (in_window) ++ctx_->stats.counters.udp_late;
+      if (in_window) ++ctx_->stats->counters.udp_late;
       return;
     case SlotState::kOutstanding:
       break;
   }
   if (in_window) {
-    ++ctx_->stats.counters.udp_received;
-    if (any_answered_ && seq < highest_answered_) ++ctx_->stats.counters.udp_reordered;
+    ++ctx_->stats->counters.udp_received;
+    if (any_answered_ && seq < highest_answered_) ++ctx_->stats->counters.udp_reordered;
   }
   if (!any_answered_ || seq > highest_answered_) highest_answered_ = seq;
   any_answered_ = true;
@@ -267,22 +263,20 @@ void UdpChannel::Housekeep() {
     Slot& s = slot(seq);
     if (s.state != SlotState::kOutstanding) continue;
     if (s.sent > expired_before) break;  // later requests were sent later still
-    if (ctx_->InWindow(s.intended)) ++ctx_->stats.counters.udp_lost;
+    if (ctx_->InWindow(s.intended)) ++ctx_->stats->counters.udp_lost;
     Retire(s, SlotState::kLost);
   }
   AdvanceOldest();
 }
 
-void UdpChannel::Finish() {
+void UdpChannel::CloseAndCountUnanswered() {
+  Housekeep();  // a request past --timeout is lost, not unanswered, whenever the drain ends
   for (std::uint64_t seq = oldest_seq_; seq < next_seq_; ++seq) {
     const Slot& s = slot(seq);
-    if (s.state == SlotState::kOutstanding && ctx_->InWindow(s.intended)) {
-      ++ctx_->stats.counters.unfinished;
-    }
+    if (s.state == SlotState::kOutstanding) ctx_->RecordUnanswered(s.intended, /*sent=*/true);
   }
   for (std::uint64_t i = queue_head_; i < queue_tail_; ++i) {
-    const std::int64_t intended = queue_[i & queue_mask_];
-    if (intended != 0 && ctx_->InWindow(intended)) ++ctx_->stats.counters.unfinished;
+    ctx_->RecordUnanswered(queue_[i & queue_mask_], /*sent=*/false);
   }
   oldest_seq_ = next_seq_;
   queue_head_ = queue_tail_;

@@ -33,8 +33,11 @@ class UdpChannel final : public Channel {
   void Enqueue(std::int64_t intended) override;
   void Flush() override;
   void Housekeep() override;
-  bool Idle() const override { return oldest_seq_ == next_seq_; }
-  void Finish() override;
+  // Open loop: the queue too (it is sent during the drain); closed loop: what was sent.
+  bool Idle() const override {
+    return oldest_seq_ == next_seq_ && (!ctx_->config->open_loop() || queue_head_ == queue_tail_);
+  }
+  void CloseAndCountUnanswered() override;
 
  private:
   enum class SlotState : std::uint8_t { kOutstanding, kDone, kLost };

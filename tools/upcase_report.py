@@ -157,8 +157,14 @@ def run_metrics(rec: dict) -> dict:
     for name, _ in PERCENTILES + (("max", None), ("mean", None)):
         m[name] = lat.get(name)
     m["p99_uncorrected"] = load.get("latency_uncorrected_us", {}).get("p99")
+    if point["rate"]:  # open loop: how late upcase-load sent, and what the drain left unanswered
+        m["send_lag_p50"] = load.get("send_lag_us", {}).get("p50")
+        m["send_lag_p99"] = load.get("send_lag_us", {}).get("p99")
+        m["unanswered"] = load.get("unanswered")
     if load.get("client_cpu_s") is not None and load.get("duration_s"):
-        m["load_util"] = load["client_cpu_s"] / load["duration_s"]
+        # Spinning for send times (--spin) is waiting done on the CPU, not load.
+        busy = load["client_cpu_s"] - load.get("client_spin_s", 0.0)
+        m["load_util"] = busy / load["duration_s"]
     if "kept_up" in load:  # open loop: did upcase-load send on schedule?
         m["kept_up"] = 1.0 if load["kept_up"] else 0.0
     cpus = rec.get("cpus")
@@ -439,8 +445,8 @@ def _util(m: dict) -> str:
     return f"{pct(srv)}/{pct(load)}%"
 
 
-TABLE_COLUMNS = ("point", "req/s", "MB/s", "p50 µs", "p99 µs", "p99.9 µs", "CPU µs/req",
-                 "srv/load CPU", "sys/req", "cs/req", "req/s vs thr", "CPU vs thr")
+TABLE_COLUMNS = ("point", "req/s", "MB/s", "p50 µs", "p99 µs", "p99.9 µs", "lag p50/p99 µs",
+                 "CPU µs/req", "srv/load CPU", "sys/req", "cs/req", "req/s vs thr", "CPU vs thr")
 
 
 def table_rows(summary: dict, backend: str) -> list[list[str]]:
@@ -449,8 +455,10 @@ def table_rows(summary: dict, backend: str) -> list[list[str]]:
         if p["backend"] != backend:
             continue
         m, vs = p["metrics"], p.get("vs_threads", {})
+        lag = (f"{_f(m.get('send_lag_p50'), 2)}/{_f(m.get('send_lag_p99'), 2)}"
+               if p["mode"] == "open" else "-")
         rows.append([point_label(p), fmt_count(m["rps"]), _f(m["mbps"]), _f(m["p50"]),
-                     _f(m["p99"]), _f(m["p999"]), _f(m["cpu_us_per_req"]),
+                     _f(m["p99"]), _f(m["p999"]), lag, _f(m["cpu_us_per_req"]),
                      _util(m),
                      _f(m.get("syscalls_per_req")), _f(m["ctx_per_req"]),
                      _f(vs.get("rps")) if backend != BASELINE else "1",
@@ -822,6 +830,8 @@ def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
               "replies also wait for upcase-load's loop, so that point's latency includes the "
               "generator's queueing (on 2 CPUs one thread is over 90 % busy already at the 50 % "
               "point): compare backends there only side by side.",
+              "- *lag p50/p99*: open loop, upcase-load's send lag (actual minus intended send "
+              "time), which the corrected latency includes: the generator's own lateness.",
               "- *(behind)*: in open loop upcase-load could not send on schedule (the server "
               "fell behind); the latency still counts from the intended send times. Open loop "
               "puts no cap on requests in flight per connection, so a server that falls behind "

@@ -1,5 +1,7 @@
 #include "common/flags.h"
 
+#include <tuple>
+
 #include "common/net.h"
 #include "gtest/gtest.h"
 
@@ -75,6 +77,40 @@ TEST(FlagSetTest, ErrorsStayOneLineWhateverTheInput) {
         << result.status().message();
   }
   EXPECT_EQ(ParsePort("50\n50").status().message().find('\n'), absl::string_view::npos);
+}
+
+TEST(FlagSetTest, DurationsRejectNonFiniteNegativeAndAbsurdValues) {
+  // --grace=inf used to be accepted and then overflowed MonotonicNanos() + INT64_MAX.
+  absl::Duration grace = absl::Seconds(2), interval = absl::Seconds(1);
+  FlagSet flags("prog", "usage");
+  flags.Duration("grace", &grace, "");
+  flags.Duration("interval", &interval, "", absl::Milliseconds(10), absl::Hours(1));
+  for (const std::string arg :
+       {"--grace=inf", "--grace=infinite", "--grace=-inf", "--grace=nan", "--grace=1e300",
+        "--grace=1e300s", "--grace=-1", "--grace=-5ms", "--grace=9000h",
+        "--grace=", "--interval=1ns", "--interval=9ms", "--interval=2h", "--interval=0"}) {
+    Args args({arg});
+    auto result = flags.Parse(args.argc(), args.argv.data());
+    ASSERT_FALSE(result.ok()) << arg;
+    const absl::string_view message = result.status().message();
+    EXPECT_NE(message.find(arg.substr(0, arg.find('='))), absl::string_view::npos) << message;
+    EXPECT_NE(message.find("expected a duration from"), absl::string_view::npos) << message;
+    EXPECT_EQ(message.find('\n'), absl::string_view::npos) << message;
+  }
+  EXPECT_EQ(grace, absl::Seconds(2));  // untouched by every rejected value
+  EXPECT_EQ(interval, absl::Seconds(1));
+  for (const auto& [arg, grace_want, interval_want] :
+       std::vector<std::tuple<std::string, absl::Duration, absl::Duration>>{
+           {"--grace=0", absl::ZeroDuration(), absl::Seconds(1)},
+           {"--grace=8760h", kMaxDurationFlag, absl::Seconds(1)},
+           {"--interval=10ms", kMaxDurationFlag, absl::Milliseconds(10)},
+           {"--interval=0.5", kMaxDurationFlag, absl::Milliseconds(500)}}) {
+    Args args({arg});
+    auto result = flags.Parse(args.argc(), args.argv.data());
+    ASSERT_TRUE(result.ok()) << arg << ": " << result.status();
+    EXPECT_EQ(grace, grace_want) << arg;
+    EXPECT_EQ(interval, interval_want) << arg;
+  }
 }
 
 TEST(ParseBytesTest, Suffixes) {

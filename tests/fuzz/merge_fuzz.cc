@@ -67,7 +67,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   Check(back->latency == report->latency);
   // As `upcase-load merge a.json a.json` would: merge, then print the table.
   upcase::load::Report merged = *report;
-  merged.Merge(*report);
+  if (absl::Status s = merged.Merge(*report); !s.ok()) {
+    CheckError(s);
+    return 0;
+  }
   Check(merged.latency.total_count() == 2 * report->latency.total_count());
   Check(!merged.Table().empty());
   return 0;

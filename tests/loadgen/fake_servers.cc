@@ -64,6 +64,7 @@ void FakeTcpServer::AcceptLoop() {
 void FakeTcpServer::Serve(Fd conn, std::uint32_t seed) {
   std::mt19937 rng(seed);
   std::string buf(options_.read_chunk, '\0');
+  std::uint64_t answered_here = 0;
   while (!stop_) {
     if (!Readable(conn.get())) continue;
     const ssize_t got = ::recv(conn.get(), buf.data(), buf.size(), 0);
@@ -79,6 +80,11 @@ void FakeTcpServer::Serve(Fd conn, std::uint32_t seed) {
     }
     // The stall is the behaviour under test, not synchronisation: this server is "slow".
     while (MonotonicNanos() < stall_until_ns_ && !stop_) absl::SleepFor(absl::Milliseconds(1));
+    const std::uint64_t answer = options_.answer_bytes_per_connection;
+    if (answered_here + reply.size() > answer) {
+      reply.resize(answer > answered_here ? answer - answered_here : 0);
+    }
+    answered_here += reply.size();
     std::size_t sent = 0;
     while (sent < reply.size()) {
       std::size_t n = reply.size() - sent;
@@ -126,6 +132,7 @@ void FakeUdpServer::Loop() {
     if (got < 0) continue;
     ++count;
     if (options_.drop_every > 0 && count % options_.drop_every == 0) continue;
+    if (options_.answer_first > 0 && count > options_.answer_first) continue;
     const std::string reply =
         Expected(absl::string_view(buf.data(), static_cast<std::size_t>(got)));
     // A failed sendto is a lost datagram, which the load generator is there to notice.

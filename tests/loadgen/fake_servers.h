@@ -1,7 +1,8 @@
 // Misbehaving uppercase servers for upcase-load's tests, run as threads of the test process on
 // 127.0.0.1 and an ephemeral port: one that stalls once for a known time, one that corrupts one
-// byte, one that cuts its replies into tiny writes, and a UDP one that drops, duplicates or
-// reorders datagrams. Each stops (and joins its threads) in its destructor.
+// byte, one that cuts its replies into tiny writes, one that stops answering after a number of
+// bytes, and a UDP one that drops, duplicates or reorders datagrams, or stops answering. Each
+// stops (and joins its threads) in its destructor.
 #ifndef UPCASE_TESTS_LOADGEN_FAKE_SERVERS_H_
 #define UPCASE_TESTS_LOADGEN_FAKE_SERVERS_H_
 
@@ -28,6 +29,9 @@ struct FakeTcpOptions {
   // chunks of at most read_chunk bytes, so messages never line up with requests.
   std::size_t max_write = 0;
   std::size_t read_chunk = 64 * 1024;
+  // Each connection's reply stream ends after this many bytes: the server keeps reading, and
+  // never answers the rest.
+  std::uint64_t answer_bytes_per_connection = UINT64_MAX;
 };
 
 class FakeTcpServer {
@@ -58,6 +62,8 @@ struct FakeUdpOptions {
   // Hold each odd-numbered load datagram (those starting with a byte >= 0x80) and answer it
   // after the next one.
   bool swap_pairs = false;
+  // Answer only the first N datagrams (0: all of them); the later ones are read and ignored.
+  std::uint64_t answer_first = 0;
 };
 
 class FakeUdpServer {

@@ -222,7 +222,7 @@ TEST(ReportMergeTest, MergingJsonResultsEqualsOneRunOverTheUnion) {
   absl::StatusOr<Report> b = Report::FromJson(two.ToJson());
   ASSERT_TRUE(a.ok()) << a.status();
   ASSERT_TRUE(b.ok()) << b.status();
-  a->Merge(*b);
+  ASSERT_TRUE(a->Merge(*b).ok());
   EXPECT_TRUE(a->latency == all.latency);
   EXPECT_TRUE(a->latency_uncorrected == all.latency_uncorrected);
   EXPECT_EQ(a->counters.requests, all.counters.requests);
@@ -232,6 +232,71 @@ TEST(ReportMergeTest, MergingJsonResultsEqualsOneRunOverTheUnion) {
   EXPECT_DOUBLE_EQ(a->requested_rps, 2000);
   EXPECT_DOUBLE_EQ(a->throughput_rps, 30'000);
   EXPECT_EQ(a->ToJson()["latency_us"], all.ToJson()["latency_us"]);
+}
+
+// upcase-load merge reads files it did not write: every number is range-checked before it is
+// cast or summed (the cases are in tests/fuzz/corpus/merge/merge-*.json too). Before, instances
+// past INT_MAX, threads near INT64_MAX and bytes_per_s * duration_s past 2^64 were undefined
+// behaviour, and counters wrapped around.
+TEST(ReportMergeTest, CraftedNumbersAreRejectedBeforeCastingOrSumming) {
+  Report valid;
+  valid.config = nlohmann::json::object();
+  valid.duration_s = 1;
+  valid.threads = 1;
+  valid.connections = 2;
+  valid.latency.Record(1000);
+  valid.counters.requests = 1;
+  const nlohmann::json base = valid.ToJson();
+  ASSERT_TRUE(Report::FromJson(base).ok());
+
+  // Rejected when read.
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"instances", 2147483648LL},
+           {"instances", 0},
+           {"threads", INT64_MAX},
+           {"connections", -5},
+           {"bytes_per_s", 1e300},
+           {"duration_s", -1.0},
+           {"requests", -1},
+           {"unanswered", -2},
+           {"unanswered_min_age_us", -3.0},
+       }) {
+    nlohmann::json j = base;
+    j[key] = value;
+    absl::StatusOr<Report> r = Report::FromJson(j);
+    EXPECT_FALSE(r.ok()) << key << "=" << value.dump();
+    EXPECT_TRUE(absl::StrContains(r.status().message(), key)) << r.status();
+  }
+  nlohmann::json bytes = base;
+  bytes["bytes_per_s"] = 1e15;
+  bytes["duration_s"] = 1e15;
+  EXPECT_FALSE(Report::FromJson(bytes).ok());
+  nlohmann::json lost = base;
+  lost["udp"]["lost"] = -1;
+  EXPECT_FALSE(Report::FromJson(lost).ok());
+
+  // Readable alone, but not summed with itself: the merge says so and changes nothing.
+  nlohmann::json counter = base;
+  counter["requests"] = UINT64_MAX;
+  nlohmann::json histogram = base;
+  Histogram huge;  // HdrHistogram's counts are signed: two of the largest, 2^64 - 2 in total
+  huge.RecordN(0, INT64_MAX);
+  huge.RecordN(1, INT64_MAX);
+  histogram["histograms"]["send_lag"] = {{"count", huge.total_count()},
+                                         {"min", 0},
+                                         {"max", 1},
+                                         {"sum", huge.sum()},
+                                         {"hdr", huge.EncodeBase64()}};
+  for (const nlohmann::json& j : {counter, histogram}) {
+    absl::StatusOr<Report> r = Report::FromJson(j);
+    ASSERT_TRUE(r.ok()) << r.status();
+    Report merged = *r;
+    const absl::Status s = merged.Merge(*r);
+    EXPECT_FALSE(s.ok());
+    EXPECT_TRUE(absl::StrContains(s.message(), "overflow")) << s;
+    EXPECT_EQ(merged.instances, 1);
+    EXPECT_EQ(merged.ToJson(), r->ToJson());
+  }
 }
 
 // The table names the load generator as a possible limit when its threads were on the CPU for

@@ -8,11 +8,13 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/sys.h"
 #include "gtest/gtest.h"
 #include "loadgen/histogram.h"
 #include "nlohmann/json.hpp"
@@ -310,6 +312,93 @@ TEST(LoadFaultTest, AServerThatCannotKeepUpIsReportedPlainly) {
   EXPECT_FALSE(absl::StrContains(r.out, "UPCASE-LOAD WAS")) << r.out;  // it waited, idle
 }
 
+// The drain: every request intended inside the window is accounted for, whenever its reply comes.
+TEST(LoadDrainTest, AStallStraddlingTheWindowEndIsMeasuredNotDropped) {
+  // 1000 requests/s on one connection, 100 ms of warmup and a 1 s window: request i is intended
+  // i ms after the start. The server stops for 600 ms at request 800, 300 ms before the window
+  // ends, so the requests of the window's last 300 ms are answered during the drain. They used to
+  // be dropped, and the stall with them (max = a normal round trip).
+  constexpr std::int64_t kStallUs = 600'000;
+  FakeTcpOptions options;
+  options.stall_at_byte = 64 * 800;
+  options.stall = absl::Microseconds(kStallUs);
+  absl::StatusOr<std::unique_ptr<FakeTcpServer>> server = FakeTcpServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  LoadRun r = RunLoad((*server)->port(),
+                      {"--rate=1000", "--connections=1", "--duration=1s", "--warmup=100ms"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  const nlohmann::json& j = r.json;
+  EXPECT_GE(Us(j, "latency_us", "max"), kStallUs) << Describe(r);
+  EXPECT_GE(Us(j, "latency_uncorrected_us", "max"), kStallUs) << Describe(r);
+  // About 300 replies came during the drain (more when the server read several requests at once).
+  const auto requests = j["requests"].get<std::uint64_t>();
+  const auto drained = j["drain_replies"].get<std::uint64_t>();
+  EXPECT_GE(drained, 250u) << Describe(r);
+  EXPECT_EQ(j["unanswered"], 0) << Describe(r);
+  EXPECT_EQ(j["scheduled"], 1000);
+  EXPECT_EQ(requests + drained, 1000u) << Describe(r);
+  EXPECT_EQ(j["histograms"]["latency"]["count"], 1000);
+  // The rate counts replies inside the window only: the server answered ~70 % of the rate there.
+  EXPECT_NEAR(j["throughput_rps"].get<double>(), static_cast<double>(requests), 1e-6);
+  EXPECT_EQ(j["kept_up"], false);
+  EXPECT_TRUE(absl::StrContains(r.out, "came after the window")) << r.out;
+}
+
+TEST(LoadDrainTest, RequestsNeverAnsweredAreCountedWithTheirAgeAsALowerBound) {
+  // Exactly 100 warmup and 1000 window requests (1000/s on one connection), of which the server
+  // never answers the last 40.
+  constexpr int kUnanswered = 40;
+  FakeTcpOptions options;
+  options.answer_bytes_per_connection = 64 * (1100 - kUnanswered);
+  absl::StatusOr<std::unique_ptr<FakeTcpServer>> server = FakeTcpServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  LoadRun r = RunLoad((*server)->port(), {"--rate=1000", "--connections=1", "--duration=1s",
+                                          "--warmup=100ms", "--drain=300ms"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  const nlohmann::json& j = r.json;
+  EXPECT_EQ(j["unanswered"], kUnanswered) << Describe(r);
+  EXPECT_EQ(j["unfinished"], kUnanswered);  // all of them were sent ...
+  EXPECT_EQ(j["unsent"], 0);                // ... none was left in the client
+  EXPECT_EQ(j["requests"].get<std::uint64_t>() + j["drain_replies"].get<std::uint64_t>(),
+            1000u - kUnanswered);
+  // Their age when the 300 ms drain ended is in the corrected histogram (their uncorrected
+  // latency is unknown), and is at least the drain: the report calls it a lower bound.
+  EXPECT_EQ(j["histograms"]["latency"]["count"], 1000);
+  EXPECT_EQ(j["histograms"]["latency_uncorrected"]["count"], 1000 - kUnanswered);
+  EXPECT_GE(j["unanswered_min_age_us"].get<double>(), 300'000) << Describe(r);
+  // The oldest was intended 39 ms before the youngest.
+  EXPECT_GE(Us(j, "latency_us", "max"), 300'000 + 39'000) << Describe(r);
+  EXPECT_TRUE(absl::StrContains(r.out, "unanswered   40 requests")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "lower bounds")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, ">=")) << r.out;
+}
+
+TEST(LoadDrainTest, UdpRequestsPastTheTimeoutAreLostTheOthersUnanswered) {
+  // As above over UDP (the first datagram is upcase-load's probe). A request with no reply within
+  // --timeout is lost, not unanswered; one still inside it when the drain ends is unanswered.
+  constexpr int kUnanswered = 40;
+  for (const auto& [timeout, drain, lost] : std::vector<std::tuple<std::string, std::string, int>>{
+           {"--timeout=100ms", "--drain=400ms", kUnanswered},
+           {"--timeout=5s", "--drain=300ms", 0}}) {
+    FakeUdpOptions options;
+    options.answer_first = 1 + 1100 - kUnanswered;
+    absl::StatusOr<std::unique_ptr<FakeUdpServer>> server = FakeUdpServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    LoadRun r = RunLoad((*server)->port(), {"--proto=udp", "--rate=1000", "--connections=1",
+                                            "--duration=1s", "--warmup=100ms", timeout, drain});
+    ASSERT_EQ(r.exit_code, 0) << Describe(r);
+    const nlohmann::json& j = r.json;
+    const nlohmann::json& udp = j["udp"];
+    EXPECT_EQ(udp["lost"], lost) << timeout << " " << Describe(r);
+    EXPECT_EQ(j["unanswered"], kUnanswered - lost) << timeout << " " << Describe(r);
+    EXPECT_EQ(udp["sent"].get<std::uint64_t>(), udp["received"].get<std::uint64_t>() +
+                                                    udp["lost"].get<std::uint64_t>() +
+                                                    j["unfinished"].get<std::uint64_t>());
+    // Lost requests are counted, not recorded; unanswered ones are recorded as lower bounds.
+    EXPECT_EQ(j["histograms"]["latency"]["count"], 1000 - lost) << timeout;
+  }
+}
+
 TEST(LoadFaultTest, VerificationCatchesOneCorruptByte) {
   FakeTcpOptions options;
   options.corrupt_at_byte = 10'000;
@@ -427,6 +516,53 @@ TEST(LoadCliTest, ConnectionRefusedIsOneClearLine) {
   }
 }
 
+TEST(LoadCliTest, DurationFlagsRejectNonFiniteAndAbsurdValues) {
+  // --interval=1ns used to publish millions of intervals; inf and 1e300 overflowed the clock.
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"--interval=1ns"},
+           {"--interval=5ms"},
+           {"--duration=inf"},
+           {"--duration=1e300"},
+           {"--warmup=-1s"},
+           {"--timeout=nan"},
+           {"--drain=inf"},
+           {"--drain=-1"},
+           {"--rate=100", "--spin=1s"},
+           {"--rate=100", "--spin=sometimes"},
+           {"--spin=auto"},  // closed loop has no send times to spin for
+       }) {
+    std::vector<std::string> argv = args;
+    argv.insert(argv.end(), {"127.0.0.1", "1"});
+    Subprocess p;
+    ASSERT_TRUE(Spawn(p, argv).ok());
+    LoadRun r = Collect(p, "");
+    EXPECT_EQ(r.exit_code, 2) << args.back() << ": " << Describe(r);
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    const std::string flag = args.back().substr(0, args.back().find('='));
+    EXPECT_TRUE(absl::StrContains(r.err, flag)) << r.err;
+  }
+}
+
+TEST(LoadCliTest, CpusOutsideTheAllowedSetIsOneClearLine) {
+  // As in a container limited to some CPUs: taskset allows CPU 1 only, and --cpus=0 asks for 0.
+  absl::StatusOr<std::vector<int>> allowed = AllowedCpus();
+  ASSERT_TRUE(allowed.ok()) << allowed.status();
+  if (std::find(allowed->begin(), allowed->end(), 1) == allowed->end()) {
+    GTEST_SKIP() << "CPU 1 does not exist here (or this test may not use it)";
+  }
+  Subprocess p;
+  ASSERT_TRUE(
+      p.Start({"taskset", "-c", "1", BinaryPath("upcase-load"), "--cpus=0", "127.0.0.1", "1"})
+          .ok());
+  LoadRun r = Collect(p, "");
+  EXPECT_EQ(r.exit_code, 2) << Describe(r);
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err,
+                                "--cpus=0: CPU 0 is not one this process may use "
+                                "(allowed: 1)"))
+      << r.err;
+}
+
 TEST(LoadCliTest, BadCommandLinesExitTwoWithOneLine) {
   for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
            {"--size=0", "127.0.0.1", "1"},
@@ -446,10 +582,10 @@ TEST(LoadCliTest, BadCommandLinesExitTwoWithOneLine) {
   ASSERT_TRUE(Spawn(help, {"--help"}).ok());
   LoadRun h = Collect(help, "");
   EXPECT_EQ(h.exit_code, 0);
-  for (const char* flag :
-       {"--proto", "--connections", "--threads", "--cpus", "--duration", "--warmup", "--size",
-        "--pipeline", "--rate", "--arrival", "--reconnect", "--verify", "--json", "--hdr-log",
-        "--interval", "--quiet", "--start-at", "merge"}) {
+  for (const char* flag : {"--proto",     "--connections", "--threads",  "--cpus",    "--duration",
+                           "--warmup",    "--size",        "--pipeline", "--rate",    "--arrival",
+                           "--reconnect", "--verify",      "--json",     "--hdr-log", "--interval",
+                           "--quiet",     "--start-at",    "--drain",    "--spin",    "merge"}) {
     EXPECT_TRUE(absl::StrContains(h.out, flag)) << flag;
   }
 }
