@@ -171,8 +171,7 @@ ServerConfig BuildConfig(const Options& o, const std::vector<std::string>& args)
   config.conn_buffer = o.conn_buffer;
   config.grace = o.grace;
   config.sqpoll = o.sqpoll;
-  config.shards =
-      o.shards > 0 ? static_cast<int>(o.shards) : static_cast<int>(AllowedCpus().size());
+  config.shards = o.shards > 0 ? static_cast<int>(o.shards) : static_cast<int>(ShardCpus().size());
   config.idle_timeout = o.idle_timeout;
 
   if (o.max_conns_per_ip == kAuto) {

@@ -1,6 +1,5 @@
 #include "server/sharded_backend.h"
 
-#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -54,7 +53,7 @@ absl::Status RunShards(std::size_t count, const std::function<absl::Status(std::
 absl::StatusOr<Endpoints> ShardedBackend::Open() {
   stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_.valid()) return ErrnoError("eventfd", errno);
-  cpus_ = AllowedCpus();
+  cpus_ = ShardCpus();
   const int count = std::max(config_.shards, 1);
   absl::StatusOr<Listeners> listeners = OpenListeners(config_, count, /*non_blocking=*/true);
   if (!listeners.ok()) return listeners.status();
@@ -100,19 +99,13 @@ std::vector<ShardStats> ShardedBackend::Stats() const {
   return out;
 }
 
-std::vector<int> AllowedCpus() {
+std::vector<int> ShardCpus() {
+  absl::StatusOr<std::vector<int>> allowed = AllowedCpus();
+  if (allowed.ok() && !allowed->empty()) return *std::move(allowed);
+  // sched_getaffinity fails only for a CPU set larger than CPU_SETSIZE (1024 CPUs): then every
+  // online CPU.
   std::vector<int> cpus;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
-    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-      if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
-    }
-  }
-  // Fails only for a CPU set larger than CPU_SETSIZE (1024 CPUs): then every online CPU.
-  if (cpus.empty()) {
-    for (int cpu = 0; cpu < OnlineCpus(); ++cpu) cpus.push_back(cpu);
-  }
+  for (int cpu = 0; cpu < OnlineCpus(); ++cpu) cpus.push_back(cpu);
   return cpus;
 }
 

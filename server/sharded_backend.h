@@ -114,9 +114,9 @@ class ShardedBackendOf final : public ShardedBackend {
   }
 };
 
-// The CPUs this process may run on (sched_getaffinity), in increasing order: what --pin spreads
-// the shards over, and how many shards run by default. Never empty.
-std::vector<int> AllowedCpus();
+// The CPUs this process may run on (AllowedCpus, common/sys.h), in increasing order: what --pin
+// spreads the shards over, and how many shards run by default. Never empty.
+std::vector<int> ShardCpus();
 
 }  // namespace upcase
 
