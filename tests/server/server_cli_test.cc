@@ -78,7 +78,7 @@ TEST(ServerCliTest, SizeFlagsAreBoundedAtStart) {
       {{"--max-conns-per-ip=-1"}, "--max-conns-per-ip='-1': expected auto or an integer"},
       {{"--max-conns-per-ip=20000000"}, "--max-conns-per-ip='20000000': expected auto"},
       {{"--shards=2000"}, "--shards='2000': expected an integer from 0 to 1024"},
-      {{"--grace=inf"}, "--grace=inf: at most 1h"},
+      {{"--grace=inf"}, "--grace='inf': expected a duration"},  // common/flags: finite only
       {{"--grace=2h"}, "--grace=2h: at most 1h"},
       {{"--idle-timeout=25h"}, "--idle-timeout=25h: at most 24h"},
       {{"--idle-timeout=-1s"}, "--idle-timeout='-1s': expected a duration"},
