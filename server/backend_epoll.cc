@@ -261,16 +261,10 @@ class Shard : public ReactorShard {
             return ErrnoError("accept4", errno);
         }
       }
-      if (open_conns_ >= max_conns_) {
-        ++stats_.rejected;  // closed at once as `conn` goes out of scope
-        continue;
-      }
-      const PeerKey key = PeerKeyOf(reinterpret_cast<const sockaddr*>(&peer));
-      if (!per_address_.Admit(key)) {
-        ++stats_.per_ip_refused;  // likewise
-        continue;
-      }
-      Admit(std::move(conn), key);
+      PeerKey key;
+      if (AdmitPeer(conn.get(), open_conns_, reinterpret_cast<const sockaddr*>(&peer), &key)) {
+        Admit(std::move(conn), key);
+      }  // else closed at once as `conn` goes out of scope
     }
     return absl::OkStatus();
   }

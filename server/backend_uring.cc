@@ -6,7 +6,8 @@
 // one system call per read and per write, a shard posts long-lived requests once and collects
 // their results from a shared completion queue:
 //
-//   - one multishot accept per listener: every new connection is a completion, no accept4() call;
+//   - one multishot accept per listener: every new connection is a completion, no accept4() call
+//     (uring_accept.h);
 //   - one multishot recv per connection, into a ring of provided buffers the kernel picks from,
 //     so no buffer is reserved for an idle connection and no recv() call is made per request;
 //   - sends are queued as submissions; everything a loop iteration produced (sends, re-arms,
@@ -24,8 +25,8 @@
 // order; a short send is resubmitted for the rest. Output that cannot be sent yet waits in the
 // connection's OutputQueue, capped by --conn-buffer as in epoll: a multishot recv is armed with a
 // byte limit of the room left (Linux >= 6.17), near the cap single-shot recvs take no more than
-// the room left, and at the cap the shard stops receiving until the queue drains. Older kernels
-// have no byte limit: see "Kernels before 6.17" at the end of the shard.
+// the room left, and at the cap the shard stops receiving until the queue drains. How much to
+// receive, and the cancel older kernels without the byte limit need, is uring_recv.h.
 //
 // Abuse (server/limits.h), as in epoll: --max-conns-per-ip in the table all shards share (the
 // peer's address from getpeername at admission, since one multishot accept has no per-connection
@@ -35,7 +36,7 @@
 //
 // Shutdown follows the policy every backend shares (server/shutdown.h). The snapshot of what each
 // socket had received is taken after the batch of completions that brought the stop is handled,
-// when every byte the kernel moved into a provided buffer has been counted (see HandleStop).
+// when every byte the kernel moved into a provided buffer has been counted (TakeStopSnapshot).
 //
 // The ring itself (setup flags and fallbacks, provided-buffer rings, the user_data codec, kernel
 // probing) is in uring_ring.h. Kernel needs: Linux >= 6.0 (multishot recv and recvmsg, provided
@@ -60,13 +61,14 @@
 #include "common/net.h"
 #include "common/sys.h"
 #include "common/uppercase.h"
-#include "server/accept_errors.h"
 #include "server/backend.h"
 #include "server/limits.h"
 #include "server/output_queue.h"
 #include "server/sharded_backend.h"
 #include "server/shutdown.h"
+#include "server/uring_accept.h"
 #include "server/uring_conn.h"
+#include "server/uring_recv.h"
 #include "server/uring_ring.h"
 #include "server/uring_udp.h"
 
@@ -87,34 +89,12 @@ constexpr unsigned kSqThreadIdleMs = 50;
 // or copied into an output queue. The kernel cycles through every buffer it is given, so each
 // ends up resident: a shard gives kRecvBuffersInitial, and more (up to kRecvBuffers: one per
 // connection per loop iteration at 512 connections) only when a recv found none left (ENOBUFS).
+// Their size follows --conn-buffer (RecvPolicy, uring_recv.h).
 constexpr std::uint32_t kRecvBuffers = 1024;  // a power of two, as the buffer ring requires
 constexpr std::uint32_t kRecvBuffersInitial = 128;
-// How many buffers a multishot recv may still fill once the output queue decides it has had
-// enough. With the kernel's byte limit each recv is armed with the room left less one buffer, and
-// the completion that reaches the limit carries at most one buffer: two. Without it, see
-// kMultishotBurst.
-constexpr std::size_t kLimitedRecvBuffers = 2;
-// Their size: as large as --conn-buffer allows. A multishot recv stays armed while the buffers it
-// may still fill fit into the output queue's free room (see ArmRecv), and that must hold at least
-// while the queue is half full, or every reply would end the recv that brought its request. So
-// those buffers must fit into half the cap: with the limit, 16 KiB from a 64 KiB cap on; without
-// it, 4 KiB at the default 256 KiB and 16 KiB from 1 MiB. A 16 KiB request is then one completion
-// instead of four.
-constexpr std::uint32_t kMinRecvBufferSize = 4 * 1024;
-constexpr std::uint32_t kMaxRecvBufferSize = 16 * 1024;
-
-std::uint32_t RecvBufferSize(std::size_t conn_buffer, std::size_t in_flight) {
-  std::uint32_t size = kMinRecvBufferSize;
-  while (size < kMaxRecvBufferSize && in_flight * (2 * size) <= conn_buffer / 2) size *= 2;
-  return size;
-}
-
 constexpr std::uint16_t kTcpBufferGroup = 0;
 constexpr std::uint16_t kUdpBufferGroup = 1;
 
-// Out of descriptors or memory in accept: wait this long before accepting again, so the loop
-// neither spins on a listener it cannot serve nor stops serving connected clients.
-constexpr absl::Duration kAcceptBackoff = absl::Milliseconds(20);
 // At exit, how long to wait for the kernel to confirm that every cancelled request is gone.
 constexpr absl::Duration kTeardownTimeout = absl::Seconds(1);
 
@@ -167,12 +147,10 @@ class Shard : public ReactorShard {
     options.sq_thread_idle_ms = kSqThreadIdleMs;
     if (absl::Status s = ring_.Create(options); !s.ok()) return s;
     ring_.set_cancel_all_data(Encode(Op::kCancel));
-    listener_ = std::move(listener);
-    if (listener_.valid()) {
-      // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per connection.
-      if (absl::Status s = SetNoDelay(listener_.get()); !s.ok()) return s;
+    if (absl::Status s = acceptor_.Init(std::move(listener)); !s.ok()) return s;
+    if (acceptor_.serving()) {
       absl::Status s = tcp_buffers_.Init(ring_.get(), kTcpBufferGroup, kRecvBuffers,
-                                         recv_buffer_size_, kRecvBuffersInitial);
+                                         recv_.buffer_size(), kRecvBuffersInitial);
       if (!s.ok()) return s;
     }
     return udp_.Init(std::move(udp), kUdpBufferGroup);
@@ -188,8 +166,8 @@ class Shard : public ReactorShard {
     // SINGLE_ISSUER binds the ring to the thread that enables it: this one.
     if (absl::Status s = ring_.Enable(); !s.ok()) return s;
     AddStopPoll();
-    if (listener_.valid()) AddAccept();
-    if (listener_.valid() && idle_.enabled()) AddTimeout(Op::kIdleTick, &idle_ts_, idle_.tick());
+    if (acceptor_.serving()) acceptor_.Start();
+    if (acceptor_.serving() && idle_.enabled()) AddTimeout(Op::kIdleTick, &idle_ts_, idle_.tick());
     if (udp_.serving()) udp_.Start();
     absl::Status status = Loop();
     Teardown();
@@ -205,41 +183,21 @@ class Shard : public ReactorShard {
     io_uring_sqe_set_data64(sqe, Encode(Op::kStop));
   }
 
-  void AddAccept() {
-    io_uring_sqe* sqe = ring_.GetSqe();
-    io_uring_prep_multishot_accept(sqe, listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, Encode(Op::kAccept));
-    accept_armed_ = true;
-  }
-
   void AddTimeout(Op op, __kernel_timespec* ts, absl::Duration d) {
-    ts->tv_sec = absl::ToInt64Seconds(d);
-    ts->tv_nsec = absl::ToInt64Nanoseconds(d - absl::Seconds(ts->tv_sec));
-    io_uring_sqe* sqe = ring_.GetSqe();
-    io_uring_prep_timeout(sqe, ts, 0, 0);
-    io_uring_sqe_set_data64(sqe, Encode(op));
+    ring_.AddTimeout(ts, d, Encode(op));
   }
 
-  void AddCancel(std::uint64_t target) {
-    io_uring_sqe* sqe = ring_.GetSqe();
-    io_uring_prep_cancel64(sqe, target, 0);
-    io_uring_sqe_set_data64(sqe, Encode(Op::kCancel));
-  }
-
+  // Receives into the shard's provided buffers, never more than the output queue may still take
+  // (RecvPolicy): a multishot recv ends by itself at the room left where the kernel can do that.
   void AddRecv(Conn& c, bool multishot) {
     io_uring_sqe* sqe = ring_.GetSqe();
     if (multishot) {
       io_uring_prep_recv_multishot(sqe, c.fd, nullptr, 0, 0);
-      if (recv_limit_) {
-        // All but one buffer of the room (ArmRecv left at least two): the completion that
-        // reaches the limit may carry up to a buffer more.
-        SetMultishotLimit(sqe, static_cast<std::uint32_t>(std::min<std::size_t>(
-                                   Allowance(c) - c.Unsent() - recv_buffer_size_, UINT32_MAX)));
+      if (recv_.byte_limit()) {
+        SetMultishotLimit(sqe, recv_.MultishotLimit(c.Unsent(), conns_.live()));
       }
     } else {
-      // Never more than the queue can still take: it stays within --conn-buffer exactly.
-      const std::size_t room = std::min<std::size_t>(recv_buffer_size_, Allowance(c) - c.Unsent());
-      io_uring_prep_recv(sqe, c.fd, nullptr, room, 0);
+      io_uring_prep_recv(sqe, c.fd, nullptr, recv_.SingleSize(c.Unsent(), conns_.live()), 0);
     }
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = kTcpBufferGroup;
@@ -304,52 +262,45 @@ class Shard : public ReactorShard {
     const Tag tag = Tag::Decode(cqe.user_data);
     switch (tag.op) {
       case Op::kStop:
-        HandleStop(cqe);
-        break;
+        return HandleStop(cqe);
       case Op::kAccept:
-        HandleAccept(cqe);
-        break;
+        return HandleAccept(cqe);
       case Op::kAcceptResume:
-        HandleAcceptBackoff(cqe);
-        break;
+        return acceptor_.HandleResume(cqe);
       case Op::kGrace:
-        HandleGrace(cqe);
-        break;
+        return HandleGrace(cqe);
       case Op::kLinger:
-        HandleLinger(cqe);
-        break;
+        return HandleLinger(cqe);
       case Op::kIdleTick:
-        HandleIdleTick(cqe);
-        break;
+        return HandleIdleTick(cqe);
       case Op::kRecv:
       case Op::kSend:
-      case Op::kConnCancel: {
-        Conn* c = conns_.Find(tag.index, tag.gen);
-        if (c == nullptr) {
-          DieOnRingError(absl::InternalError(
-              absl::StrCat("completion for a stale connection slot ", tag.index)));
-        }
-        if (tag.op == Op::kRecv) HandleRecv(cqe, *c);
-        if (tag.op == Op::kSend) HandleSend(cqe, *c);
-        if (tag.op == Op::kConnCancel) HandleConnCancel(cqe, *c);
-        Touch(*c);
-        break;
-      }
+      case Op::kConnCancel:
+        return HandleConnection(cqe, tag);
+      case Op::kUdpRecv:
+        return udp_.HandleRecv(cqe);
+      case Op::kUdpSend:
+        return udp_.HandleSend(cqe, static_cast<std::uint16_t>(tag.index));
       case Op::kClose:
         // A failed close (EBADF would be a bug here; EINTR leaves the descriptor closed) has
         // nothing left to undo: the slot was released when the close was submitted.
-        break;
-      case Op::kUdpRecv:
-        udp_.HandleRecv(cqe);
-        break;
-      case Op::kUdpSend:
-        udp_.HandleSend(cqe, static_cast<std::uint16_t>(tag.index));
-        break;
       case Op::kCancel:
         // res: 0 or a count when found, -ENOENT when the target had completed already, -EALREADY
         // when it was running; in every case its own completion follows or has arrived.
-        break;
+        return;
     }
+  }
+
+  void HandleConnection(const io_uring_cqe& cqe, Tag tag) {
+    Conn* c = conns_.Find(tag.index, tag.gen);
+    if (c == nullptr) {
+      DieOnRingError(
+          absl::InternalError(absl::StrCat("completion for a stale connection slot ", tag.index)));
+    }
+    if (tag.op == Op::kRecv) HandleRecv(cqe, *c);
+    if (tag.op == Op::kSend) HandleSend(cqe, *c);
+    if (tag.op == Op::kConnCancel) HandleConnCancel(cqe, *c);
+    Touch(*c);
   }
 
   // SendReceiveOrClose() for `c` once the whole batch of completions is handled, not after each
@@ -368,18 +319,7 @@ class Shard : public ReactorShard {
     }
     if (cqe.res == -ECANCELED || stopping_) return;
     stopping_ = true;
-    // Stop accepting: SHUT_RD on a listener stops it listening at once (the kernel resets what is
-    // still in its backlog) and ends the multishot accept.
-    if (listener_.valid()) {
-      if (::shutdown(listener_.get(), SHUT_RD) != 0) {
-        // Not listening any more, or never was: the cancel below is all that is needed.
-      }
-      if (accept_armed_) {
-        AddCancel(Encode(Op::kAccept));
-      } else {
-        listener_.reset();
-      }
-    }
+    acceptor_.Stop();
     udp_.Stop();
     // What each connection has received is counted once this batch is handled (Reap).
     snapshot_pending_ = true;
@@ -415,51 +355,8 @@ class Shard : public ReactorShard {
   }
 
   void HandleAccept(const io_uring_cqe& cqe) {
-    const bool more = cqe.flags & IORING_CQE_F_MORE;
-    if (!more) accept_armed_ = false;
-    if (cqe.res >= 0) {
-      if (stopping_) {
-        ::close(cqe.res);  // raced with the cancel: not served any more
-      } else {
-        Admit(cqe.res);
-      }
-    } else if (cqe.res == -ECANCELED || (cqe.res == -EINVAL && stopping_)) {
-      // Cancelled, or the listener was shut down (Stop): accepting is over.
-    } else {
-      switch (ClassifyAcceptError(-cqe.res)) {
-        case AcceptAction::kRetry:  // that connection failed; the (re-armed) accept goes on
-          break;
-        case AcceptAction::kBackOff:  // keep serving, accept again later
-          ++stats_.accept_errors;
-          if (more) AddCancel(Encode(Op::kAccept));
-          if (!accept_backoff_) {
-            accept_backoff_ = true;
-            AddTimeout(Op::kAcceptResume, &backoff_ts_, kAcceptBackoff);
-          }
-          break;
-        case AcceptAction::kFatal:  // the listener is broken: this shard stops (Loop)
-          if (error_.ok()) error_ = ErrnoError("accept (io_uring)", -cqe.res);
-          if (more) AddCancel(Encode(Op::kAccept));
-          stopping_ = true;
-          break;
-      }
-    }
-    if (stopping_ && !accept_armed_) {
-      listener_.reset();
-    } else if (!accept_armed_ && !accept_backoff_ && !stopping_) {
-      AddAccept();  // the multishot ended (e.g. a transient error): re-arm it
-    }
-  }
-
-  // A timeout completes with -ETIME (expired, as intended) or -ECANCELED (cancelled at exit).
-  static void CheckTimeout(const io_uring_cqe& cqe, const char* what) {
-    if (cqe.res != -ETIME && cqe.res != -ECANCELED) DieOnRingError(ErrnoError(what, -cqe.res));
-  }
-
-  void HandleAcceptBackoff(const io_uring_cqe& cqe) {
-    CheckTimeout(cqe, "accept backoff timeout");
-    accept_backoff_ = false;
-    if (!stopping_ && !accept_armed_ && listener_.valid()) AddAccept();
+    if (const int fd = acceptor_.HandleAccept(cqe); fd >= 0) Admit(fd);
+    if (!acceptor_.error().ok()) stopping_ = true;  // Loop returns the error after this batch
   }
 
   void HandleGrace(const io_uring_cqe& cqe) {
@@ -492,27 +389,12 @@ class Shard : public ReactorShard {
     AddTimeout(Op::kIdleTick, &idle_ts_, idle_.tick());
   }
 
+  // One multishot accept has no per-connection address buffer: AdmitPeer asks the socket.
   void Admit(int fd) {
-    if (conns_.live() >= max_conns_) {
-      ++stats_.rejected;
-      ::close(fd);  // over --max-conns: the client sees an immediate close
+    PeerKey peer;
+    if (!AdmitPeer(fd, conns_.live(), /*address=*/nullptr, &peer)) {
+      ::close(fd);
       return;
-    }
-    PeerKey peer{};
-    if (per_address_.enabled()) {
-      sockaddr_storage address;
-      socklen_t len = sizeof address;
-      if (::getpeername(fd, reinterpret_cast<sockaddr*>(&address), &len) != 0) {
-        ++stats_.accept_errors;  // ENOTCONN: the client reset it already
-        ::close(fd);
-        return;
-      }
-      peer = PeerKeyOf(reinterpret_cast<const sockaddr*>(&address));
-      if (!per_address_.Admit(peer)) {
-        ++stats_.per_ip_refused;
-        ::close(fd);  // over --max-conns-per-ip: closed at once too
-        return;
-      }
     }
     Conn& c = conns_.Add(fd);
     c.peer = peer;
@@ -546,8 +428,9 @@ class Shard : public ReactorShard {
     if (!more) {
       --c.ops;
       c.recv = RecvState::kNone;
-    } else if (!recv_limit_ || output_pool_.over_budget()) {
-      CancelRecvNearTheCap(c);
+    } else if (c.recv == RecvState::kMultishot && !c.closing() &&
+               recv_.MustCancel(c.Unsent(), conns_.live())) {
+      AddCancelRecv(c);  // see "Kernels before 6.17" in uring_recv.h
     }
   }
 
@@ -679,31 +562,17 @@ class Shard : public ReactorShard {
     if (::shutdown(c.fd, SHUT_WR) != 0) c.life = Life::kClosing;  // ENOTCONN: the client is gone
   }
 
-  // Receives as much as the output queue can take: multishot while what it may still fill fits
-  // (with the kernel's byte limit it ends by itself at the room left), single recvs of at most the
-  // room left near the cap, nothing at the cap (the send completion that frees room comes back
-  // here through SendReceiveOrClose).
+  // Receives as much as the output queue can take (RecvPolicy, uring_recv.h). Nothing at its cap:
+  // the send completion that frees room comes back here through SendReceiveOrClose.
   void ArmRecv(Conn& c) {
-    const std::size_t unsent = c.Unsent();
-    const std::size_t allowed = Allowance(c);
-    if (unsent + multishot_headroom_ <= allowed) {
-      AddRecv(c, /*multishot=*/true);
-    } else if (unsent < allowed) {
-      AddRecv(c, /*multishot=*/false);
+    switch (recv_.Choose(c.Unsent(), conns_.live())) {
+      case RecvArm::kMultishot:
+        return AddRecv(c, /*multishot=*/true);
+      case RecvArm::kSingle:
+        return AddRecv(c, /*multishot=*/false);
+      case RecvArm::kNone:
+        return;
     }
-  }
-
-  // How much unsent output a connection may hold: --conn-buffer, or over the shard's
-  // --output-budget its fair share of it (OutputPool). A recv is armed for no more than that,
-  // and with a budget for no more than an even split of it over the live connections: every
-  // recv armed at once then brings in at most the budget, whatever the budget's state when each
-  // was armed. (With --output-budget=0, or a budget above conns x --conn-buffer, as in most
-  // runs, the split changes nothing.)
-  std::size_t Allowance(const Conn& c) const {
-    const std::size_t allowed = output_pool_.Allowance(c.Unsent());
-    if (config_.output_budget == 0) return allowed;
-    const std::size_t split = config_.output_budget / std::max<std::size_t>(conns_.live(), 1);
-    return std::min(allowed, std::max(split, OutputPool::kMinShare));
   }
 
   void Release(Conn& c) {
@@ -717,7 +586,7 @@ class Shard : public ReactorShard {
   // ---- The loop ----
 
   bool Finished() const {
-    return stopping_ && conns_.live() == 0 && !accept_armed_ && !udp_.busy();
+    return stopping_ && conns_.live() == 0 && !acceptor_.busy() && !udp_.busy();
   }
 
   void Reap() {
@@ -738,7 +607,7 @@ class Shard : public ReactorShard {
       // Submits everything the last round produced and sleeps until the next completion.
       if (absl::Status s = ring_.SubmitAndWait(); !s.ok()) return s;
       Reap();
-      if (!error_.ok()) return error_;
+      if (!acceptor_.error().ok()) return acceptor_.error();
     }
     return absl::OkStatus();
   }
@@ -752,54 +621,26 @@ class Shard : public ReactorShard {
     // Only if the kernel never confirmed the cancel:
     conns_.ForEach([](Conn& c) { ::close(c.fd); });
     ring_.Close();  // also drops the registered ring fd of this thread
-    listener_.reset();
+    acceptor_.Close();
     udp_.Close();
-  }
-
-  // ---- Kernels before 6.17 (and any kernel over the output budget): cancelling the recv ----
-  //
-  // Without the kernel's byte limit a multishot recv fills buffers for as long as data arrives.
-  // A completion that finds the output queue's room short of what the recv may still deliver
-  // cancels it; SendReceiveOrClose then continues with single-shot recvs. The cancel lands after
-  // up to a burst of kMultishotBurst buffers from one wake-up of the socket (MULTISHOT_MAX_RETRY,
-  // Linux >= 6.8; older kernels loop until the socket is empty, a looser bound), so the buffers
-  // must be smaller (RecvBufferSize) and the queue may overshoot its cap by up to that burst (its
-  // overflow, see OutputQueue). UPCASE_URING_RECV_LIMIT=off takes this path on any kernel. Over
-  // the shard's --output-budget, a connection's allowance shrinks below the byte limit its recv
-  // was armed with, so every kernel cancels then.
-  static constexpr std::size_t kMultishotBurst = 32;
-
-  void CancelRecvNearTheCap(Conn& c) {
-    if (c.recv == RecvState::kMultishot && !c.closing() &&
-        c.Unsent() + multishot_headroom_ > Allowance(c)) {
-      AddCancelRecv(c);
-    }
   }
 
   // ---- State ----
 
-  const bool recv_limit_ = UseRecvLimit();
-  // Buffers a multishot recv may still fill, their size, and so the free room in the output queue
-  // that keeps a multishot recv armed.
-  const std::size_t recv_in_flight_ = recv_limit_ ? kLimitedRecvBuffers : kMultishotBurst;
-  const std::uint32_t recv_buffer_size_ = RecvBufferSize(config_.conn_buffer, recv_in_flight_);
-  const std::size_t multishot_headroom_ = recv_in_flight_ * recv_buffer_size_;
+  const RecvPolicy recv_{config_, output_pool_, UseRecvLimit()};
 
   Ring ring_;
   BufferRing tcp_buffers_;
-  Fd listener_;  // invalid when TCP is not served, and once shutdown stopped accepting
+  UringAcceptor acceptor_{
+      &ring_, &stats_, {Encode(Op::kAccept), Encode(Op::kAcceptResume), Encode(Op::kCancel)}};
   UringUdp udp_{&ring_, &stats_, {Encode(Op::kUdpRecv), Encode(Op::kUdpSend), Encode(Op::kCancel)}};
 
   ConnSlots conns_{&output_pool_};
   std::vector<std::uint32_t> touched_;  // slots with completions in this batch, see Touch
 
-  bool accept_armed_ = false;  // armed iff a multishot accept is in the kernel
-  bool accept_backoff_ = false;
   bool linger_armed_ = false;      // a kLinger timeout is in the kernel
   bool stopping_ = false;          // Stop() was seen
   bool snapshot_pending_ = false;  // TakeStopSnapshot() runs after this batch
-  absl::Status error_;             // the shard cannot go on (a broken listener): Loop returns it
-  __kernel_timespec backoff_ts_{};
   __kernel_timespec grace_ts_{};
   __kernel_timespec linger_ts_{};
   __kernel_timespec idle_ts_{};

@@ -16,6 +16,31 @@
 #include "server/listeners.h"
 
 namespace upcase {
+
+bool ReactorShard::AdmitPeer(int fd, std::size_t open, const sockaddr* address, PeerKey* peer) {
+  *peer = {};
+  if (open >= max_conns_) {
+    ++stats_.rejected;
+    return false;
+  }
+  if (!per_address_.enabled()) return true;
+  sockaddr_storage asked;
+  if (address == nullptr) {
+    socklen_t len = sizeof asked;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&asked), &len) != 0) {
+      ++stats_.accept_errors;  // ENOTCONN: the client reset it already
+      return false;
+    }
+    address = reinterpret_cast<const sockaddr*>(&asked);
+  }
+  *peer = PeerKeyOf(address);
+  if (!per_address_.Admit(*peer)) {
+    ++stats_.per_ip_refused;
+    return false;
+  }
+  return true;
+}
+
 namespace {
 
 // Runs run_shard(i) for every i in [0, count): shard 0 on the calling thread (so --shards=1 runs

@@ -11,6 +11,8 @@
 #ifndef UPCASE_SERVER_SHARDED_BACKEND_H_
 #define UPCASE_SERVER_SHARDED_BACKEND_H_
 
+#include <sys/socket.h>
+
 #include <cstddef>
 #include <memory>
 #include <utility>
@@ -49,6 +51,12 @@ class ReactorShard {
   virtual ShardStats stats() const { return stats_; }
 
  protected:
+  // Whether a connection accepted from `address` (null: asked of its socket `fd`) may be served
+  // while `open` others are: counts what --max-conns and --max-conns-per-ip turn away, and the
+  // caller then closes `fd` at once (its client sees an immediate close). When admitted, `*peer`
+  // holds a slot in the per-address table until per_address_.Release(*peer).
+  bool AdmitPeer(int fd, std::size_t open, const sockaddr* address, PeerKey* peer);
+
   const ServerConfig& config_;
   const std::size_t max_conns_;   // this shard's share of --max-conns
   const int stop_fd_;             // the backend's eventfd; readable once Stop() was called

@@ -70,7 +70,7 @@ struct Conn {
   SendState send = SendState::kNone;
   Life life = Life::kServing;
   bool touched = false;          // in Shard::touched_: handled after this batch
-  OutputQueue out;               // size() <= --conn-buffer (see kMultishotBurst for the exception)
+  OutputQueue out;               // size() <= --conn-buffer (the exception: uring_recv.h)
   std::vector<Held> held;        // direct path only: non-empty only while `out` is empty
   std::size_t held_sent = 0;     // bytes of held.front() already sent
   std::size_t held_bytes = 0;    // bytes in `held` not sent yet

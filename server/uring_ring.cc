@@ -225,7 +225,19 @@ void DieOnRingError(const absl::Status& status) {
   std::abort();
 }
 
+void CheckTimeout(const io_uring_cqe& cqe, const char* what) {
+  if (cqe.res != -ETIME && cqe.res != -ECANCELED) DieOnRingError(ErrnoError(what, -cqe.res));
+}
+
 // ---- Ring ----
+
+void Ring::AddTimeout(__kernel_timespec* ts, absl::Duration d, std::uint64_t data) {
+  ts->tv_sec = absl::ToInt64Seconds(d);
+  ts->tv_nsec = absl::ToInt64Nanoseconds(d - absl::Seconds(ts->tv_sec));
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_timeout(sqe, ts, 0, 0);
+  io_uring_sqe_set_data64(sqe, data);
+}
 
 absl::Status Ring::Create(const RingOptions& options) {
   const unsigned chain_plain[] = {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,

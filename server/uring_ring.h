@@ -72,6 +72,10 @@ inline void SetMultishotLimit(io_uring_sqe* sqe, std::uint32_t limit) { sqe->fil
 // stderr and aborts.
 [[noreturn]] void DieOnRingError(const absl::Status& status);
 
+// A timeout request completes with -ETIME (expired, as intended) or -ECANCELED (cancelled at
+// exit); anything else is a bug (DieOnRingError, naming `what`).
+void CheckTimeout(const io_uring_cqe& cqe, const char* what);
+
 // ---- The ring ----
 
 struct RingOptions {
@@ -113,6 +117,16 @@ class Ring {
     if (sqe == nullptr) sqe = GetSqeAfterSubmitting();
     ++in_flight_;
     return sqe;
+  }
+
+  // A timeout request that completes with `data` after `d`. `ts` holds the time the kernel reads,
+  // and must stay until the completion.
+  void AddTimeout(__kernel_timespec* ts, absl::Duration d, std::uint64_t data);
+  // Cancels the request whose user_data is `target`; the cancel's own completion carries `data`.
+  void AddCancel(std::uint64_t target, std::uint64_t data) {
+    io_uring_sqe* sqe = GetSqe();
+    io_uring_prep_cancel64(sqe, target, 0);
+    io_uring_sqe_set_data64(sqe, data);
   }
 
   // Submits everything queued and sleeps until at least one completion: one io_uring_enter().
