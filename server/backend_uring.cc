@@ -235,9 +235,7 @@ class Shard : public ReactorShard {
   }
 
   void AddCancelRecv(Conn& c) {
-    io_uring_sqe* sqe = ring_.GetSqe();
-    io_uring_prep_cancel64(sqe, Encode(Op::kRecv, c.gen, c.index), 0);
-    io_uring_sqe_set_data64(sqe, Encode(Op::kConnCancel, c.gen, c.index));
+    ring_.AddCancel(Encode(Op::kRecv, c.gen, c.index), Encode(Op::kConnCancel, c.gen, c.index));
     c.recv = RecvState::kCancelling;
     ++c.ops;
   }

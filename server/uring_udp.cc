@@ -107,10 +107,7 @@ void UringUdp::Stop() {
   stopped_ = true;
   // Answered now, as epoll does: the cancel would strand them.
   if (fd_.valid()) AnswerQueuedDatagrams(fd_.get(), *stats_);
-  if (!recv_armed_) return;
-  io_uring_sqe* sqe = ring_->GetSqe();
-  io_uring_prep_cancel64(sqe, tags_.recv, 0);
-  io_uring_sqe_set_data64(sqe, tags_.cancel);
+  if (recv_armed_) ring_->AddCancel(tags_.recv, tags_.cancel);
 }
 
 }  // namespace upcase
