@@ -18,7 +18,7 @@ import unittest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tools"))
 
-import upcase_regress_base as rb  # noqa: E402
+from upcase.regress import base as rb  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY_CMAKE = """cmake_minimum_required(VERSION 3.25)

@@ -1,5 +1,5 @@
 """tools/regress's A/B mode: the same matrix measured for the base build (A) and the candidate
-build (B), interleaved, then judged metric by metric (statistics in upcase_regress_stats.py).
+build (B), interleaved, then judged metric by metric (statistics in stats.py, verdicts and report.md in verdicts.py).
 
 A round runs the items of the plan once per side, the two sides back to back: the k-th pair of
 item i runs A then B when k + i is even, else B then A, so every item alternates which side goes
@@ -25,9 +25,11 @@ import statistics
 import subprocess
 import time
 
-import upcase_harness as h
-import upcase_regress_stats as st
-from upcase_report import BACKEND_ORDER, run_metrics
+from ..counters import Tools
+from ..points import Point, RunSettings
+from ..processes import Children
+from ..runner import Runner
+from ..summary import BACKEND_ORDER, run_metrics
 
 SIDES = ("base", "candidate")
 
@@ -99,7 +101,7 @@ class Settings:
 @dataclasses.dataclass
 class Item:
     kind: str                    # run | probe | micro
-    point: h.Point | None = None
+    point: Point | None = None
     every: int = 1               # runs in rounds 0, every, 2 x every, ...
 
     def describe(self) -> str:
@@ -108,8 +110,8 @@ class Item:
 
 @dataclasses.dataclass
 class Plan:
-    points: list[h.Point]
-    probes: list[h.Point]
+    points: list[Point]
+    probes: list[Point]
     micro: bool
 
     @property
@@ -124,7 +126,7 @@ def make_plan(matrix: str, backends: list[str], micro: bool = True, probes: bool
     order = {b: i for i, b in enumerate(BACKEND_ORDER)}
 
     def pick(rows, probe):
-        chosen = [h.Point(b, p, s, c, probe=probe) for b, p, s, c in rows if b in backends]
+        chosen = [Point(b, p, s, c, probe=probe) for b, p, s, c in rows if b in backends]
         # Backend by backend (stable within a backend), as tools/compare runs them.
         return sorted(chosen, key=lambda pt: order.get(pt.backend, len(order)))
     return Plan(pick(m["points"], False), pick(m["probes"], True) if probes else [], micro)
@@ -144,7 +146,7 @@ class Metric:
         return cls(name, family, label, [None] * rounds, [None] * rounds, [None] * rounds)
 
 
-def point_name(p: h.Point) -> str:
+def point_name(p: Point) -> str:
     return p.key.removesuffix("-closed")
 
 
@@ -166,7 +168,7 @@ class Measurement:
     measured again, up to REMEASURE_ATTEMPTS times; one still disturbed then is left out."""
 
     def __init__(self, plan: Plan, bins: dict[str, pathlib.Path],
-                 benches: dict[str, pathlib.Path], settings: Settings, tools: h.Tools,
+                 benches: dict[str, pathlib.Path], settings: Settings, tools: Tools,
                  out: pathlib.Path, log=print):
         self.plan, self.bins, self.benches, self.s = plan, bins, benches, settings
         self.tools, self.out, self.log = tools, out, log
@@ -187,9 +189,9 @@ class Measurement:
         """How many samples item i gets per side: one per round it runs in."""
         return -(-self.s.rounds // self.items[i].every)
 
-    def _settings(self, side: str, probe: bool) -> h.RunSettings:
+    def _settings(self, side: str, probe: bool) -> RunSettings:
         s = self.s
-        return h.RunSettings(
+        return RunSettings(
             duration=s.probe_duration if probe else s.duration,
             warmup=s.probe_warmup if probe else s.warmup,
             server_cpu=s.server_cpu, load_cpu=s.load_cpu, server_args=tuple(s.server_args),
@@ -202,7 +204,7 @@ class Measurement:
             for old in (self.out / side / "runs").glob("*.json") \
                     if (self.out / side / "runs").is_dir() else ():
                 old.unlink()
-            self.runners[side] = h.Runner(
+            self.runners[side] = Runner(
                 self.out / side, self._settings(side, False), self.tools, self.total,
                 log=lambda line, side=side: self.log(line.replace("] ", f"] {side:9} ", 1)))
         try:
@@ -216,7 +218,7 @@ class Measurement:
                          f"{elapsed / 60:.1f} min so far, about {left / 60:.1f} min left")
             self._remeasure()
         finally:
-            h.Children.kill_all()
+            Children.kill_all()
             for runner in self.runners.values():
                 runner.close()
         return self.metrics
@@ -366,164 +368,6 @@ def micro_gbps(bench_json: dict) -> dict[str, float]:
         runs.setdefault(bm.get("run_name", bm["name"]), []).append(bm["bytes_per_second"] / 1e9)
     return {name: statistics.median(v) for name, v in runs.items()}
 
-
-# ---------------------------------------------------------------------------------------------
-# Judging and reporting.
-
-@dataclasses.dataclass
-class Row:
-    metric: Metric
-    better: str
-    tolerance: float
-    base_median: float | None
-    candidate_median: float | None
-    j: st.Judgement
-
-
-def judge(metrics: list[Metric], tolerances: dict[str, float], alpha: float
-          ) -> tuple[list[Row], float]:
-    """Rows in the metrics' order, and the one-sided tail each interval was computed at."""
-    judged = [m for m in metrics if st.log_ratios(m.base, m.candidate)]
-    alpha_side = st.bonferroni_alpha_side(alpha, len(judged))
-    rows = []
-    for m in metrics:
-        fam = FAMILIES[m.family]
-        tol = tolerances.get(m.family, fam["tolerance"])
-        d = st.log_ratios(m.base, m.candidate)
-        rows.append(Row(m, fam["better"], tol, _median(m.base), _median(m.candidate),
-                        st.judge(d, fam["better"], tol, alpha_side)))
-    return rows, alpha_side
-
-
-def _median(values):
-    v = [x for x in values if x is not None]
-    return statistics.median(v) if v else None
-
-
-def fmt_value(family: str, x: float | None) -> str:
-    if x is None:
-        return "-"
-    if family == "rps":
-        return h.fmt_count(x)
-    if family == "gbps":
-        return f"{x:.3g} GB/s"
-    if family == "cpu_us_per_req":
-        return f"{x:.3g} µs"
-    return f"{x:.3g}"
-
-
-def fmt_pct(x: float) -> str:
-    if x == math.inf:
-        return "+inf"
-    if x == -math.inf:
-        return "-inf"
-    return f"{x * 100:+.1f}%"
-
-
-def verdict_text(row: Row, alpha_side: float) -> str:
-    j = row.j
-    if j.n == 0:
-        return "not measured"
-    if j.verdict in (st.REGRESSED, st.IMPROVED):
-        return f"**{j.verdict}**"
-    if j.verdict != st.INCONCLUSIVE:
-        return j.verdict
-    if j.n < st.min_rounds(alpha_side):
-        return f"inconclusive (needs >= {st.min_rounds(alpha_side)} rounds)"
-    if j.more_rounds is None:
-        return "inconclusive (the change is about the tolerance)"
-    if j.more_rounds > 1000:
-        return "inconclusive (> 1000 more rounds)"
-    return f"inconclusive (~{j.more_rounds} more round{'s' if j.more_rounds > 1 else ''})"
-
-
-TABLE_COLUMNS = ("metric", "base", "candidate", "change", "interval", "verdict")
-
-
-def table_rows(rows: list[Row], alpha_side: float) -> list[list[str]]:
-    out = []
-    for row in rows:
-        m, j = row.metric, row.j
-        interval = "-" if j.n == 0 else f"[{fmt_pct(j.low)}, {fmt_pct(j.high)}]"
-        out.append([m.label, fmt_value(m.family, row.base_median),
-                    fmt_value(m.family, row.candidate_median),
-                    fmt_pct(j.change) if j.n else "-", interval, verdict_text(row, alpha_side)])
-    return out
-
-
-def md_table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header) - 1))
-             + "|---|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def counts(rows: list[Row]) -> dict[str, int]:
-    c = {v: 0 for v in (st.REGRESSED, st.IMPROVED, st.SAME, st.INCONCLUSIVE)}
-    for r in rows:
-        if r.j.n:
-            c[r.j.verdict] += 1
-    return c
-
-
-def markdown(rows: list[Row], alpha_side: float, info: dict) -> str:
-    c = counts(rows)
-    base, cand = info["base"], info["candidate"]
-    lines = ["## tools/regress: candidate vs base", ""]
-    lines.append(f"Base **{base['short']}** ({base['how']}); candidate **{cand['label']}**. "
-                 f"{info['settings']['rounds']} interleaved rounds on {info['machine_line']}; "
-                 f"measuring took {info['measure_s'] / 60:.1f} min.")
-    lines.append("")
-    bad = [r for r in rows if r.j.n and r.j.verdict == st.REGRESSED]
-    if info.get("failures"):
-        lines.append(f"**Could not measure everything** ({len(info['failures'])} problem(s)): "
-                     + "; ".join(info["failures"][:5]))
-        lines.append("")
-    lines.append(", ".join(f"{n} {v}" for v, n in c.items()) + ".")
-    if bad:
-        lines.append("")
-        lines.append("Regressed: " + "; ".join(
-            f"{r.metric.label} {fmt_pct(r.j.change)} [{fmt_pct(r.j.low)}, {fmt_pct(r.j.high)}]"
-            for r in bad) + ".")
-    lines += ["", md_table(TABLE_COLUMNS, table_rows(rows, alpha_side)), ""]
-    tols = ", ".join(f"{FAMILIES[f]['label']} ±{info['tolerances'][f] * 100:g}%"
-                     for f in FAMILIES)
-    k = sum(1 for r in rows if r.j.n)
-    lines.append(
-        f"change: Hodges-Lehmann estimate of candidate/base - 1 over the rounds' paired ratios; "
-        f"interval: Wilcoxon signed-rank, {(1 - 2 * alpha_side) * 100:.2f}% each "
-        f"(family-wise {(1 - info['alpha']) * 100:g}% over {k} metrics, Bonferroni). "
-        f"regressed/improved: the whole interval beyond the tolerance ({tols}); same: "
-        "inside it; else inconclusive. Every sample: regress.json.")
-    for n in info.get("notes", []):
-        lines.append(f"\nNote: {n}")
-    return "\n".join(lines) + "\n"
-
-
-def rows_json(rows: list[Row]) -> list[dict]:
-    out = []
-    for r in rows:
-        m, j = r.metric, r.j
-        out.append({
-            "name": m.name, "label": m.label, "family": m.family, "better": r.better,
-            "tolerance": r.tolerance, "base": m.base, "candidate": m.candidate,
-            "first": m.first, "base_median": r.base_median,
-            "candidate_median": r.candidate_median, "rounds": j.n,
-            "change": _finite(j.change), "interval": [_finite(j.low), _finite(j.high)],
-            "verdict": j.verdict if j.n else "not measured", "more_rounds": j.more_rounds})
-    return out
-
-
-def _finite(x: float):
-    return x if math.isfinite(x) else None
-
-
-def metrics_from_json(data: dict) -> list[Metric]:
-    """Metrics as regress.json (or a test's fake samples file) stores them."""
-    return [Metric(m["name"], m["family"], m.get("label", m["name"]), list(m["base"]),
-                   list(m["candidate"]), list(m.get("first", [None] * len(m["base"]))))
-            for m in data["metrics"]]
 
 
 def compose_bin_dir(folder: pathlib.Path, server_from: pathlib.Path,
