@@ -293,7 +293,8 @@ def run_open(runner: Runner, rp: RunPlan, choice: MatrixChoice, closed_recs: lis
             for b in rp.open_backends:
                 for f in choice.matrix["open"]:
                     n = main_shards if b in SHARDED_BACKENDS else None
-                    records.append(runner.run(Point(b, *rp.base_point, rate=round(ref * f),
+                    proto, size, conns = rp.base_point
+                    records.append(runner.run(Point(b, proto, size, conns, rate=round(ref * f),
                                                     label=f"{f * 100:g}%", shards=n), r))
     elif rp.open_backends:
         meta["notes"].append("no closed-loop TCP result with several connections: open-loop "

@@ -52,7 +52,7 @@ def decode_hdr(text: str) -> list[tuple[int, int]]:
 
 def merged_spectrum(recs: list[dict]) -> list[tuple[float, float]] | None:
     """(percentile, latency µs) from the corrected histograms of several runs merged."""
-    counts = {}
+    counts: dict[int, int] = {}
     for rec in recs:
         try:
             h = rec["load"]["histograms"]["latency"]["hdr"]

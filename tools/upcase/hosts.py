@@ -28,6 +28,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 from . import procfs
 from .build import BIN_DIR, binary
@@ -120,16 +121,16 @@ class SshHost:
         self._tracepoints: set[str] = set()
         self._local = pathlib.Path(tempfile.mkdtemp(prefix="upcase-ssh-"))
         self._err = open(self._local / "control.err", "wb")
-        self.shell = Children.popen(self._ssh("sh"), stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=self._err,
-                                      start_new_session=True)
+        self.shell: Any = Children.popen(self._ssh("sh"), stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self._err,
+                                         start_new_session=True)
         self._reader = LineReader(self.shell.stdout)
         Children.hooks.append(self.close)
         rc, out = self.sh("echo ok", timeout=CONNECT_TIMEOUT_S, check=False)
         if rc != 0 or out.strip() != "ok":
             raise HarnessError(f"ssh {dest}: cannot run commands there"
-                                 + (f": {self._last_error()}" if self._last_error() else "")
-                                 + " (needs key-based login: BatchMode=yes never asks)")
+                               + (f": {self._last_error()}" if self._last_error() else "")
+                               + " (needs key-based login: BatchMode=yes never asks)")
         self.workdir = self.sh('mktemp -d "${TMPDIR:-/tmp}/upcase-compare.XXXXXX"').strip()
         if copy_bins:
             self.bin_dir = f"{self.workdir}/bin"
@@ -141,7 +142,7 @@ class SshHost:
                                stdin=subprocess.DEVNULL)
             if r.returncode != 0:
                 raise HarnessError(f"scp to {dest} failed: "
-                                     f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+                                   f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
         else:
             self.bin_dir = remote_bin or str(BIN_DIR)
         for n in needs:
@@ -170,7 +171,7 @@ class SshHost:
         the text, raising HarnessError on a non-zero status."""
         if self.shell.poll() is not None:
             raise HarnessError(f"ssh {self.name}: connection lost"
-                                 + (f": {self._last_error()}" if self._last_error() else ""))
+                               + (f": {self._last_error()}" if self._last_error() else ""))
         self.seq += 1
         marker = f"@@upcase {self.seq} "
         # printf starts the marker on a line of its own even after output without a newline;
@@ -182,7 +183,7 @@ class SshHost:
         except OSError as e:
             raise HarnessError(f"ssh {self.name}: connection lost ({e})")
         deadline = time.monotonic() + timeout
-        out = []
+        out: list[str] = []
         while True:
             raw = self._reader.line(deadline)
             text = raw.decode(errors="replace")
@@ -194,14 +195,14 @@ class SshHost:
                 continue
             if not raw and (time.monotonic() >= deadline or self.shell.poll() is not None):
                 raise HarnessError(f"ssh {self.name}: no answer to `{command}` within "
-                                     f"{timeout:.0f}s" + (f": {self._last_error()}"
-                                                          if self._last_error() else ""))
+                                   f"{timeout:.0f}s" + (f": {self._last_error()}"
+                                                        if self._last_error() else ""))
             out.append(text)
         result = "\n".join(out[:-1] if out and out[-1] == "" else out)
         if check and rc != 0:
             raise HarnessError(f"{self.name}: `{command}` failed (exit {rc})"
-                                 + (f": {result.strip().splitlines()[-1]}" if result.strip()
-                                    else ""))
+                               + (f": {result.strip().splitlines()[-1]}" if result.strip()
+                                  else ""))
         return (rc, result) if not check else result
 
     def spawn(self, argv: list[str], stderr, stdout_null=False):
@@ -210,19 +211,19 @@ class SshHost:
         command = "sh -c " + shlex.quote(script) + " upcase " + shlex.join(argv)
         # stdin stays open (a pipe we hold): its end of file is the watchdog's signal.
         proc = Children.popen(self._ssh(command), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
-        reader = LineReader(proc.stdout)
+                              stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+        reader = LineReader(proc.stdout)  # type: ignore[arg-type]
         line = reader.line(time.monotonic() + CONNECT_TIMEOUT_S).decode(errors="replace")
         m = re.fullmatch(r"pid (\d+)", line.strip())
         if not m:
             Children.reap(proc, signal.SIGKILL)
             raise HarnessError(f"ssh {self.name}: could not start {os.path.basename(argv[0])} "
-                                 f"there (got '{line.strip()}')")
+                               f"there (got '{line.strip()}')")
         pid = int(m.group(1))
         self.live[pid] = proc
         return proc, pid, reader
 
-    def stop(self, proc: subprocess.Popen, pid: int, sig=signal.SIGTERM,
+    def stop(self, proc: Any, pid: int, sig=signal.SIGTERM,
              timeout: float = STOP_TIMEOUT_S) -> int | None:
         """Signals the remote PID, waits for its session to end, SIGKILL after `timeout`."""
         if proc.poll() is None and self.shell.poll() is None:
@@ -243,7 +244,7 @@ class SshHost:
         self.live.pop(pid, None)
         return rc
 
-    def forget(self, proc: subprocess.Popen, pid: int):
+    def forget(self, proc: Any, pid: int):
         """A process that exited by itself: release its session."""
         try:
             proc.stdin.close()
@@ -350,8 +351,8 @@ class RemotePerf(PerfCounter):
 
     def __init__(self, host: SshHost, pid: int, events: list[str]):
         self.host, self.events = host, events
-        self.dir = host.work_path(f"perf-{host.seq}")
-        d = shlex.quote(self.dir)
+        self.remote_dir = host.work_path(f"perf-{host.seq}")
+        d = shlex.quote(self.remote_dir)
         self.perf_pid = int(host.sh(
             f"mkdir {d} && mkfifo {d}/ctl {d}/ack && exec 5<>{d}/ctl 6<>{d}/ack && "
             f"{{ perf stat -x, --no-big-num -D -1 -p {pid} --control fifo:{d}/ctl,{d}/ack "
@@ -362,14 +363,14 @@ class RemotePerf(PerfCounter):
         rc, out = self.host.sh(f"timeout 10 sh -c 'echo {word} >&5; read a <&6; echo $a'",
                                check=False)
         if rc != 0 or "ack" not in out:
-            err = self.host.read_text(f"{self.dir}/err") or ""
+            err = self.host.read_text(f"{self.remote_dir}/err") or ""
             raise HarnessError(f"perf stat on {self.host.name} did not acknowledge '{word}'"
-                                 + (f": {err.strip().splitlines()[-1]}" if err.strip() else ""))
+                               + (f": {err.strip().splitlines()[-1]}" if err.strip() else ""))
 
     def _stop(self) -> str:
         self.host.sh(f"kill -INT {self.perf_pid} 2>/dev/null; i=0; while kill -0 "
                      f"{self.perf_pid} 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; "
                      f"i=$((i+1)); done; exec 5>&- 6>&-; true", check=False)
-        text = self.host.read_text(f"{self.dir}/out.csv") or ""
-        self.host.sh(f"rm -rf {shlex.quote(self.dir)}", check=False)
+        text = self.host.read_text(f"{self.remote_dir}/out.csv") or ""
+        self.host.sh(f"rm -rf {shlex.quote(self.remote_dir)}", check=False)
         return text

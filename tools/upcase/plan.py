@@ -7,16 +7,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+from typing import Any
 
 from .errors import ToolExit
 from .points import SHARDED_BACKENDS, Point
 from .procfs import parse_cpu_list, split_cpus
+from .units import parse_seconds
 
 # The open-loop points run here; their rates are fractions of the best closed-loop maximum here.
 OPEN_BASE = ("tcp", 64, 64)
 KIB = 1024
 
-MATRICES = {
+MATRICES: dict[str, dict[str, Any]] = {
     "quick": {
         "closed": [("tcp", 64, 1), ("tcp", 64, 64), ("tcp", 16 * KIB, 64), ("udp", 64, 64)],
         "open": (0.5, 0.9),
@@ -42,7 +44,6 @@ MATRICES = {
 }
 # upcase-load's request sizes: TCP any up to 16 MiB, UDP a datagram with its 8-byte sequence.
 SIZE_RANGE = {"tcp": (1, 16 << 20), "udp": (8, 65507)}
-
 
 
 def parse_list(text: str, flag: str, convert) -> list:
@@ -85,7 +86,7 @@ def proto(text: str) -> str:
 def matrix_points(points, sizes=None, connections=None, protos=None) -> list[tuple]:
     """The matrix's (proto, size, connections) with each given list replacing its dimension:
     --sizes=64 turns every point's size into 64 (duplicates merge)."""
-    out = []
+    out: list[tuple] = []
     for p, s, c in points:
         if protos and p not in protos:
             continue
@@ -111,33 +112,36 @@ def resolve_placement(server_allowed, load_allowed, same_host: bool, server_cpus
     allowed CPU sets (sched_getaffinity here, /proc/self/status there); ValueError with a
     one-line reason. `load_allowed` is the CPUs every load host allows."""
     notes = []
+    s: list[int] | None
+    ld: list[int] | None
     s = parse_cpu_list(server_cpus, server_allowed, "--server-cpus") if server_cpus else None
-    l = parse_cpu_list(load_cpus, load_allowed, "--load-cpus") if load_cpus else None
+    ld = parse_cpu_list(load_cpus, load_allowed, "--load-cpus") if load_cpus else None
     if same_host:
-        if s is None and l is None:
-            s, l, note = split_cpus(server_allowed)
+        if s is None and ld is None:
+            s, ld, note = split_cpus(server_allowed)
             if note:
                 notes.append(note)
-        elif s is None:
-            s = [c for c in server_allowed if c not in l] or list(server_allowed)
-        elif l is None:
-            l = [c for c in load_allowed if c not in s] or list(load_allowed)
+        elif s is None and ld is not None:
+            s = [c for c in server_allowed if c not in ld] or list(server_allowed)
+        elif ld is None and s is not None:
+            ld = [c for c in load_allowed if c not in s] or list(load_allowed)
     else:
         s = s if s is not None else list(server_allowed)
-        l = l if l is not None else list(load_allowed)
-        if not l:
+        ld = ld if ld is not None else list(load_allowed)
+        if not ld:
             raise ValueError("the load hosts share no allowed CPU: give --load-cpus")
+    assert s is not None and ld is not None
     sweep = parse_list(shards, "--shards", positive("a shard count")) if shards else [len(s)]
     if shards and len(sweep) > 1:
         sweep.sort()
     if max(sweep) > len(s):
         notes.append(f"--shards up to {max(sweep)} on {len(s)} server CPU"
                      f"{'s' if len(s) > 1 else ''}: shards above that share CPUs")
-    threads = len(l) if load_threads is None else load_threads
+    threads = len(ld) if load_threads is None else load_threads
     if threads < 1:
         raise ValueError("--load-threads must be >= 1")
-    overlap = sorted(set(s) & set(l)) if same_host else []
-    return {"server_cpus": s, "load_cpus": l, "shards": sweep, "load_threads": threads,
+    overlap = sorted(set(s) & set(ld)) if same_host else []
+    return {"server_cpus": s, "load_cpus": ld, "shards": sweep, "load_threads": threads,
             "overlap_cpus": overlap, "notes": notes}
 
 
@@ -148,8 +152,8 @@ def plan_for(backend: str, matrix: dict, closed_tuples, probe_tuples,
     def allowed(proto, size, conns):
         # iterative serves one TCP connection at a time: the others would wait the whole run.
         return not (backend == "iterative" and proto == "tcp" and conns > 1)
-    counts = shards if backend in SHARDED_BACKENDS and shards else [None]
-    closed = [Point(backend, *c, shards=n) for n in counts for c in closed_tuples
+    counts: list[int | None] = list(shards) if backend in SHARDED_BACKENDS and shards else [None]
+    closed = [Point(backend, c[0], c[1], c[2], shards=n) for n in counts for c in closed_tuples
               if allowed(*c)]
     probes = []
     for proto, size, conns in probe_tuples:
@@ -184,7 +188,6 @@ class MatrixChoice:
 def choose_matrix(args: argparse.Namespace) -> MatrixChoice:
     """The matrix of --quick/--full with --sizes, --connections, --protos applied, and the run
     lengths; ToolExit (one line) for a malformed flag or an empty matrix."""
-    from .units import parse_seconds
     name = "quick" if args.quick else "full" if args.full else "default"
     matrix = MATRICES[name]
     try:

@@ -3,6 +3,7 @@ latency vs offered load and, with a --shards sweep, scaling."""
 from __future__ import annotations
 
 import pathlib
+from typing import Sequence
 
 from .errors import HarnessError
 from .hdr import merged_spectrum
@@ -69,7 +70,6 @@ def plot_scaling(summary: dict, path: pathlib.Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
-
 
 
 def _plt():
@@ -144,7 +144,7 @@ def spectrum_points(summary: dict) -> tuple[list[dict], str]:
     return [], ""
 
 
-def plot_spectrum(summary: dict, path: pathlib.Path, runs: list[dict] = ()) -> bool:
+def plot_spectrum(summary: dict, path: pathlib.Path, runs: Sequence[dict] = ()) -> bool:
     pts, what = spectrum_points(summary)
     if not pts:
         return False

@@ -26,6 +26,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------------------------------------
 # CPU lists ("0-3,8", as taskset and upcase-load --cpus take them).
 
+
 def parse_cpu_list(text: str, allowed: Iterable[int] | None = None,
                    flag: str = "--cpus") -> list[int]:
     """Sorted CPUs of a list such as 0-3,8; ValueError (one line) when malformed, empty, or
@@ -89,6 +90,7 @@ def cpus_for_runs() -> tuple[int | None, int | None, str | None]:
 # ---------------------------------------------------------------------------------------------
 # A process: /proc/PID/stat and /proc/PID/task/*.
 
+
 def parse_proc_stat(raw: str) -> dict:
     """utime/stime (seconds) and thread count from the text of /proc/PID/stat."""
     fields = raw[raw.rindex(")") + 2:].split()  # fields[0] is field 3 (state) of proc(5)
@@ -97,7 +99,8 @@ def parse_proc_stat(raw: str) -> dict:
 
 
 def proc_stat(pid: int) -> dict:
-    """utime/stime (seconds, all threads, living and exited) and thread count from /proc/PID/stat."""
+    """utime/stime (seconds, all threads, living and exited) and thread count from
+    /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as f:
         return parse_proc_stat(f.read())
 
@@ -177,6 +180,7 @@ def all_tasks_traced(pid: int) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # The machine: /proc/stat, /proc/cpuinfo, /proc/meminfo, /proc/loadavg.
+
 
 def _busy_total(vals: list[int]) -> tuple[int, int]:
     """(busy, total) jiffies of one /proc/stat cpu line: all but idle and iowait are busy;
@@ -275,6 +279,7 @@ def machine_info() -> dict:
 # ---------------------------------------------------------------------------------------------
 # Waiting for quiet CPUs (tools/quiet).
 
+
 @dataclasses.dataclass
 class QuietWatch:
     """Fed /proc/stat samples in time order, says when every CPU of `cpus` has stayed at or
@@ -308,7 +313,7 @@ def wait_quiet(cpus: list[int], max_busy: float, settle: float, timeout: float,
     """Samples /proc/stat every `period` until QuietWatch says quiet (True) or `timeout` seconds
     have passed (False). Logs one line when it starts waiting."""
     watch = QuietWatch(cpus, max_busy, settle)
-    log(f"quiet: waiting for CPU {fmt_cpu_list(cpus)} to stay below {max_busy * 100:g} % busy "
+    log(f"waiting for CPU {fmt_cpu_list(cpus)} to stay below {max_busy * 100:g} % busy "
         f"for {settle:g} s (giving up after {timeout:g} s)")
     start = time.monotonic()
     while True:
@@ -318,4 +323,3 @@ def wait_quiet(cpus: list[int], max_busy: float, settle: float, timeout: float,
         if now - start >= timeout:
             return False
         time.sleep(period)
-

@@ -45,15 +45,12 @@ MODEL_TEXT = {
 }
 
 
-
-
 SCALING_COLUMNS = ("shards", "req/s", "ideal req/s", "efficiency", "CPU µs/req", "srv/load CPU")
 
 
 def scaling_rows(rows: list[dict]) -> list[list[str]]:
     return [[str(r["shards"]), fmt_count(r["rps"]), fmt_count(r["ideal_rps"]),
              _f(r["efficiency"], 2), _f(r["cpu_us_per_req"]), _util(r)] for r in rows]
-
 
 
 def _scaling_section(summary: dict) -> list[str]:
@@ -67,7 +64,8 @@ def _scaling_section(summary: dict) -> list[str]:
            f"{what}. *efficiency* = req/s at N shards / (N x req/s at 1 shard): 1 is linear "
            "scaling (with no 1-shard run, against the fewest shards measured). Every closed-loop "
            "point ran at each shard count (`summary.json` → `scaling`); open-loop and syscall "
-           "runs use the largest count, which is also what the headline and the per-backend tables show.", ""]
+           "runs use the largest count, which is also what the headline and the per-backend "
+           "tables show.", ""]
     for b in backend_order(summary["scaling"]):
         rows = summary["scaling"][b].get(key)
         if rows:
@@ -85,6 +83,7 @@ def _scaling_section(summary: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Tables.
+
 
 def _f(x, digits=3):
     if x is None:
@@ -191,9 +190,9 @@ def print_tables(summary: dict, out=print):
         out(f"note: {overlap}")
 
 
-
 # ---------------------------------------------------------------------------------------------
 # report.md
+
 
 def _cost_section(summary: dict, b: str) -> list[str]:
     pts = [p for p in summary["points"] if p["backend"] == b]
@@ -214,8 +213,7 @@ def _cost_section(summary: dict, b: str) -> list[str]:
             top = list(p["syscalls"]["by_name_per_req"].items())[:4]
             facts.append(f"{_f(p['syscalls']['per_req'])} syscalls/request ("
                          + ", ".join(f"{k} {_f(v, 2)}" for k, v in top) + ")")
-        facts = [x for x in facts if x]
-        out.append(f"- {point_label(p)}: " + "; ".join(facts))
+        out.append(f"- {point_label(p)}: " + "; ".join(x for x in facts if x))
     out += ["", "See it yourself (the server pinned to CPU 0, the load to CPU 1):", "", "```sh",
             f"taskset -c 0 build/release/bin/upcase-server --backend={b} --shards=1 "
             "--bind=127.0.0.1 5050 & pid=$!",

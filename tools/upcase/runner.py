@@ -83,7 +83,7 @@ class PointRun:
                  workroot: pathlib.Path):
         self.point, self.settings = point, settings
         self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="run-", dir=workroot))
-        self.host = settings.server_host or LOCAL
+        self.host: Any = settings.server_host or LOCAL
         # What the server's host can count.
         self.tools = self.host.tools if self.host.remote else tools
         self.server = Server(point, settings, self.workdir, self.host)

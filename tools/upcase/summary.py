@@ -22,6 +22,7 @@ BACKEND_ORDER = ("iterative", "threads", "epoll", "uring")
 # ---------------------------------------------------------------------------------------------
 # From runs to summary.
 
+
 def load_dir(d: pathlib.Path) -> tuple[dict, list[dict]]:
     meta_path = d / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -105,7 +106,9 @@ def point_shards(p: dict) -> int | None:
 
 
 def summarize(meta: dict, runs: list[dict]) -> dict:
-    groups, probes, failures = {}, {}, []
+    groups: dict = {}
+    probes: dict = {}
+    failures: list = []
     for rec in runs:
         if not rec.get("ok"):
             failures.append(rec)
@@ -143,7 +146,7 @@ def summarize(meta: dict, runs: list[dict]) -> dict:
     entries.sort(key=_sort_key)
     # A sharded backend is compared with the others at its largest shard count; the others
     # feed the scaling section.
-    main = {}
+    main: dict = {}
     for e in entries:
         if e["shards"] is not None:
             main[e["backend"]] = max(main.get(e["backend"], 0), e["shards"])
@@ -171,6 +174,7 @@ def summarize(meta: dict, runs: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Shard scaling.
 
+
 def efficiency(rps_n: float | None, n: int, rps_base: float | None, base: int = 1) -> float | None:
     """req/s at n shards over n/base times req/s at `base` shards (1 = linear scaling)."""
     if not rps_n or not rps_base or not n:
@@ -181,8 +185,8 @@ def efficiency(rps_n: float | None, n: int, rps_base: float | None, base: int = 
 def scaling(entries: list[dict]) -> dict:
     """{backend: {key: [row per shard count]}} for closed-loop points measured at more than one
     shard count; efficiency is against the smallest count measured (1 in a sweep from 1)."""
-    out = {}
-    by = {}
+    out: dict = {}
+    by: dict = {}
     for e in entries:
         if e["shards"] is not None and e["mode"] == "closed":
             by.setdefault((e["backend"], e["key"]), []).append(e)

@@ -1,5 +1,6 @@
 """tools/regress's A/B mode: the same matrix measured for the base build (A) and the candidate
-build (B), interleaved, then judged metric by metric (statistics in stats.py, verdicts and report.md in verdicts.py).
+build (B), interleaved, then judged metric by metric (statistics in stats.py, verdicts and
+report.md in verdicts.py).
 
 A round runs the items of the plan once per side, the two sides back to back: the k-th pair of
 item i runs A then B when k + i is even, else B then A, so every item alternates which side goes
@@ -24,6 +25,7 @@ import shlex
 import statistics
 import subprocess
 import time
+from typing import Any, Callable
 
 from ..counters import Tools
 from ..points import Point, RunSettings
@@ -36,7 +38,7 @@ SIDES = ("base", "candidate")
 # Per metric family: the good direction and the tolerance. A change within the tolerance is not
 # worth a verdict: it is the size of the differences between two builds of the same source measured
 # side by side here (see results/regress-power/), and below what a CI check should fail on.
-FAMILIES = {
+FAMILIES: dict[str, dict[str, Any]] = {
     "cpu_us_per_req": {"label": "CPU µs/req", "better": "lower", "tolerance": 0.02},
     "rps": {"label": "req/s", "better": "higher", "tolerance": 0.05},
     "syscalls_per_req": {"label": "syscalls/req", "better": "lower", "tolerance": 0.10},
@@ -48,7 +50,7 @@ FAMILIES = {
 # within 1-2 % on the 2-CPU VM (TCP and UDP 64 B at 64 connections); "wide" adds TCP at 1
 # connection (a ping-pong: ~8 % between pairs) and 16 KiB (3-12 %).
 _REACTORS = ("threads", "epoll", "uring")
-MATRICES = {
+MATRICES: dict[str, dict[str, Any]] = {
     "default": {
         "points": [("iterative", "udp", 64, 64)]
         + [(b, p, 64, 64) for b in _REACTORS for p in ("tcp", "udp")],
@@ -105,7 +107,9 @@ class Item:
     every: int = 1               # runs in rounds 0, every, 2 x every, ...
 
     def describe(self) -> str:
-        return "uppercase_bench" if self.kind == "micro" else self.point.describe()
+        if self.kind == "micro" or self.point is None:
+            return "uppercase_bench"
+        return self.point.describe()
 
 
 @dataclasses.dataclass
@@ -153,6 +157,7 @@ def point_name(p: Point) -> str:
 # ---------------------------------------------------------------------------------------------
 # Measuring.
 
+
 class Measurement:
     """Runs the plan for both sides, interleaved, and collects one sample per metric, side and
     round. `bins[side]` is the folder with that side's upcase-server and upcase-load, `benches`
@@ -178,7 +183,7 @@ class Measurement:
         self.items = plan.items
         self.total = 2 * sum(self.slots(i) for i in range(len(self.items)))
         self.done = 0
-        self.runners = {}
+        self.runners: dict[str, Runner] = {}
         # (item index, round) -> side -> upcase-load's CPU µs per request
         self.client: dict[tuple[int, int], dict[str, float]] = {}
         self.item_metrics: dict[int, set[str]] = {}
@@ -206,7 +211,7 @@ class Measurement:
                 old.unlink()
             self.runners[side] = Runner(
                 self.out / side, self._settings(side, False), self.tools, self.total,
-                log=lambda line, side=side: self.log(line.replace("] ", f"] {side:9} ", 1)))
+                log=self._side_log(side))
         try:
             for r in range(self.s.rounds):
                 for i, item in enumerate(self.items):
@@ -222,6 +227,12 @@ class Measurement:
             for runner in self.runners.values():
                 runner.close()
         return self.metrics
+
+    def _side_log(self, side: str) -> Callable[[str], None]:
+        """The runner's progress lines with the side after the counter."""
+        def log(line: str) -> None:
+            self.log(line.replace("] ", f"] {side:9} ", 1))
+        return log
 
     def _pair(self, i: int, k: int):
         """Item i's k-th pair of runs, in the order that alternates with k and with i."""
@@ -246,7 +257,7 @@ class Measurement:
             out += [(i, r) for r, e in sorted(ratios.items()) if abs(e - med) > DISTURBED]
         return sorted(out, key=lambda ir: (ir[1], ir[0]))
 
-    def _remeasure(self):
+    def _remeasure(self) -> None:
         seen: dict[tuple[int, int], int] = {}
         for attempt in range(1, REMEASURE_ATTEMPTS + 1):
             todo = [ir for ir in self.disturbed() if seen.get(ir, 0) < attempt]
@@ -289,6 +300,7 @@ class Measurement:
             self._micro(i, side, r, first)
             return
         p = item.point
+        assert p is not None
         runner = self.runners[side]
         runner.done = self.done
         rec = runner.run(p, r, self._settings(side, item.kind == "probe"))
@@ -367,7 +379,6 @@ def micro_gbps(bench_json: dict) -> dict[str, float]:
             continue
         runs.setdefault(bm.get("run_name", bm["name"]), []).append(bm["bytes_per_second"] / 1e9)
     return {name: statistics.median(v) for name, v in runs.items()}
-
 
 
 def compose_bin_dir(folder: pathlib.Path, server_from: pathlib.Path,

@@ -65,7 +65,7 @@ def machine_line(m: dict) -> str:
 
 def common_backends(bins: dict, requested: str | None, notes: list[str]) -> list[str]:
     """Backends both sides' servers list as available (and --backends asked for)."""
-    usable = {}
+    usable: dict[str, list[str]] = {}
     for side, d in bins.items():
         found = discover_backends(d)
         usable[side] = [b.name for b in found if not b.unavailable]
@@ -74,9 +74,9 @@ def common_backends(bins: dict, requested: str | None, notes: list[str]) -> list
                 notes.append(f"{side}: backend {b.name} unavailable: {b.unavailable}")
     both = [b for b in usable["candidate"] if b in usable["base"]]
     for side, other in (("base", "candidate"), ("candidate", "base")):
-        for b in usable[side]:
-            if b not in usable[other]:
-                notes.append(f"backend {b} only in the {side}: not compared")
+        for name in usable[side]:
+            if name not in usable[other]:
+                notes.append(f"backend {name} only in the {side}: not compared")
     if requested:
         names = [n.strip() for n in requested.split(",") if n.strip()]
         for n in names:

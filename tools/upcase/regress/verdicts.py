@@ -10,6 +10,7 @@ from ..units import fmt_count
 from . import stats as st
 from .ab import FAMILIES, Metric
 
+
 @dataclasses.dataclass
 class Row:
     metric: Metric
