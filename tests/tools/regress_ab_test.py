@@ -1,4 +1,4 @@
-"""tools/upcase_regress_ab.py: the interleaved measurement with real servers (both sides the same
+"""tools/upcase/regress/ab.py: the interleaved measurement with real servers (both sides the same
 build, two short rounds), the choice of pairs to measure again when the machine's speed changed,
 and the parsing of Google Benchmark's JSON. No timing is asserted.
 

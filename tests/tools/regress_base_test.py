@@ -1,4 +1,4 @@
-"""tools/upcase_regress_base.py in a throwaway git repository: which base is chosen, the base's
+"""tools/upcase/regress/base.py in a throwaway git repository: which base is chosen, the base's
 worktree (created, reused, repaired after an interrupted run), its build (a tiny CMake project
 with the three program names, so the real configure and build commands run in seconds;
 incremental on the second run; a failing build named with its log), the area lock and git's

@@ -1,4 +1,4 @@
-"""tools/upcase_regress_stats.py on synthetic samples: the signed-rank distribution against brute
+"""tools/upcase/regress/stats.py on synthetic samples: the signed-rank distribution against brute
 force, Hodges-Lehmann estimates, verdicts for a known shift / no shift / too little data, the
 repeats estimate, and the family-wise (Bonferroni) control over many metrics.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import json
+import os
 import pathlib
 import re
 import select
@@ -17,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import os
 from typing import IO, Any, Callable
 
 from .build import binary
