@@ -3,7 +3,8 @@
 and several load hosts' results merged with `upcase-load merge`.
 
 Every child is started through Children, which kills whatever is still alive by PID at exit,
-and every wait is bounded.
+and every wait is bounded. The flags used are upcase-server's (docs/upcase-server.md) and
+upcase-load's (docs/upcase-load.md).
 """
 from __future__ import annotations
 

@@ -12,10 +12,11 @@ RunSettings widens that: CPU sets for both sides (`taskset -c 0-3 upcase-server 
 their /proc, locally (hosts.LOCAL) or through ssh (hosts.SshHost), and several load hosts start
 together with --start-at and are merged with `upcase-load merge`.
 
-A run yields one JSON-able dict: the point, the commands, upcase-load's own JSON untouched, and
-what the server cost (CPU seconds, context switches, peak threads, syscalls when probed, its
-counters). Per-request figures divide by the requests the *server* counted over the whole
-run (warm-up, connection set-up and tear-down included), so every figure shares one window.
+A run yields one JSON-able dict: the point, the commands, upcase-load's own JSON untouched (its
+keys: docs/upcase-load.md), and what the server cost (CPU seconds, context switches, peak
+threads, syscalls when probed, its --stats-json counters: docs/upcase-server.md). Per-request
+figures divide by the requests the *server* counted over the whole run (warm-up, connection
+set-up and tear-down included), so every figure shares one window.
 Runner runs a sequence of points, retries a transient failure once and saves each record as
 DIR/runs/NNN-....json.
 """
