@@ -1,12 +1,10 @@
 """Unit tests of the comparison harness's pure logic on synthetic input: the report's medians and
-ratios (tools/upcase_report.py), the regression check's ratios and tolerances
-(tools/upcase_regress.py), tools/compare's flags, placement and shard scaling, and parsing of the
+ratios (tools/upcase/summary.py, report.py), the regression check's ratios and tolerances
+(tools/upcase/regress/baseline.py), tools/compare's flags, placement and shard scaling, and parsing of the
 tools' output. No server or load generator runs.
 
     /usr/bin/python3 tests/tools/harness_test.py
 """
-import importlib.machinery
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -17,22 +15,11 @@ import unittest
 TOOLS = pathlib.Path(__file__).resolve().parents[2] / "tools"
 sys.path.insert(0, str(TOOLS))
 
-import upcase_harness  # noqa: E402
-import upcase_regress  # noqa: E402
-import upcase_remote  # noqa: E402
-import upcase_report  # noqa: E402
-
-
-def _load_compare():
-    """tools/compare is a script without .py: load it as a module (main() does not run)."""
-    loader = importlib.machinery.SourceFileLoader("compare_tool", str(TOOLS / "compare"))
-    spec = importlib.util.spec_from_loader("compare_tool", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-compare = _load_compare()
+from upcase import hosts as upcase_remote  # noqa: E402
+from upcase import plan as compare  # noqa: E402
+from upcase import points, processes, procfs, runner, summary, units  # noqa: E402
+from upcase import report as upcase_report  # noqa: E402
+from upcase.regress import baseline as upcase_regress  # noqa: E402
 
 # A made-up machine where requests cost these many server-CPU µs.
 CPU_US = {"iterative": 9.0, "threads": 12.0, "epoll": 6.0, "uring": 4.0}
@@ -41,8 +28,8 @@ SYSCALLS = {"iterative": 2.0, "threads": 2.0, "epoll": 2.2, "uring": 0.3}
 
 def synthetic_run(backend, proto="tcp", size=64, conns=64, rate=0.0, label="", repeat=0,
                   probe=False, rps=None, shards=None):
-    """One record shaped like upcase_harness.run_point's, with upcase-load's JSON keys."""
-    point = upcase_harness.Point(backend, proto, size, conns, rate, label, probe, shards)
+    """One record shaped like runner.run_point's, with upcase-load's JSON keys."""
+    point = points.Point(backend, proto, size, conns, rate, label, probe, shards)
     rps = rps or rate or 1e6 / CPU_US[backend] * (1 + 0.01 * repeat)
     served = rps * 2.0
     cpu = served * CPU_US[backend] / 1e6
@@ -198,18 +185,18 @@ class RegressTest(unittest.TestCase):
 
 class HarnessParsingTest(unittest.TestCase):
     def test_point_keys_match_across_backends(self):
-        a = upcase_harness.Point("epoll", "tcp", 64, 64, 1000.0, "50%")
-        b = upcase_harness.Point("uring", "tcp", 64, 64, 1000.0, "50%")
+        a = points.Point("epoll", "tcp", 64, 64, 1000.0, "50%")
+        b = points.Point("uring", "tcp", 64, 64, 1000.0, "50%")
         self.assertEqual(a.key, b.key)
         self.assertEqual(a.key, "tcp-64B-c64-open50")
-        self.assertEqual(upcase_harness.Point("t", "udp", 16384, 1).key, "udp-16384B-c1-closed")
+        self.assertEqual(points.Point("t", "udp", 16384, 1).key, "udp-16384B-c1-closed")
 
     def test_formatting(self):
-        self.assertEqual(upcase_harness.fmt_count(123456), "123k")
-        self.assertEqual(upcase_harness.fmt_count(1.5e6), "1.5M")
-        self.assertEqual(upcase_harness.fmt_size(16384), "16KiB")
-        self.assertEqual(upcase_harness.fmt_duration(0.5), "500ms")
-        self.assertEqual(upcase_harness.fmt_duration(2), "2s")
+        self.assertEqual(units.fmt_count(123456), "123k")
+        self.assertEqual(units.fmt_count(1.5e6), "1.5M")
+        self.assertEqual(units.fmt_size(16384), "16KiB")
+        self.assertEqual(units.fmt_duration(0.5), "500ms")
+        self.assertEqual(units.fmt_duration(2), "2s")
 
 
 
@@ -218,20 +205,20 @@ class HarnessParsingTest(unittest.TestCase):
 
 class CpuListTest(unittest.TestCase):
     def test_parse_and_format(self):
-        self.assertEqual(upcase_harness.parse_cpu_list("0-3,8"), [0, 1, 2, 3, 8])
-        self.assertEqual(upcase_harness.parse_cpu_list("5, 1-2,2"), [1, 2, 5])
-        self.assertEqual(upcase_harness.fmt_cpu_list([8, 0, 1, 2, 3, 5]), "0-3,5,8")
-        self.assertEqual(upcase_harness.fmt_cpu_list([1]), "1")
+        self.assertEqual(procfs.parse_cpu_list("0-3,8"), [0, 1, 2, 3, 8])
+        self.assertEqual(procfs.parse_cpu_list("5, 1-2,2"), [1, 2, 5])
+        self.assertEqual(procfs.fmt_cpu_list([8, 0, 1, 2, 3, 5]), "0-3,5,8")
+        self.assertEqual(procfs.fmt_cpu_list([1]), "1")
 
     def test_bad_lists_have_one_line_reasons(self):
         for text in ("3-1", "a", "", "1,,2", "-1"):
             with self.assertRaises(ValueError) as e:
-                upcase_harness.parse_cpu_list(text, flag="--server-cpus")
+                procfs.parse_cpu_list(text, flag="--server-cpus")
             self.assertIn("--server-cpus=", str(e.exception))
             self.assertNotIn("\n", str(e.exception))
         with self.assertRaisesRegex(ValueError, r"--load-cpus=2-3: CPU 2-3 not in the allowed set "
                                                 r"0-1$"):
-            upcase_harness.parse_cpu_list("2-3", [0, 1], "--load-cpus")
+            procfs.parse_cpu_list("2-3", [0, 1], "--load-cpus")
 
 
 class CompareFlagsTest(unittest.TestCase):
@@ -342,36 +329,36 @@ class FakeHost:
 
 class LoadSplitTest(unittest.TestCase):
     def test_default_commands_are_unchanged(self):
-        s = upcase_harness.RunSettings()
-        p = upcase_harness.Point("epoll", "tcp", 64, 64)
-        cmd = upcase_harness.load_command(p, 5050, s, "/x.json", FakeHost())
+        s = points.RunSettings()
+        p = points.Point("epoll", "tcp", 64, 64)
+        cmd = processes.load_command(p, 5050, s, "/x.json", FakeHost())
         self.assertEqual(cmd[:4], ["taskset", "-c", "1", "upcase-load"])
         self.assertIn("--threads=1", cmd)
         self.assertFalse([a for a in cmd if a.startswith(("--cpus", "--start-at"))])
         self.assertEqual(cmd[-2:], ["127.0.0.1", "5050"])
         self.assertEqual(s.bind_addr(), "127.0.0.1")
-        self.assertEqual(upcase_harness.placement(p, s)["server_cpus"], [0])
+        self.assertEqual(runner.placement(p, s)["server_cpus"], [0])
 
     def test_load_cpus_threads_and_hosts(self):
         a, b = FakeHost(), FakeHost()
-        s = upcase_harness.RunSettings(load_cpus=(4, 5, 6, 7), load_threads=4,
+        s = points.RunSettings(load_cpus=(4, 5, 6, 7), load_threads=4,
                                        server_cpus=(0, 1, 2, 3), load_hosts=(a, b),
                                        server_addr="198.18.0.1")
-        p = upcase_harness.Point("uring", "tcp", 64, 3, rate=900.0, label="50%", shards=2)
-        shares = upcase_harness.load_shares(p, s)
+        p = points.Point("uring", "tcp", 64, 3, rate=900.0, label="50%", shards=2)
+        shares = runner.load_shares(p, s)
         self.assertEqual([(h is a, c, r) for h, c, r in shares], [(True, 2, 600.0),
                                                                  (False, 1, 300.0)])
-        cmd = upcase_harness.load_command(p, 5050, s, "/x.json", a, 2, 600.0, 1e9)
+        cmd = processes.load_command(p, 5050, s, "/x.json", a, 2, 600.0, 1e9)
         self.assertEqual(cmd[:3], ["taskset", "-c", "4-7"])
         for arg in ("--threads=4", "--cpus=4-7", "--connections=2", "--rate=600",
                     "--start-at=1000000000.000", "198.18.0.1"):
             self.assertIn(arg, cmd)
         self.assertEqual(s.bind_addr(), "198.18.0.1")
-        self.assertEqual(upcase_harness.RunSettings(server_addr="bench-a").bind_addr(),
+        self.assertEqual(points.RunSettings(server_addr="bench-a").bind_addr(),
                          "0.0.0.0")
-        one = upcase_harness.Point("uring", "tcp", 64, 1)
-        self.assertEqual(len(upcase_harness.load_shares(one, s)), 1)
-        place = upcase_harness.placement(p, s)
+        one = points.Point("uring", "tcp", 64, 1)
+        self.assertEqual(len(runner.load_shares(one, s)), 1)
+        place = runner.placement(p, s)
         self.assertEqual((place["shards"], place["pin"], place["load_hosts"],
                           place["overlap_cpus"]), (2, False, ["fake", "fake"], []))
 
@@ -412,10 +399,10 @@ def sharded_dir(d: pathlib.Path, overlap=True):
 
 class ScalingTest(unittest.TestCase):
     def test_efficiency(self):
-        self.assertAlmostEqual(upcase_report.efficiency(150e3, 2, 100e3), 0.75)
-        self.assertAlmostEqual(upcase_report.efficiency(300e3, 4, 200e3, base=2), 0.75)
-        self.assertIsNone(upcase_report.efficiency(None, 2, 100e3))
-        self.assertIsNone(upcase_report.efficiency(1e3, 2, 0))
+        self.assertAlmostEqual(summary.efficiency(150e3, 2, 100e3), 0.75)
+        self.assertAlmostEqual(summary.efficiency(300e3, 4, 200e3, base=2), 0.75)
+        self.assertIsNone(summary.efficiency(None, 2, 100e3))
+        self.assertIsNone(summary.efficiency(1e3, 2, 0))
 
     def test_summary_keeps_the_largest_shard_count_and_scales_the_rest(self):
         with tempfile.TemporaryDirectory() as tmp:

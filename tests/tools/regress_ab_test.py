@@ -1,4 +1,4 @@
-"""tools/upcase_regress_ab.py: the interleaved measurement with real servers (both sides the same
+"""tools/upcase/regress/ab.py: the interleaved measurement with real servers (both sides the same
 build, two short rounds), the choice of pairs to measure again when the machine's speed changed,
 and the parsing of Google Benchmark's JSON. No timing is asserted.
 
@@ -14,8 +14,8 @@ import unittest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
-import upcase_harness as h  # noqa: E402
-import upcase_regress_ab as ab  # noqa: E402
+from upcase import counters, points, processes, procfs  # noqa: E402
+from upcase.regress import ab  # noqa: E402
 
 BIN = pathlib.Path(os.environ.get("UPCASE_BIN", ROOT / "build" / "release" / "bin"))
 
@@ -25,7 +25,7 @@ class FakeMeasurement(ab.Measurement):
     (client base, client candidate) gauges, one per time the pair is measured."""
 
     def __init__(self, script, rounds, items=2):
-        plan = ab.Plan([h.Point("epoll", "tcp", 64, 64), h.Point("uring", "tcp", 64, 64)][:items],
+        plan = ab.Plan([points.Point("epoll", "tcp", 64, 64), points.Point("uring", "tcp", 64, 64)][:items],
                        [], False)
         super().__init__(plan, {}, {}, ab.Settings(rounds=rounds), None, pathlib.Path("/"),
                          log=lambda _: None)
@@ -106,15 +106,15 @@ class RealRunsTest(unittest.TestCase):
             micro = os.access(bench, os.X_OK)  # not built by the sanitizer presets
             other = ab.compose_bin_dir(out / "bin-a", BIN, BIN)
             plan = ab.make_plan("default", ["epoll"], micro=micro)
-            server_cpu, load_cpu, _ = h.cpus_for_runs()
+            server_cpu, load_cpu, _ = procfs.cpus_for_runs()
             self.assertEqual([p.key for p in plan.points],
                              ["tcp-64B-c64-closed", "udp-64B-c64-closed"])
             settings = ab.Settings(rounds=2, duration=0.2, warmup=0.1, probe_duration=0.2,
                                    probe_warmup=0.1, server_cpu=server_cpu, load_cpu=load_cpu)
             lines = []
-            h.install_cleanup()
+            processes.install_cleanup()
             m = ab.Measurement(plan, {"base": other, "candidate": BIN},
-                               {"base": bench, "candidate": bench}, settings, h.Tools.probe(),
+                               {"base": bench, "candidate": bench}, settings, counters.Tools.probe(),
                                out, log=lines.append)
             metrics = m.run()
             self.assertEqual(m.failures, [])

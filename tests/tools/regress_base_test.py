@@ -1,4 +1,4 @@
-"""tools/upcase_regress_base.py in a throwaway git repository: which base is chosen, the base's
+"""tools/upcase/regress/base.py in a throwaway git repository: which base is chosen, the base's
 worktree (created, reused, repaired after an interrupted run), its build (a tiny CMake project
 with the three program names, so the real configure and build commands run in seconds;
 incremental on the second run; a failing build named with its log), the area lock and git's
@@ -18,7 +18,7 @@ import unittest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tools"))
 
-import upcase_regress_base as rb  # noqa: E402
+from upcase.regress import base as rb  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY_CMAKE = """cmake_minimum_required(VERSION 3.25)

@@ -1,4 +1,4 @@
-"""tools/upcase_regress_stats.py on synthetic samples: the signed-rank distribution against brute
+"""tools/upcase/regress/stats.py on synthetic samples: the signed-rank distribution against brute
 force, Hodges-Lehmann estimates, verdicts for a known shift / no shift / too little data, the
 repeats estimate, and the family-wise (Bonferroni) control over many metrics.
 
@@ -13,7 +13,7 @@ import unittest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tools"))
 
-import upcase_regress_stats as st  # noqa: E402
+from upcase.regress import stats as st  # noqa: E402
 
 # The default check: 24 metrics at a family-wise 5 %.
 ALPHA_SIDE = st.bonferroni_alpha_side(0.05, 24)

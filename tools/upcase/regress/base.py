@@ -126,7 +126,7 @@ class BaseTree:
         self.src, self.build_dir = area / "src", area / "build"
         self.log_path = area / "build.log"
         self.stamp = area / "built-rev"
-        self._lock_fd = None
+        self._lock_fd: int | None = None
 
     @property
     def bin_dir(self) -> pathlib.Path:

@@ -1,5 +1,6 @@
-"""Another host, through ssh: runs upcase-server or upcase-load there and reads its /proc.
+"""The hosts a run uses: this machine (LocalHost, LOCAL) and another one through ssh (SshHost).
 
+A host starts the server and load processes and reads their /proc (parsed by procfs either way).
 ssh is the whole engine; nothing of ours runs on the other host but the two binaries and `sh`.
 Per host, SshHost keeps:
 
@@ -27,8 +28,50 @@ import signal
 import subprocess
 import tempfile
 import time
+from typing import Any
 
-import upcase_harness as h
+from . import procfs
+from .build import BIN_DIR, binary
+from .counters import PerfCounter, Tools, tracepoint_exists
+from .errors import HarnessError
+from .processes import STOP_TIMEOUT_S, Children, LineReader
+
+
+class LocalHost:
+    """This machine: processes start as children, /proc is read directly."""
+    name = "local"
+    remote = False
+
+    def allowed_cpus(self) -> list[int]:
+        return procfs.allowed_cpus()
+
+    def binary(self, name: str, bin_dir: pathlib.Path | None = None) -> str:
+        return str(binary(name, bin_dir))
+
+    def proc_stat(self, pid: int) -> dict:
+        return procfs.proc_stat(pid)
+
+    def ctx_switches(self, pid: int) -> dict:
+        return procfs.proc_ctx_switches(pid)
+
+    def thread_names(self, pid: int) -> dict[str, int]:
+        return procfs.thread_names(pid)
+
+    def thread_cpus(self, pid: int) -> list[list[int]]:
+        return procfs.thread_cpus(pid)
+
+    def cpu_busy_s(self, cpus: list[int]) -> float:
+        return procfs.cpu_busy_s(cpus)
+
+    def tracepoint_exists(self, name: str) -> bool:
+        return tracepoint_exists(name)
+
+    def machine_info(self) -> dict:
+        return procfs.machine_info()
+
+
+LOCAL = LocalHost()
+
 
 SSH_OPTIONS = ("BatchMode=yes", "ConnectTimeout=10", "ServerAliveInterval=5",
                "ServerAliveCountMax=6")
@@ -74,37 +117,37 @@ class SshHost:
         self.live: dict[int, subprocess.Popen] = {}  # remote PID -> its ssh session
         self.workdir = None
         self.seq = 0
-        self.tools = h.Tools(False, False, False)
+        self.tools = Tools(False, False, False)
         self._tracepoints: set[str] = set()
         self._local = pathlib.Path(tempfile.mkdtemp(prefix="upcase-ssh-"))
         self._err = open(self._local / "control.err", "wb")
-        self.shell = h.Children.popen(self._ssh("sh"), stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=self._err,
-                                      start_new_session=True)
-        self._reader = h.LineReader(self.shell.stdout)
-        h.Children.hooks.append(self.close)
+        self.shell: Any = Children.popen(self._ssh("sh"), stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self._err,
+                                         start_new_session=True)
+        self._reader = LineReader(self.shell.stdout)
+        Children.hooks.append(self.close)
         rc, out = self.sh("echo ok", timeout=CONNECT_TIMEOUT_S, check=False)
         if rc != 0 or out.strip() != "ok":
-            raise h.HarnessError(f"ssh {dest}: cannot run commands there"
-                                 + (f": {self._last_error()}" if self._last_error() else "")
-                                 + " (needs key-based login: BatchMode=yes never asks)")
+            raise HarnessError(f"ssh {dest}: cannot run commands there"
+                               + (f": {self._last_error()}" if self._last_error() else "")
+                               + " (needs key-based login: BatchMode=yes never asks)")
         self.workdir = self.sh('mktemp -d "${TMPDIR:-/tmp}/upcase-compare.XXXXXX"').strip()
         if copy_bins:
             self.bin_dir = f"{self.workdir}/bin"
             self.sh(f"mkdir {shlex.quote(self.bin_dir)}")
-            files = [str(h.binary(n)) for n in needs]
+            files = [str(binary(n)) for n in needs]
             r = subprocess.run(["scp", "-q", *self._opts(), *files,
                                 f"{self.target}:{self.bin_dir}/"],
                                capture_output=True, text=True, timeout=300,
                                stdin=subprocess.DEVNULL)
             if r.returncode != 0:
-                raise h.HarnessError(f"scp to {dest} failed: "
-                                     f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+                raise HarnessError(f"scp to {dest} failed: "
+                                   f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
         else:
-            self.bin_dir = remote_bin or str(h.BIN_DIR)
+            self.bin_dir = remote_bin or str(BIN_DIR)
         for n in needs:
             if self.sh(f"test -x {shlex.quote(self.binary(n))}", check=False)[0] != 0:
-                raise h.HarnessError(
+                raise HarnessError(
                     f"{dest}: {self.binary(n)} not found or not executable (build it there at "
                     "the same path, give --remote-bin=DIR, or --copy-bins)")
 
@@ -127,8 +170,8 @@ class SshHost:
         """Runs `command` in the control shell; its output (rc, text) with check=False, else
         the text, raising HarnessError on a non-zero status."""
         if self.shell.poll() is not None:
-            raise h.HarnessError(f"ssh {self.name}: connection lost"
-                                 + (f": {self._last_error()}" if self._last_error() else ""))
+            raise HarnessError(f"ssh {self.name}: connection lost"
+                               + (f": {self._last_error()}" if self._last_error() else ""))
         self.seq += 1
         marker = f"@@upcase {self.seq} "
         # printf starts the marker on a line of its own even after output without a newline;
@@ -138,9 +181,9 @@ class SshHost:
             self.shell.stdin.write(line.encode())
             self.shell.stdin.flush()
         except OSError as e:
-            raise h.HarnessError(f"ssh {self.name}: connection lost ({e})")
+            raise HarnessError(f"ssh {self.name}: connection lost ({e})")
         deadline = time.monotonic() + timeout
-        out = []
+        out: list[str] = []
         while True:
             raw = self._reader.line(deadline)
             text = raw.decode(errors="replace")
@@ -151,15 +194,15 @@ class SshHost:
                 out = []  # the end of an earlier command left behind by an interruption
                 continue
             if not raw and (time.monotonic() >= deadline or self.shell.poll() is not None):
-                raise h.HarnessError(f"ssh {self.name}: no answer to `{command}` within "
-                                     f"{timeout:.0f}s" + (f": {self._last_error()}"
-                                                          if self._last_error() else ""))
+                raise HarnessError(f"ssh {self.name}: no answer to `{command}` within "
+                                   f"{timeout:.0f}s" + (f": {self._last_error()}"
+                                                        if self._last_error() else ""))
             out.append(text)
         result = "\n".join(out[:-1] if out and out[-1] == "" else out)
         if check and rc != 0:
-            raise h.HarnessError(f"{self.name}: `{command}` failed (exit {rc})"
-                                 + (f": {result.strip().splitlines()[-1]}" if result.strip()
-                                    else ""))
+            raise HarnessError(f"{self.name}: `{command}` failed (exit {rc})"
+                               + (f": {result.strip().splitlines()[-1]}" if result.strip()
+                                  else ""))
         return (rc, result) if not check else result
 
     def spawn(self, argv: list[str], stderr, stdout_null=False):
@@ -167,21 +210,21 @@ class SshHost:
         script = _WRAPPER.replace('exec "$@"', 'exec "$@" >/dev/null') if stdout_null else _WRAPPER
         command = "sh -c " + shlex.quote(script) + " upcase " + shlex.join(argv)
         # stdin stays open (a pipe we hold): its end of file is the watchdog's signal.
-        proc = h.Children.popen(self._ssh(command), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
-        reader = h.LineReader(proc.stdout)
+        proc = Children.popen(self._ssh(command), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+        reader = LineReader(proc.stdout)  # type: ignore[arg-type]
         line = reader.line(time.monotonic() + CONNECT_TIMEOUT_S).decode(errors="replace")
         m = re.fullmatch(r"pid (\d+)", line.strip())
         if not m:
-            h.Children.reap(proc, signal.SIGKILL)
-            raise h.HarnessError(f"ssh {self.name}: could not start {os.path.basename(argv[0])} "
-                                 f"there (got '{line.strip()}')")
+            Children.reap(proc, signal.SIGKILL)
+            raise HarnessError(f"ssh {self.name}: could not start {os.path.basename(argv[0])} "
+                               f"there (got '{line.strip()}')")
         pid = int(m.group(1))
         self.live[pid] = proc
         return proc, pid, reader
 
-    def stop(self, proc: subprocess.Popen, pid: int, sig=signal.SIGTERM,
-             timeout: float = h.STOP_TIMEOUT_S) -> int | None:
+    def stop(self, proc: Any, pid: int, sig=signal.SIGTERM,
+             timeout: float = STOP_TIMEOUT_S) -> int | None:
         """Signals the remote PID, waits for its session to end, SIGKILL after `timeout`."""
         if proc.poll() is None and self.shell.poll() is None:
             self.sh(f"kill -{sig.name.removeprefix('SIG')} {pid} 2>/dev/null || true")
@@ -197,17 +240,17 @@ class SshHost:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        rc = h.Children.reap(proc, signal.SIGKILL)
+        rc = Children.reap(proc, signal.SIGKILL)
         self.live.pop(pid, None)
         return rc
 
-    def forget(self, proc: subprocess.Popen, pid: int):
+    def forget(self, proc: Any, pid: int):
         """A process that exited by itself: release its session."""
         try:
             proc.stdin.close()
         except OSError:
             pass
-        h.Children._live.pop(proc.pid, None)
+        Children.forget(proc)
         self.live.pop(pid, None)
 
     def close(self):
@@ -222,16 +265,16 @@ class SshHost:
                     self.sh(f"rm -rf {shlex.quote(self.workdir)}", timeout=15)
                 self.shell.stdin.close()
                 self.shell.wait(timeout=10)
-            except (h.HarnessError, OSError, subprocess.TimeoutExpired) as e:
+            except (HarnessError, OSError, subprocess.TimeoutExpired) as e:
                 self.log(f"tools/compare: cleanup on {self.name}: {e}")
         for proc in self.live.values():
-            h.Children.reap(proc, signal.SIGKILL, timeout=5)
+            Children.reap(proc, signal.SIGKILL, timeout=5)
         self.live.clear()
-        h.Children.reap(self.shell, signal.SIGKILL, timeout=5)
+        Children.reap(self.shell, signal.SIGKILL, timeout=5)
         self._err.close()
         shutil.rmtree(self._local, ignore_errors=True)
-        if self.close in h.Children.hooks:
-            h.Children.hooks.remove(self.close)
+        if self.close in Children.hooks:
+            Children.hooks.remove(self.close)
 
     # -- what the harness asks of a host -----------------------------------------------------
 
@@ -250,19 +293,18 @@ class SshHost:
         return text if rc == 0 else None
 
     def allowed_cpus(self) -> list[int]:
-        text = self.sh("grep Cpus_allowed_list /proc/self/status")
-        return h.parse_cpu_list(text.split(":", 1)[1].strip())
+        return procfs.parse_allowed_cpus([self.sh("cat /proc/self/status")])[0]
 
     def machine_info(self) -> dict:
-        """What report.md says of this host (as upcase_harness.machine_info does of here)."""
-        lines = self.sh("uname -r; grep -c ^processor /proc/cpuinfo; "
-                        "grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2-", check=False)[1]
-        kernel, nproc, model = (lines.splitlines() + ["?", "?", "?"])[:3]
-        return {"kernel": kernel.strip(), "nproc": nproc.strip(), "cpu_model": model.strip(),
-                "online_cpus": len(self.allowed_cpus())}
+        """What report.md says of this host (as procfs.machine_info does of here)."""
+        text = self.sh("uname -r; cat /proc/cpuinfo", check=False)[1]
+        kernel, _, cpuinfo = text.partition("\n")
+        model, nproc = procfs.parse_cpuinfo(cpuinfo)
+        return {"kernel": kernel.strip() or "?", "nproc": str(nproc) if nproc else "?",
+                "cpu_model": model, "online_cpus": len(self.allowed_cpus())}
 
     def proc_stat(self, pid: int) -> dict:
-        return h.parse_proc_stat(self.sh(f"cat /proc/{pid}/stat"))
+        return procfs.parse_proc_stat(self.sh(f"cat /proc/{pid}/stat"))
 
     def _task_files(self, pid: int, name: str) -> list[str]:
         # One record per thread, separated by a line no /proc file holds.
@@ -271,23 +313,24 @@ class SshHost:
         return [t for t in text.split("@@task\n") if t.strip() and t.strip() != "@@task"]
 
     def ctx_switches(self, pid: int) -> dict:
-        return h.parse_ctx_switches(self._task_files(pid, "status"))
+        return procfs.parse_ctx_switches(self._task_files(pid, "status"))
 
     def thread_names(self, pid: int) -> dict[str, int]:
-        return h.group_thread_names(self._task_files(pid, "comm"))
+        return procfs.group_thread_names(self._task_files(pid, "comm"))
 
     def thread_cpus(self, pid: int) -> list[list[int]]:
-        return h.parse_allowed_cpus(self._task_files(pid, "status"))
+        return procfs.parse_allowed_cpus(self._task_files(pid, "status"))
 
     def cpu_busy_s(self, cpus) -> float:
-        return h.parse_cpu_busy(self.sh("cat /proc/stat"), cpus)
+        return procfs.parse_cpu_busy(self.sh("cat /proc/stat"), cpus)
 
     def probe_tools(self):
         """What perf can count there (no strace fallback remotely: it would slow the server)."""
-        ok = lambda cmd: self.sh(cmd + " >/dev/null 2>&1", check=False)[0] == 0
+        def ok(cmd: str) -> bool:
+            return self.sh(cmd + " >/dev/null 2>&1", check=False)[0] == 0
         cs = ok("perf stat -x, -e context-switches -- true")
         sc = cs and ok("perf stat -x, -e raw_syscalls:sys_enter -- true")
-        self.tools = h.Tools(cs, sc, False)
+        self.tools = Tools(cs, sc, False)
         if sc:
             rc, text = self.sh("ls /sys/kernel/tracing/events/syscalls 2>/dev/null || "
                                "ls /sys/kernel/debug/tracing/events/syscalls", check=False)
@@ -301,15 +344,15 @@ class SshHost:
         return RemotePerf(self, pid, events)
 
 
-class RemotePerf(h.PerfCounter):
+class RemotePerf(PerfCounter):
     """PerfCounter's twin over the control shell: `perf stat -p PID` started disabled there,
     switched on and off through its control FIFOs, which the shell holds open read-write
     (fds 5 and 6) so that neither side blocks opening them."""
 
     def __init__(self, host: SshHost, pid: int, events: list[str]):
         self.host, self.events = host, events
-        self.dir = host.work_path(f"perf-{host.seq}")
-        d = shlex.quote(self.dir)
+        self.remote_dir = host.work_path(f"perf-{host.seq}")
+        d = shlex.quote(self.remote_dir)
         self.perf_pid = int(host.sh(
             f"mkdir {d} && mkfifo {d}/ctl {d}/ack && exec 5<>{d}/ctl 6<>{d}/ack && "
             f"{{ perf stat -x, --no-big-num -D -1 -p {pid} --control fifo:{d}/ctl,{d}/ack "
@@ -320,14 +363,14 @@ class RemotePerf(h.PerfCounter):
         rc, out = self.host.sh(f"timeout 10 sh -c 'echo {word} >&5; read a <&6; echo $a'",
                                check=False)
         if rc != 0 or "ack" not in out:
-            err = self.host.read_text(f"{self.dir}/err") or ""
-            raise h.HarnessError(f"perf stat on {self.host.name} did not acknowledge '{word}'"
-                                 + (f": {err.strip().splitlines()[-1]}" if err.strip() else ""))
+            err = self.host.read_text(f"{self.remote_dir}/err") or ""
+            raise HarnessError(f"perf stat on {self.host.name} did not acknowledge '{word}'"
+                               + (f": {err.strip().splitlines()[-1]}" if err.strip() else ""))
 
     def _stop(self) -> str:
         self.host.sh(f"kill -INT {self.perf_pid} 2>/dev/null; i=0; while kill -0 "
                      f"{self.perf_pid} 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; "
                      f"i=$((i+1)); done; exec 5>&- 6>&-; true", check=False)
-        text = self.host.read_text(f"{self.dir}/out.csv") or ""
-        self.host.sh(f"rm -rf {shlex.quote(self.dir)}", check=False)
+        text = self.host.read_text(f"{self.remote_dir}/out.csv") or ""
+        self.host.sh(f"rm -rf {shlex.quote(self.remote_dir)}", check=False)
         return text

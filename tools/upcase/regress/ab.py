@@ -1,5 +1,6 @@
 """tools/regress's A/B mode: the same matrix measured for the base build (A) and the candidate
-build (B), interleaved, then judged metric by metric (statistics in upcase_regress_stats.py).
+build (B), interleaved, then judged metric by metric (statistics in stats.py, verdicts and
+report.md in verdicts.py).
 
 A round runs the items of the plan once per side, the two sides back to back: the k-th pair of
 item i runs A then B when k + i is even, else B then A, so every item alternates which side goes
@@ -24,17 +25,20 @@ import shlex
 import statistics
 import subprocess
 import time
+from typing import Any, Callable
 
-import upcase_harness as h
-import upcase_regress_stats as st
-from upcase_report import BACKEND_ORDER, run_metrics
+from ..counters import Tools
+from ..points import Point, RunSettings
+from ..processes import Children
+from ..runner import Runner
+from ..summary import BACKEND_ORDER, run_metrics
 
 SIDES = ("base", "candidate")
 
 # Per metric family: the good direction and the tolerance. A change within the tolerance is not
 # worth a verdict: it is the size of the differences between two builds of the same source measured
 # side by side here (see results/regress-power/), and below what a CI check should fail on.
-FAMILIES = {
+FAMILIES: dict[str, dict[str, Any]] = {
     "cpu_us_per_req": {"label": "CPU µs/req", "better": "lower", "tolerance": 0.02},
     "rps": {"label": "req/s", "better": "higher", "tolerance": 0.05},
     "syscalls_per_req": {"label": "syscalls/req", "better": "lower", "tolerance": 0.10},
@@ -46,7 +50,7 @@ FAMILIES = {
 # within 1-2 % on the 2-CPU VM (TCP and UDP 64 B at 64 connections); "wide" adds TCP at 1
 # connection (a ping-pong: ~8 % between pairs) and 16 KiB (3-12 %).
 _REACTORS = ("threads", "epoll", "uring")
-MATRICES = {
+MATRICES: dict[str, dict[str, Any]] = {
     "default": {
         "points": [("iterative", "udp", 64, 64)]
         + [(b, p, 64, 64) for b in _REACTORS for p in ("tcp", "udp")],
@@ -99,17 +103,19 @@ class Settings:
 @dataclasses.dataclass
 class Item:
     kind: str                    # run | probe | micro
-    point: h.Point | None = None
+    point: Point | None = None
     every: int = 1               # runs in rounds 0, every, 2 x every, ...
 
     def describe(self) -> str:
-        return "uppercase_bench" if self.kind == "micro" else self.point.describe()
+        if self.kind == "micro" or self.point is None:
+            return "uppercase_bench"
+        return self.point.describe()
 
 
 @dataclasses.dataclass
 class Plan:
-    points: list[h.Point]
-    probes: list[h.Point]
+    points: list[Point]
+    probes: list[Point]
     micro: bool
 
     @property
@@ -124,7 +130,7 @@ def make_plan(matrix: str, backends: list[str], micro: bool = True, probes: bool
     order = {b: i for i, b in enumerate(BACKEND_ORDER)}
 
     def pick(rows, probe):
-        chosen = [h.Point(b, p, s, c, probe=probe) for b, p, s, c in rows if b in backends]
+        chosen = [Point(b, p, s, c, probe=probe) for b, p, s, c in rows if b in backends]
         # Backend by backend (stable within a backend), as tools/compare runs them.
         return sorted(chosen, key=lambda pt: order.get(pt.backend, len(order)))
     return Plan(pick(m["points"], False), pick(m["probes"], True) if probes else [], micro)
@@ -144,12 +150,13 @@ class Metric:
         return cls(name, family, label, [None] * rounds, [None] * rounds, [None] * rounds)
 
 
-def point_name(p: h.Point) -> str:
+def point_name(p: Point) -> str:
     return p.key.removesuffix("-closed")
 
 
 # ---------------------------------------------------------------------------------------------
 # Measuring.
+
 
 class Measurement:
     """Runs the plan for both sides, interleaved, and collects one sample per metric, side and
@@ -166,7 +173,7 @@ class Measurement:
     measured again, up to REMEASURE_ATTEMPTS times; one still disturbed then is left out."""
 
     def __init__(self, plan: Plan, bins: dict[str, pathlib.Path],
-                 benches: dict[str, pathlib.Path], settings: Settings, tools: h.Tools,
+                 benches: dict[str, pathlib.Path], settings: Settings, tools: Tools,
                  out: pathlib.Path, log=print):
         self.plan, self.bins, self.benches, self.s = plan, bins, benches, settings
         self.tools, self.out, self.log = tools, out, log
@@ -176,7 +183,7 @@ class Measurement:
         self.items = plan.items
         self.total = 2 * sum(self.slots(i) for i in range(len(self.items)))
         self.done = 0
-        self.runners = {}
+        self.runners: dict[str, Runner] = {}
         # (item index, round) -> side -> upcase-load's CPU µs per request
         self.client: dict[tuple[int, int], dict[str, float]] = {}
         self.item_metrics: dict[int, set[str]] = {}
@@ -187,9 +194,9 @@ class Measurement:
         """How many samples item i gets per side: one per round it runs in."""
         return -(-self.s.rounds // self.items[i].every)
 
-    def _settings(self, side: str, probe: bool) -> h.RunSettings:
+    def _settings(self, side: str, probe: bool) -> RunSettings:
         s = self.s
-        return h.RunSettings(
+        return RunSettings(
             duration=s.probe_duration if probe else s.duration,
             warmup=s.probe_warmup if probe else s.warmup,
             server_cpu=s.server_cpu, load_cpu=s.load_cpu, server_args=tuple(s.server_args),
@@ -202,9 +209,9 @@ class Measurement:
             for old in (self.out / side / "runs").glob("*.json") \
                     if (self.out / side / "runs").is_dir() else ():
                 old.unlink()
-            self.runners[side] = h.Runner(
+            self.runners[side] = Runner(
                 self.out / side, self._settings(side, False), self.tools, self.total,
-                log=lambda line, side=side: self.log(line.replace("] ", f"] {side:9} ", 1)))
+                log=self._side_log(side))
         try:
             for r in range(self.s.rounds):
                 for i, item in enumerate(self.items):
@@ -216,10 +223,16 @@ class Measurement:
                          f"{elapsed / 60:.1f} min so far, about {left / 60:.1f} min left")
             self._remeasure()
         finally:
-            h.Children.kill_all()
+            Children.kill_all()
             for runner in self.runners.values():
                 runner.close()
         return self.metrics
+
+    def _side_log(self, side: str) -> Callable[[str], None]:
+        """The runner's progress lines with the side after the counter."""
+        def log(line: str) -> None:
+            self.log(line.replace("] ", f"] {side:9} ", 1))
+        return log
 
     def _pair(self, i: int, k: int):
         """Item i's k-th pair of runs, in the order that alternates with k and with i."""
@@ -244,7 +257,7 @@ class Measurement:
             out += [(i, r) for r, e in sorted(ratios.items()) if abs(e - med) > DISTURBED]
         return sorted(out, key=lambda ir: (ir[1], ir[0]))
 
-    def _remeasure(self):
+    def _remeasure(self) -> None:
         seen: dict[tuple[int, int], int] = {}
         for attempt in range(1, REMEASURE_ATTEMPTS + 1):
             todo = [ir for ir in self.disturbed() if seen.get(ir, 0) < attempt]
@@ -287,6 +300,7 @@ class Measurement:
             self._micro(i, side, r, first)
             return
         p = item.point
+        assert p is not None
         runner = self.runners[side]
         runner.done = self.done
         rec = runner.run(p, r, self._settings(side, item.kind == "probe"))
@@ -365,165 +379,6 @@ def micro_gbps(bench_json: dict) -> dict[str, float]:
             continue
         runs.setdefault(bm.get("run_name", bm["name"]), []).append(bm["bytes_per_second"] / 1e9)
     return {name: statistics.median(v) for name, v in runs.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Judging and reporting.
-
-@dataclasses.dataclass
-class Row:
-    metric: Metric
-    better: str
-    tolerance: float
-    base_median: float | None
-    candidate_median: float | None
-    j: st.Judgement
-
-
-def judge(metrics: list[Metric], tolerances: dict[str, float], alpha: float
-          ) -> tuple[list[Row], float]:
-    """Rows in the metrics' order, and the one-sided tail each interval was computed at."""
-    judged = [m for m in metrics if st.log_ratios(m.base, m.candidate)]
-    alpha_side = st.bonferroni_alpha_side(alpha, len(judged))
-    rows = []
-    for m in metrics:
-        fam = FAMILIES[m.family]
-        tol = tolerances.get(m.family, fam["tolerance"])
-        d = st.log_ratios(m.base, m.candidate)
-        rows.append(Row(m, fam["better"], tol, _median(m.base), _median(m.candidate),
-                        st.judge(d, fam["better"], tol, alpha_side)))
-    return rows, alpha_side
-
-
-def _median(values):
-    v = [x for x in values if x is not None]
-    return statistics.median(v) if v else None
-
-
-def fmt_value(family: str, x: float | None) -> str:
-    if x is None:
-        return "-"
-    if family == "rps":
-        return h.fmt_count(x)
-    if family == "gbps":
-        return f"{x:.3g} GB/s"
-    if family == "cpu_us_per_req":
-        return f"{x:.3g} µs"
-    return f"{x:.3g}"
-
-
-def fmt_pct(x: float) -> str:
-    if x == math.inf:
-        return "+inf"
-    if x == -math.inf:
-        return "-inf"
-    return f"{x * 100:+.1f}%"
-
-
-def verdict_text(row: Row, alpha_side: float) -> str:
-    j = row.j
-    if j.n == 0:
-        return "not measured"
-    if j.verdict in (st.REGRESSED, st.IMPROVED):
-        return f"**{j.verdict}**"
-    if j.verdict != st.INCONCLUSIVE:
-        return j.verdict
-    if j.n < st.min_rounds(alpha_side):
-        return f"inconclusive (needs >= {st.min_rounds(alpha_side)} rounds)"
-    if j.more_rounds is None:
-        return "inconclusive (the change is about the tolerance)"
-    if j.more_rounds > 1000:
-        return "inconclusive (> 1000 more rounds)"
-    return f"inconclusive (~{j.more_rounds} more round{'s' if j.more_rounds > 1 else ''})"
-
-
-TABLE_COLUMNS = ("metric", "base", "candidate", "change", "interval", "verdict")
-
-
-def table_rows(rows: list[Row], alpha_side: float) -> list[list[str]]:
-    out = []
-    for row in rows:
-        m, j = row.metric, row.j
-        interval = "-" if j.n == 0 else f"[{fmt_pct(j.low)}, {fmt_pct(j.high)}]"
-        out.append([m.label, fmt_value(m.family, row.base_median),
-                    fmt_value(m.family, row.candidate_median),
-                    fmt_pct(j.change) if j.n else "-", interval, verdict_text(row, alpha_side)])
-    return out
-
-
-def md_table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header) - 1))
-             + "|---|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def counts(rows: list[Row]) -> dict[str, int]:
-    c = {v: 0 for v in (st.REGRESSED, st.IMPROVED, st.SAME, st.INCONCLUSIVE)}
-    for r in rows:
-        if r.j.n:
-            c[r.j.verdict] += 1
-    return c
-
-
-def markdown(rows: list[Row], alpha_side: float, info: dict) -> str:
-    c = counts(rows)
-    base, cand = info["base"], info["candidate"]
-    lines = ["## tools/regress: candidate vs base", ""]
-    lines.append(f"Base **{base['short']}** ({base['how']}); candidate **{cand['label']}**. "
-                 f"{info['settings']['rounds']} interleaved rounds on {info['machine_line']}; "
-                 f"measuring took {info['measure_s'] / 60:.1f} min.")
-    lines.append("")
-    bad = [r for r in rows if r.j.n and r.j.verdict == st.REGRESSED]
-    if info.get("failures"):
-        lines.append(f"**Could not measure everything** ({len(info['failures'])} problem(s)): "
-                     + "; ".join(info["failures"][:5]))
-        lines.append("")
-    lines.append(", ".join(f"{n} {v}" for v, n in c.items()) + ".")
-    if bad:
-        lines.append("")
-        lines.append("Regressed: " + "; ".join(
-            f"{r.metric.label} {fmt_pct(r.j.change)} [{fmt_pct(r.j.low)}, {fmt_pct(r.j.high)}]"
-            for r in bad) + ".")
-    lines += ["", md_table(TABLE_COLUMNS, table_rows(rows, alpha_side)), ""]
-    tols = ", ".join(f"{FAMILIES[f]['label']} ±{info['tolerances'][f] * 100:g}%"
-                     for f in FAMILIES)
-    k = sum(1 for r in rows if r.j.n)
-    lines.append(
-        f"change: Hodges-Lehmann estimate of candidate/base - 1 over the rounds' paired ratios; "
-        f"interval: Wilcoxon signed-rank, {(1 - 2 * alpha_side) * 100:.2f}% each "
-        f"(family-wise {(1 - info['alpha']) * 100:g}% over {k} metrics, Bonferroni). "
-        f"regressed/improved: the whole interval beyond the tolerance ({tols}); same: "
-        "inside it; else inconclusive. Every sample: regress.json.")
-    for n in info.get("notes", []):
-        lines.append(f"\nNote: {n}")
-    return "\n".join(lines) + "\n"
-
-
-def rows_json(rows: list[Row]) -> list[dict]:
-    out = []
-    for r in rows:
-        m, j = r.metric, r.j
-        out.append({
-            "name": m.name, "label": m.label, "family": m.family, "better": r.better,
-            "tolerance": r.tolerance, "base": m.base, "candidate": m.candidate,
-            "first": m.first, "base_median": r.base_median,
-            "candidate_median": r.candidate_median, "rounds": j.n,
-            "change": _finite(j.change), "interval": [_finite(j.low), _finite(j.high)],
-            "verdict": j.verdict if j.n else "not measured", "more_rounds": j.more_rounds})
-    return out
-
-
-def _finite(x: float):
-    return x if math.isfinite(x) else None
-
-
-def metrics_from_json(data: dict) -> list[Metric]:
-    """Metrics as regress.json (or a test's fake samples file) stores them."""
-    return [Metric(m["name"], m["family"], m.get("label", m["name"]), list(m["base"]),
-                   list(m["candidate"]), list(m.get("first", [None] * len(m["base"]))))
-            for m in data["metrics"]]
 
 
 def compose_bin_dir(folder: pathlib.Path, server_from: pathlib.Path,

@@ -1,0 +1,239 @@
+"""The comparison's plots (matplotlib, Agg): throughput vs connections, the latency spectrum,
+latency vs offered load and, with a --shards sweep, scaling."""
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+from .errors import HarnessError
+from .hdr import merged_spectrum
+from .procfs import fmt_cpu_list
+from .summary import (HEADLINE_KEY, PERCENTILES, SPECTRUM_KEY, backend_order, scaling_key,
+                      scaling_reference)
+from .units import fmt_count, fmt_size
+
+PLOTS = ("throughput_vs_connections.png", "latency_spectrum.png", "latency_vs_load.png")
+SCALING_PLOT = "scaling.png"  # only with a --shards sweep
+# Fixed colours so a backend looks the same in every plot and every report.
+COLORS = {"iterative": "#7f7f7f", "threads": "#1f77b4", "epoll": "#2ca02c", "uring": "#d62728"}
+
+
+def plot_scaling(summary: dict, path: pathlib.Path) -> bool:
+    key = scaling_key(summary)
+    if not key:
+        return False
+    plt = _plt()
+    fig, (ax_rps, ax_cpu) = plt.subplots(1, 2, figsize=(11, 4.2))
+    shards_seen = set()
+    for b in backend_order(summary["scaling"]):
+        rows = summary["scaling"][b].get(key)
+        if not rows:
+            continue
+        xs = [r["shards"] for r in rows]
+        shards_seen.update(xs)
+        ys = [r["rps"] for r in rows]
+        lo = [y - r["rps_range"][0] if r["rps_range"] else 0 for r, y in zip(rows, ys)]
+        hi = [r["rps_range"][1] - y if r["rps_range"] else 0 for r, y in zip(rows, ys)]
+        ax_rps.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, color=_color(b), label=b)
+        ax_rps.plot(xs, [r["ideal_rps"] for r in rows], ls=":", color=_color(b), alpha=0.8,
+                    label=f"{b} ideal (linear)")
+        cpu = [(r["shards"], r["cpu_us_per_req"]) for r in rows if r["cpu_us_per_req"]]
+        ax_cpu.plot([x for x, _ in cpu], [y for _, y in cpu], marker="o", color=_color(b),
+                    label=b)
+    for b, p in scaling_reference(summary, key).items():
+        note = "" if p["key"] == key else f", c={p['connections']}"
+        if p["metrics"]["rps"]:
+            ax_rps.axhline(p["metrics"]["rps"], ls="--", lw=1, color=_color(b),
+                           label=f"{b} (one configuration{note})")
+        if p["metrics"]["cpu_us_per_req"]:
+            ax_cpu.axhline(p["metrics"]["cpu_us_per_req"], ls="--", lw=1, color=_color(b),
+                           label=f"{b} (one configuration{note})")
+    ticks = sorted(shards_seen)
+    for ax in (ax_rps, ax_cpu):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("shards (reactor threads, one pinned per server CPU)")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    _count_axis(ax_rps.yaxis)
+    ax_rps.set_ylabel("requests/s")
+    ax_rps.set_title("Throughput vs shards (dotted: linear from the fewest shards)", fontsize=10)
+    ax_cpu.set_ylabel("server CPU µs per request")
+    ax_cpu.set_title("Server CPU per request vs shards", fontsize=10)
+    p0 = next((p for p in summary["points"] if p["key"] == key), None)
+    if p0:
+        fig.suptitle(f"Shard scaling: {p0['proto'].upper()} {fmt_size(p0['size'])}, "
+                     f"{p0['connections']} connections, closed loop (median of repeats)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        raise HarnessError("python3-matplotlib is missing: run tools/install-deps "
+                           "(and run the tools with /usr/bin/python3)")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _color(b):
+    return COLORS.get(b)
+
+
+def _count_axis(axis):
+    """Plain numbers (1k, 20k, 1.5M) instead of 2x10^5 on linear and log axes."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt_count(v) if v else "0"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def plot_throughput(summary: dict, path: pathlib.Path) -> bool:
+    closed = [p for p in summary["points"] if p["proto"] == "tcp" and p["mode"] == "closed"]
+    sizes = sorted({p["size"] for p in closed})
+    if not closed:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        small = size < 4096  # small requests: count them; large: count bytes
+        for b in summary["backends"]:
+            pts = sorted((p for p in closed if p["backend"] == b and p["size"] == size),
+                         key=lambda p: p["connections"])
+            if not pts:
+                continue
+            xs = [p["connections"] for p in pts]
+            scale = (lambda p, v: v) if small else (lambda p, v: v * p["size"] / 1e6)
+            ys = [scale(p, p["metrics"]["rps"]) for p in pts]
+            lo = [y - scale(p, p["rps_range"][0]) for p, y in zip(pts, ys)]
+            hi = [scale(p, p["rps_range"][1]) - y for p, y in zip(pts, ys)]
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=b, color=_color(b))
+        ax.set_xscale("log", base=2)
+        conns = sorted({p["connections"] for p in closed if p["size"] == size})
+        ax.set_xticks(conns, [str(c) for c in conns])
+        ax.minorticks_off()
+        _count_axis(ax.yaxis)
+        ax.set_xlabel("connections (closed loop, 1 request outstanding each)")
+        ax.set_ylabel("requests/s" if small else "MB/s (replies)")
+        ax.set_title(f"TCP {fmt_size(size)} requests")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    cpus = summary["meta"].get("settings", {}).get("server_cpus")
+    where = f"server CPUs {fmt_cpu_list(cpus)}" if cpus and len(cpus) > 1 else "server on 1 CPU"
+    fig.suptitle(f"Throughput vs connections ({where}; median of repeats, bars: min..max)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def spectrum_points(summary: dict) -> tuple[list[dict], str]:
+    """The runs the latency spectrum compares: one load offered to every backend."""
+    for key, what in ((SPECTRUM_KEY, "open loop, same offered load for every backend"),
+                      (HEADLINE_KEY, "closed loop")):
+        pts = [p for p in summary["points"] if p["key"] == key]
+        if pts:
+            return pts, what
+    return [], ""
+
+
+def plot_spectrum(summary: dict, path: pathlib.Path, runs: Sequence[dict] = ()) -> bool:
+    pts, what = spectrum_points(summary)
+    if not pts:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    xs = [1 / (1 - q / 100) for _, q in PERCENTILES]
+    order = backend_order(summary["backends"])
+    for p in sorted(pts, key=lambda p: order.index(p["backend"])):
+        recs = [r for r in runs if r.get("ok") and not r["point"].get("probe")
+                and r["point"]["backend"] == p["backend"] and r["point"]["key"] == p["key"]]
+        curve = merged_spectrum(recs) if recs else None
+        ys = [p["metrics"].get(n) for n, _ in PERCENTILES]
+        if curve:
+            top = 100 * (1 - 1 / (10 * xs[-1]))  # stop one decade past p99.99
+            c = [(1 / (1 - q / 100), v) for q, v in curve if q < 100 and q <= top]
+            ax.plot([x for x, _ in c], [v for _, v in c], color=_color(p["backend"]),
+                    label=p["backend"], lw=1.6)
+            ax.plot([x for x, y in zip(xs, ys) if y], [y for y in ys if y], "o", ms=4,
+                    color=_color(p["backend"]))
+        else:
+            ax.plot([x for x, y in zip(xs, ys) if y], [y for y in ys if y], marker="o",
+                    label=p["backend"], color=_color(p["backend"]))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks([1] + xs + [xs[-1] * 10],
+                  ["0%"] + [f"{q:g}%" for _, q in PERCENTILES] + ["99.999%"])
+    ax.minorticks_off()
+    _count_axis(ax.yaxis)
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("latency µs (from intended send time)")
+    p0 = pts[0]
+    ax.set_title(f"Latency spectrum: {p0['proto'].upper()} {fmt_size(p0['size'])}, "
+                 f"{p0['connections']} conns, "
+                 + (f"{fmt_count(p0['rate'])} req/s offered" if p0["rate"] else "closed loop")
+                 + " (repeats merged)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.text(0.01, 0.01, what, fontsize=7, alpha=0.7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def load_curve(summary: dict, backend: str) -> list[tuple[float, dict, str]]:
+    """(offered or achieved req/s, metrics, kind) along the open-loop base configuration."""
+    opens = [p for p in summary["points"] if p["backend"] == backend and p["mode"] == "open"]
+    if not opens:
+        return []
+    base = (opens[0]["proto"], opens[0]["size"], opens[0]["connections"])
+    curve = [(p["rate"], p["metrics"], "open") for p in opens
+             if (p["proto"], p["size"], p["connections"]) == base]
+    sat = next((p for p in summary["points"] if p["backend"] == backend and p["mode"] == "closed"
+                and (p["proto"], p["size"], p["connections"]) == base), None)
+    if sat and sat["metrics"]["rps"]:
+        curve.append((sat["metrics"]["rps"], sat["metrics"], "closed"))
+    return sorted(curve, key=lambda c: c[0])
+
+
+def plot_latency_vs_load(summary: dict, path: pathlib.Path) -> bool:
+    curves = {b: load_curve(summary, b) for b in summary["backends"]}
+    curves = {b: c for b, c in curves.items() if c}
+    if not curves:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for b, c in curves.items():
+        opens = [(x, m) for x, m, kind in c if kind == "open" and m.get("p99")]
+        ax.plot([x for x, _ in opens], [m["p99"] for _, m in opens], marker="o",
+                color=_color(b), label=f"{b} p99")
+        ax.plot([x for x, _ in opens], [m["p50"] for _, m in opens], ls="--", lw=1,
+                color=_color(b), alpha=0.7, label=f"{b} p50")
+        sat = [(x, m) for x, m, kind in c if kind == "closed" and m.get("p99")]
+        if sat:
+            ax.plot([x for x, _ in sat], [m["p99"] for _, m in sat], marker="*", ms=12, ls="",
+                    color=_color(b))
+    ax.set_yscale("log")
+    _count_axis(ax.yaxis)
+    _count_axis(ax.xaxis)
+    # Open loop may exceed the closed-loop maximum: with no cap on requests in flight, a busy
+    # connection carries several, and the server reads them in one go.
+    ax.set_xlabel("offered load, requests/s (★ = closed-loop p99 at its maximum, 1 in flight "
+                  "per connection)")
+    ax.set_ylabel("latency µs")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Latency vs offered load (open loop, corrected for coordinated omission)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
