@@ -46,11 +46,12 @@ PROGRAMS = {
 }
 # The README's syscalls/request column against a fresh measurement: the fresh value must lie
 # within [documented / FIGURE_RANGE[b], documented * FIGURE_RANGE[b]]. The blocking backends make
-# an exact 2 calls per request and epoll about 2 at 64 connections (its epoll_wait share moves with
-# batching); uring's count is all batching: 0.15 to 0.5 between runs on a quiet machine, 0.04 on
-# one running four builds (more completions per io_uring_enter). A factor of 6 still fails one
-# more system call per request (0.17 -> 1.17 > 0.17 x 6).
-FIGURE_RANGE = {"iterative": 1.15, "threads": 1.15, "epoll": 1.25, "uring": 6.0}
+# an exact 2 calls per request and epoll about 2 at 64 connections (its epoll_wait share, up to 1 a
+# request, moves with batching: 2.04 to 2.13 seen; 1.4 allows 2.86 and still fails one more call
+# per request, 3.04); uring's count is all batching: 0.15 to 0.5 between runs on a quiet machine,
+# 0.04 on one running four builds (more completions per io_uring_enter). A factor of 6 still fails
+# one more system call per request (0.17 -> 1.17 > 0.17 x 6).
+FIGURE_RANGE = {"iterative": 1.15, "threads": 1.15, "epoll": 1.4, "uring": 6.0}
 MIN_REQUESTS = 500  # fewer between the two loads, and a fresh figure says nothing
 
 
