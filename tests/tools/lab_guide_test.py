@@ -21,10 +21,12 @@ block after each bash block with what that block printed in this run (check_figu
     other, and a call at FIGURE_MIN or more on one side must be named on the other. Context
     switches per request, the calls that wait or batch (BATCHING: epoll_wait, io_uring_enter,
     accept4, ...) and the syscalls/request total of a run that makes such calls need only agree
-    within a factor of BATCHING_FACTOR (3): how many requests one
+    within a factor of BATCHING_FACTOR (6): how many requests one
     wait serves depends on how busy the machine is (epoll_wait per request in the one-shot
-    exercise: 1.35 on a quiet machine, 0.48 while four builds ran). Smaller figures depend on
-    batching too and are not compared.
+    exercise: 1.35 on a quiet machine, 0.48 while four builds ran; uring's io_uring_enter at 32
+    connections: 0.19 in the guide, 0.77 in a 1 s run on a busy machine). Smaller figures depend
+    on batching too and are not compared. A call added or removed per request is still caught:
+    it is compared by name, within 35 %.
 
 A block skipped (not root) has no fresh output and is not compared. The walkthrough uses the build in
 $UPCASE_BIN (CTest sets it; default build/release/bin) and writes only to a temporary $LAB_OUT.
@@ -165,7 +167,7 @@ FIGURE_MIN = 0.5         # per-request figures below this are not compared (batc
 FIGURE_TOLERANCE = 0.35  # relative: |guide - fresh| <= 35 % of the larger
 BATCHING = {"epoll_wait", "epoll_pwait", "io_uring_enter", "accept4", "futex", "recvmmsg",
             "sendmmsg"}
-BATCHING_FACTOR = 3.0
+BATCHING_FACTOR = 6.0
 COUNTERS = re.compile(r"^shard \d+: ((?:\w+=\S+ ?)+)$")
 READY = re.compile(r"^ready ((?:\w+=\S+ ?)+)$")
 LOAD_ROW = re.compile(r"^(window|requests|rate|errors|mismatches|unanswered|unfinished|unsent|"
