@@ -1,8 +1,9 @@
 // A small declarative command-line parser shared by upcase's binaries.
 //
-// Why not absl/flags: DESIGN.md fixes dashed flag names (--max-conns, --conn-buffer), which abseil
-// rejects, and its --help lists every library flag and exits 1. Values are still parsed with
-// abseil (durations like "10s", numbers), so the syntax matches what abseil users know.
+// Why not absl/flags: the manuals (docs/upcase-server.md, docs/upcase-load.md) fix dashed flag
+// names (--max-conns, --conn-buffer), which abseil rejects, and its --help lists every library flag
+// and exits 1. Values are still parsed with abseil (durations like "10s", numbers), so the syntax
+// matches what abseil users know.
 //
 // Accepted forms: --name=value, --name value, and for booleans --name, --name=false, --no-name.
 // --help / -h prints the usage and exits 0; a bad flag prints one line and exits 2.

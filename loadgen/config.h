@@ -1,5 +1,5 @@
-// upcase-load's configuration: the command line of DESIGN.md, parsed and checked once, then
-// copied into every thread.
+// upcase-load's configuration: the command line of docs/upcase-load.md, parsed and checked once,
+// then copied into every thread.
 #ifndef UPCASE_LOADGEN_CONFIG_H_
 #define UPCASE_LOADGEN_CONFIG_H_
 

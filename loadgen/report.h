@@ -1,5 +1,5 @@
-// The result of a run (or of several, merged): the summary table, the JSON document of
-// DESIGN.md, and reading that document back for `upcase-load merge`.
+// The result of a run (or of several, merged): the summary table, the JSON document
+// (docs/upcase-load.md, "The JSON result"), and reading that document back for `upcase-load merge`.
 //
 // The JSON carries both histograms in HdrHistogram's V2 compressed encoding plus their exact
 // count/min/max/sum, so merging reports is exact: merging two runs' JSON gives the same

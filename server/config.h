@@ -1,4 +1,4 @@
-// What upcase-server was asked to do, as parsed from its command line (see DESIGN.md).
+// What upcase-server was asked to do, as parsed from its command line (docs/upcase-server.md).
 // Backends receive a copy at construction and never read flags themselves.
 #ifndef UPCASE_SERVER_CONFIG_H_
 #define UPCASE_SERVER_CONFIG_H_

@@ -26,11 +26,11 @@ ShardStats& ShardStats::operator+=(const ShardStats& o) {
 std::string FormatShardStats(int shard, const ShardStats& s) {
   return absl::StrFormat(
       "shard %d: accepted=%d active=%d closed=%d rejected=%d per_ip_refused=%d idle_closed=%d "
-      "accept_errors=%d resets=%d bytes_in=%d bytes_out=%d datagrams_in=%d datagrams_out=%d "
-      "udp_drops=%d udp_refused=%d",
+      "accept_errors=%d conn_resets=%d bytes_in=%d bytes_out=%d datagrams_in=%d datagrams_out=%d "
+      "udp_drops=%d udp_refused=%d provided_buffer_bytes=%d",
       shard, s.accepted, s.active(), s.closed, s.rejected, s.per_ip_refused, s.idle_closed,
       s.accept_errors, s.conn_resets, s.bytes_in, s.bytes_out, s.datagrams_in, s.datagrams_out,
-      s.udp_drops, s.udp_refused);
+      s.udp_drops, s.udp_refused, s.provided_buffer_bytes);
 }
 
 namespace {

@@ -36,7 +36,8 @@ struct ShardStats {
   ShardStats& operator+=(const ShardStats& other);
 };
 
-// "shard 0: accepted=.. active=.. ..." (the line printed per shard at exit).
+// "shard 0: accepted=.. active=.. ..." (the line printed per shard at exit): the same names, in
+// the same order, as a shard's object in StatsToJson.
 std::string FormatShardStats(int shard, const ShardStats& stats);
 
 // {"backend":..., "shards":[{...}], "total":{...}}

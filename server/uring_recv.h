@@ -17,7 +17,7 @@
 // (MustCancel), and the shard continues with single-shot recvs. The cancel lands after up to a
 // burst of kMultishotBurst buffers from one wake-up of the socket (MULTISHOT_MAX_RETRY, Linux >=
 // 6.8; older kernels loop until the socket is empty, a looser bound), so the buffers must be
-// smaller there (BufferSize) and the queue may overshoot its cap by up to that burst (its
+// smaller there (buffer_size) and the queue may overshoot its cap by up to that burst (its
 // overflow, see OutputQueue). UPCASE_URING_RECV_LIMIT=off takes this path on any kernel. Over the
 // budget, a connection's allowance shrinks below the byte limit its recv was armed with, so every
 // kernel cancels then.

@@ -1,7 +1,7 @@
-// The backend conformance suite: the service's contract (DESIGN.md "The service"), checked over
-// real loopback sockets against a real upcase-server process for every registered backend.
-// A new backend joins by registering in server/registry.cc; sharded backends run with 1 and 4
-// shards.
+// The backend conformance suite: the service's contract (docs/upcase-server.md, "The service"),
+// checked over real loopback sockets against a real upcase-server process for every registered
+// backend. A new backend joins by registering in server/registry.cc; sharded backends run with 1
+// and 4 shards.
 #include <sys/socket.h>
 
 #include <atomic>

@@ -369,9 +369,9 @@ TEST_P(FaultTest, ClientSendingForeverIsStoppedAtABoundedCost) {
   ASSERT_NO_FATAL_FAILURE(SendForeverAgainst(64 * 1024));
 }
 
-// Larger caps let uring receive into 16 KiB buffers instead of 4 KiB ones (RecvBufferSize in
-// backend_uring.cc): what a multishot recv may still fill is four times larger, and must still
-// fit the cap.
+// Larger caps let uring receive into 16 KiB buffers instead of 4 KiB ones (RecvPolicy::buffer_size
+// in server/uring_recv.h): what a multishot recv may still fill is four times larger, and must
+// still fit the cap.
 TEST_P(FaultTest, ClientSendingForeverIsStoppedAtABoundedCostWithALargeCap) {
   ASSERT_NO_FATAL_FAILURE(SendForeverAgainst(1024 * 1024));
 }

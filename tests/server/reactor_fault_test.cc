@@ -226,8 +226,8 @@ TEST_P(ReactorFaultTest, ClientsThatNeverReadCostAtMostTheBufferCap) {
 
 // Linux 6.17 can end a multishot recv after a number of bytes; uring then needs room for two
 // buffers instead of a burst of 32 and receives into 16 KiB buffers at the default cap, four times
-// the 4 KiB it uses without the limit (RecvBufferSize), which UPCASE_URING_RECV_LIMIT=off asks
-// for. The buffer ring's size at exit shows which the server chose.
+// the 4 KiB it uses without the limit (RecvPolicy::buffer_size), which UPCASE_URING_RECV_LIMIT=off
+// asks for. The buffer ring's size at exit shows which the server chose.
 TEST_P(ReactorFaultTest, UringUsesTheKernelsRecvLimitWhenItHasOne) {
   if (GetParam() != "uring") GTEST_SKIP() << "uring only";
   auto pool_bytes = [&](const std::vector<std::string>& prefix) -> std::uint64_t {
