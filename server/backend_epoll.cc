@@ -560,6 +560,7 @@ class Shard : public ReactorShard {
   // Closes the connections that neither read nor sent anything for --idle-timeout. Shutdown has
   // its own bound (--grace), so the scan stops with it.
   absl::Status HandleIdleTick() {
+    if (!idle_timer_.valid()) return absl::OkStatus();  // closed by a stop earlier in this batch
     std::uint64_t ticks = 0;
     if (::read(idle_timer_.get(), &ticks, sizeof ticks) != sizeof ticks) {
       if (errno == EAGAIN || errno == EINTR) return absl::OkStatus();

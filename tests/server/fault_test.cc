@@ -1755,6 +1755,41 @@ TEST_P(FaultTest, TransientAcceptErrorsDoNotStopTheServer) {
   }
 }
 
+// A stop and an idle tick in one epoll_wait batch, stop first: the stop closes the idle timerfd,
+// and the tick's handler must see that instead of reading a closed descriptor (which once made
+// the shard fail and the server exit 1 with its connections unflushed). strace holds the shard
+// inside its first recv() for 2 s; meanwhile the stop is queued, then the next tick (every 1 s
+// with --idle-timeout=8s), so both are ready, in that order, when the shard next waits.
+TEST_P(FaultTest, StopAndIdleTickInOneBatch) {
+  if (GetParam().backend != "epoll") {
+    GTEST_SKIP() << "only epoll closes a timer source in its stop handler (uring's tick is a "
+                    "timeout completion checked against its stopping flag; the blocking "
+                    "backends have no idle timer)";
+  }
+  if (!InPath("strace")) GTEST_SKIP() << "strace not installed";
+  const std::string log = testing::StatsPathForCurrentTest("strace") + ".log";
+  ASSERT_NO_FATAL_FAILURE(Start({"--bind=127.0.0.1", "--proto=tcp", "--idle-timeout=8s"},
+                                Injecting("recvfrom", "delay_exit=2000000", 1, log)));
+  Fd client = Tcp();
+  ASSERT_EQ(SendAll(client.get(), "held", 4), absl::OkStatus());
+  // Wait (bounded) until the shard is inside the delayed recv().
+  const absl::Time deadline = absl::Now() + kPrompt;
+  while (ReadFile(log).find("(DELAYED)") == std::string::npos && absl::Now() < deadline) {
+    pollfd none{-1, 0, 0};
+    ::poll(&none, 1, 5);  // polling strace's log: nothing to wait on
+  }
+  ASSERT_NE(ReadFile(log).find("(DELAYED)"), std::string::npos) << ReadFile(log);
+  const pid_t server = testing::OnlyChild(pid());
+  ASSERT_GT(server, 0);
+  ::kill(server, SIGTERM);
+  // The reply to what the shard had read still arrives, and the server exits 0 (Finish).
+  EXPECT_EQ(RecvWithin(client.get(), 4, absl::Seconds(10)).value_or("(none)"), "HELD");
+  Finish(absl::Seconds(15));
+  const std::string err = server_->process.Stderr();
+  EXPECT_EQ(err.find("timerfd"), std::string::npos) << err;
+  ::unlink(log.c_str());
+}
+
 // Stop() in the blocking backends wakes each blocked thread with shutdown(); a failure other than
 // ENOTCONN leaves a thread blocked until the grace period ends, and is reported on stderr.
 TEST_P(FaultTest, FailedShutdownAtStopIsReported) {
