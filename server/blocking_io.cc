@@ -238,7 +238,7 @@ absl::Status BlockingBackend::AcceptLoop() {
           return ErrnoError("accept", errno);
       }
     }
-    const PeerKey peer = PeerKeyOf(reinterpret_cast<const sockaddr*>(&address));
+    const PeerKey peer = per_address_.KeyOf(reinterpret_cast<const sockaddr*>(&address));
     if (!per_address_.Admit(peer)) {
       ++tcp_stats_.per_ip_refused;  // over --max-conns-per-ip: closed at once
       continue;

@@ -32,10 +32,19 @@ inline constexpr std::uint16_t kFirstClientPort = 1024;
 // An address that is neither IPv4 nor IPv6 is refused too.
 bool RefuseDatagram(const sockaddr* source, std::uint16_t own_port);
 
-// A client's address as a table key: the IPv6 address, IPv4 as ::ffff:a.b.c.d; the port is left
-// out (every connection of one host counts).
+// How much of a client's address names "one host" for --max-conns-per-ip (--per-ip-prefix): a
+// host with an IPv6 /64 has 2^64 addresses, so IPv6 peers are keyed by their prefix.
+struct PeerPrefix {
+  int ipv4_bits = 32;  // 0..32
+  int ipv6_bits = 64;  // 0..128
+};
+
+// A client's address as a table key: the IPv6 address cut to prefix.ipv6_bits; IPv4 (and
+// IPv4-mapped IPv6, ::ffff:a.b.c.d, which is how a dual-stack socket sees IPv4 clients) as
+// ::ffff:a.b.c.d cut to prefix.ipv4_bits. The port is left out (every connection of one host
+// counts).
 using PeerKey = std::pair<std::uint64_t, std::uint64_t>;
-PeerKey PeerKeyOf(const sockaddr* address);
+PeerKey PeerKeyOf(const sockaddr* address, PeerPrefix prefix = {});
 
 // Connections in service per client address, server-wide and exact: SO_REUSEPORT spreads one
 // address's connections over every shard, so a per-shard count would allow shards x the limit.
@@ -43,12 +52,14 @@ PeerKey PeerKeyOf(const sockaddr* address);
 // the request path never touches it. Thread-safe.
 class ConnsPerAddress {
  public:
-  // `max` connections per address; 0: no limit, and nothing is kept.
-  explicit ConnsPerAddress(std::size_t max) : max_(max) {}
+  // `max` connections per address (per `prefix`); 0: no limit, and nothing is kept.
+  explicit ConnsPerAddress(std::size_t max, PeerPrefix prefix = {}) : max_(max), prefix_(prefix) {}
   ConnsPerAddress(const ConnsPerAddress&) = delete;
   ConnsPerAddress& operator=(const ConnsPerAddress&) = delete;
 
   bool enabled() const { return max_ > 0; }
+  // The key `address` is counted under.
+  PeerKey KeyOf(const sockaddr* address) const { return PeerKeyOf(address, prefix_); }
   // Takes one slot of `peer`; false (and nothing taken) when it holds `max` already.
   bool Admit(const PeerKey& peer);
   // Gives back a slot that Admit() took.
@@ -58,6 +69,7 @@ class ConnsPerAddress {
 
  private:
   const std::size_t max_;
+  const PeerPrefix prefix_;
   mutable std::mutex mu_;
   absl::flat_hash_map<PeerKey, std::uint32_t> counts_;  // guarded by mu_; no zero entries
 };
