@@ -1,6 +1,8 @@
 #include "server/limits.h"
 
+#include <linux/sockios.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -89,6 +91,26 @@ std::size_t DefaultOutputBudget(int shards) {
   const std::size_t memory = static_cast<std::size_t>(pages) * static_cast<std::size_t>(page_size);
   return std::clamp<std::size_t>(memory / 8 / static_cast<std::size_t>(std::max(shards, 1)), kMin,
                                  kMax);
+}
+
+OutputWatch::Verdict OutputWatch::Look(int fd, std::uint32_t patience) {
+  int unacknowledged = 0;
+  // A failed ioctl (the socket is gone) or nothing waiting: idle.
+  if (::ioctl(fd, SIOCOUTQ, &unacknowledged) != 0 || unacknowledged <= 0) {
+    Forget();
+    return Verdict::kIdle;
+  }
+  const auto now = static_cast<std::uint32_t>(unacknowledged);
+  if (seen_ == kNotLooked) {
+    seen_ = now;
+    looks_ = 0;
+    return Verdict::kLookNext;
+  }
+  if (now < seen_) {
+    Forget();
+    return Verdict::kReading;
+  }
+  return ++looks_ < patience ? Verdict::kLookNext : Verdict::kIdle;
 }
 
 }  // namespace upcase

@@ -87,6 +87,7 @@ class IdleClock {
   bool enabled() const { return limit_ > 0; }
   absl::Duration tick() const { return tick_; }
   std::uint32_t now() const { return now_; }
+  std::uint32_t limit() const { return limit_; }  // the timeout in ticks
   void Advance() { ++now_; }
   // Wrap-around safe: ticks are compared by their unsigned difference.
   bool Idle(std::uint32_t last_progress) const { return now_ - last_progress > limit_; }
@@ -95,6 +96,30 @@ class IdleClock {
   absl::Duration tick_;
   std::uint32_t limit_ = 0;  // ticks; 0: off
   std::uint32_t now_ = 0;
+};
+
+// A client that reads slowly but steadily is not idle, even when the server sends nothing: all of
+// its output may already sit in the kernel's send buffer, acknowledged a little at a time. So a
+// connection that looks idle while output is waiting is watched for a few more looks: if its
+// unacknowledged output (SIOCOUTQ) falls meanwhile, the client is reading. A small receive window
+// opens only when half of it is free, so one look is not enough (`patience` looks, e.g. half the
+// timeout's ticks). Called only for connections that look idle, never on the request path.
+class OutputWatch {
+ public:
+  enum class Verdict {
+    kIdle,      // nothing of its output is waiting, or none was acknowledged in `patience` looks
+    kLookNext,  // output is waiting: look again at the next tick
+    kReading,   // the client took some of its output since the first look: that is progress
+  };
+  // `fd`'s verdict; keeps what it saw for the next call.
+  Verdict Look(int fd, std::uint32_t patience);
+  // Forgets the looks so far (call when the connection does not look idle).
+  void Forget() { seen_ = kNotLooked; }
+
+ private:
+  static constexpr std::uint32_t kNotLooked = UINT32_MAX;
+  std::uint32_t seen_ = kNotLooked;  // SIOCOUTQ at the first look
+  std::uint32_t looks_ = 0;          // looks since the first one
 };
 
 // The default --output-budget of each shard: an eighth of the physical memory divided by the
