@@ -158,6 +158,11 @@ absl::StatusOr<Config> FinishConfig(const RawFlags& raw, const std::vector<std::
     return absl::InvalidArgumentError("--pipeline: --reconnect sends one request per connection");
   }
   if (c.reconnect) c.pipeline = 1;
+  if (!c.open_loop() && c.pipeline > kMaxRequestsInFlight / c.connections) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--pipeline=", c.pipeline, " x --connections=", c.connections,
+        ": closed loop keeps at most ", kMaxRequestsInFlight, " requests in flight in total"));
+  }
   if (c.duration <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--duration: must be positive");
   }

@@ -19,6 +19,9 @@ namespace upcase::load {
 // The most requests one connection may have in flight in open loop when --pipeline is not
 // given: in effect no cap, so requests go out on schedule whether or not replies came back.
 inline constexpr std::int64_t kUnlimitedPipeline = 1 << 20;
+// Closed loop keeps --pipeline requests per connection, each with a slot allocated at start:
+// --connections x --pipeline above this is refused at start rather than failing to allocate.
+inline constexpr std::int64_t kMaxRequestsInFlight = 1 << 24;
 // UDP requests carry an 8-byte sequence header; a datagram holds at most this much.
 inline constexpr std::uint64_t kMaxUdpPayload = 65507;
 inline constexpr std::uint64_t kMaxTcpRequest = 16 << 20;

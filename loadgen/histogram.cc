@@ -135,14 +135,20 @@ void Histogram::Add(const Histogram& other) {
     total_ += other.total_;
     sum_ += other.sum_;
     clamped_ += other.clamped_;
+    max_ = std::max(max_, other.max_);
   } else {
-    const std::uint64_t sum_before = sum_;
+    // Recorded at their values: what lies above this histogram's highest trackable value is
+    // clamped (and counted) again here, other's own clamped samples included, so other's clamped
+    // count and exact sum and max are only taken when nothing of it can be clamped again.
+    const std::uint64_t sum_before = sum_, clamped_before = clamped_;
     other.ForEachBucket([this](std::int64_t lo, std::int64_t, std::uint64_t n) { RecordN(lo, n); });
-    sum_ = sum_before + other.sum_;
-    clamped_ += other.clamped_;
+    if (other.highest_ <= highest_) {
+      sum_ = sum_before + other.sum_;
+      clamped_ = clamped_before + other.clamped_;
+      max_ = std::max(max_, other.max_);
+    }
   }
   min_ = std::min(min_, other.min_);
-  max_ = std::max(max_, other.max_);
 }
 
 void Histogram::Reset() {

@@ -365,6 +365,13 @@ absl::Status Report::Merge(const Report& o) {
   for (auto [mine, theirs] :
        {std::pair{&latency, &o.latency}, std::pair{&latency_uncorrected, &o.latency_uncorrected},
         std::pair{&send_lag, &o.send_lag}}) {
+    // Runs recorded with other layouts (lowest or highest trackable value, significant digits)
+    // would be re-bucketed at a coarser resolution and clamped again: refuse instead.
+    if (!mine->SameLayout(*theirs)) {
+      return absl::InvalidArgumentError(
+          "the runs' histograms have different layouts (lowest/highest trackable value or "
+          "significant digits): merge only runs of the same upcase-load settings");
+    }
     if (mine->total_count() > UINT64_MAX - theirs->total_count() ||
         mine->sum() > UINT64_MAX - theirs->sum()) {
       return absl::InvalidArgumentError("a histogram's count or sum would overflow");

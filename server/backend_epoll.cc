@@ -146,6 +146,7 @@ struct Connection {
   std::uint32_t interest = 0;   // the events epoll watches for fd right now
   PeerKey peer;                 // the client's address: its slot in the per-address table
   std::uint32_t last_progress;  // IdleClock tick of the last byte read or sent
+  OutputWatch output_watch;     // --idle-timeout: is a slow reader still taking its output?
 };
 
 // What a handler decided about its connection.
@@ -557,9 +558,11 @@ class Shard : public ReactorShard {
     return Watch(idle_timer_.get(), EPOLLIN, Source::kIdleTick);
   }
 
-  // Closes the connections that neither read nor sent anything for --idle-timeout. Shutdown has
+  // Closes the connections that neither read nor sent anything for --idle-timeout, unless their
+  // client is still taking output the kernel holds (OutputWatch). Shutdown has
   // its own bound (--grace), so the scan stops with it.
   absl::Status HandleIdleTick() {
+    if (!idle_timer_.valid()) return absl::OkStatus();  // closed by a stop earlier in this batch
     std::uint64_t ticks = 0;
     if (::read(idle_timer_.get(), &ticks, sizeof ticks) != sizeof ticks) {
       if (errno == EAGAIN || errno == EINTR) return absl::OkStatus();
@@ -568,9 +571,21 @@ class Shard : public ReactorShard {
     for (std::uint64_t i = 0; i < ticks; ++i) idle_.Advance();
     if (draining_) return absl::OkStatus();
     for (std::unique_ptr<Connection>& c : conns_) {
-      if (c == nullptr || !idle_.Idle(c->last_progress)) continue;
-      ++stats_.idle_closed;
-      Close(*c);
+      if (c == nullptr) continue;
+      if (!idle_.Idle(c->last_progress)) {
+        c->output_watch.Forget();
+        continue;
+      }
+      switch (c->output_watch.Look(c->fd.get(), idle_.limit() / 2)) {
+        case OutputWatch::Verdict::kReading:
+          c->last_progress = idle_.now();
+          continue;
+        case OutputWatch::Verdict::kLookNext:
+          continue;
+        case OutputWatch::Verdict::kIdle:
+          ++stats_.idle_closed;
+          Close(*c);
+      }
     }
     return absl::OkStatus();
   }

@@ -373,16 +373,28 @@ class Shard : public ReactorShard {
   }
 
   // The idle clock ticks: closes the connections that neither received nor sent anything for
-  // --idle-timeout, and re-arms. Shutdown has its own bound (--grace): the clock stops with it.
+  // --idle-timeout (unless their client is still taking output the kernel holds: OutputWatch),
+  // and re-arms. Shutdown has its own bound (--grace): the clock stops with it.
   void HandleIdleTick(const io_uring_cqe& cqe) {
     CheckTimeout(cqe, "idle tick timeout");
     if (cqe.res == -ECANCELED || stopping_) return;
     idle_.Advance();
     conns_.ForEach([this](Conn& c) {
       if (c.life != Life::kServing && c.life != Life::kInputOver) return;
-      if (!idle_.Idle(c.last_progress)) return;
-      ++stats_.idle_closed;
-      CloseNow(c);
+      if (!idle_.Idle(c.last_progress)) {
+        c.output_watch.Forget();
+        return;
+      }
+      switch (c.output_watch.Look(c.fd, idle_.limit() / 2)) {
+        case OutputWatch::Verdict::kReading:
+          c.last_progress = idle_.now();
+          return;
+        case OutputWatch::Verdict::kLookNext:
+          return;
+        case OutputWatch::Verdict::kIdle:
+          ++stats_.idle_closed;
+          CloseNow(c);
+      }
     });
     AddTimeout(Op::kIdleTick, &idle_ts_, idle_.tick());
   }

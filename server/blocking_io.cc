@@ -145,6 +145,7 @@ void ServeBlockingConnection(int fd, const StopFlag& stop, absl::Duration idle_t
                              ShardStats& stats) {
   SetIdleTimeout(fd, idle_timeout);
   TcpBuffer buf;
+  OutputWatch output_watch;  // a client taking its output slowly is not idle
   while (!stop.raised()) {
     const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
     if (n == 0) {
@@ -155,12 +156,16 @@ void ServeBlockingConnection(int fd, const StopFlag& stop, absl::Duration idle_t
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         if (stop.raised()) break;
-        ++stats.idle_closed;  // SO_RCVTIMEO: nothing arrived for --idle-timeout
+        // SO_RCVTIMEO: nothing arrived for --idle-timeout. Still taking output the kernel holds?
+        // Then wait once more (a client that stopped reading is closed after twice the timeout).
+        if (output_watch.Look(fd, /*patience=*/1) != OutputWatch::Verdict::kIdle) continue;
+        ++stats.idle_closed;
         return;
       }
       ++stats.conn_resets;  // ECONNRESET, or ETIMEDOUT after a vanished peer
       return;
     }
+    output_watch.Forget();
     if (!Answer(fd, buf.data(), static_cast<std::size_t>(n), stats)) return;
   }
   FinishAtStop(fd, stop, buf, stats);
@@ -238,7 +243,7 @@ absl::Status BlockingBackend::AcceptLoop() {
           return ErrnoError("accept", errno);
       }
     }
-    const PeerKey peer = PeerKeyOf(reinterpret_cast<const sockaddr*>(&address));
+    const PeerKey peer = per_address_.KeyOf(reinterpret_cast<const sockaddr*>(&address));
     if (!per_address_.Admit(peer)) {
       ++tcp_stats_.per_ip_refused;  // over --max-conns-per-ip: closed at once
       continue;

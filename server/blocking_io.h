@@ -128,7 +128,8 @@ class BlockingBackend : public Backend {
   virtual void WaitForConnections() {}
 
   const ServerConfig config_;
-  ConnsPerAddress per_address_{config_.max_conns_per_ip};  // --max-conns-per-ip
+  ConnsPerAddress per_address_{config_.max_conns_per_ip,
+                               config_.per_ip_prefix};  // --max-conns-per-ip
   StopFlag stop_;
   std::mutex mu_;          // serialises Stop() with the backend's own bookkeeping
   ShardStats tcp_stats_;   // owned by the accept loop

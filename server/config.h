@@ -9,6 +9,7 @@
 
 #include "absl/time/time.h"
 #include "common/net.h"
+#include "server/limits.h"
 
 namespace upcase {
 
@@ -19,6 +20,12 @@ inline constexpr absl::Duration kDefaultGrace = absl::Seconds(5);
 inline constexpr absl::Duration kDefaultIdleTimeout = absl::Seconds(60);
 // --max-conns-per-ip defaults to this fraction of --max-conns: four addresses can fill the server.
 inline constexpr std::size_t kDefaultConnsPerIpDivisor = 4;
+// --max-conns-per-ip=auto: a quarter of --max-conns, but at least one (a quarter of 1..3 would
+// otherwise be 0, which means no limit); no limit when --max-conns has none.
+constexpr std::size_t DefaultConnsPerIp(std::size_t max_conns) {
+  if (max_conns == 0) return 0;
+  return max_conns / kDefaultConnsPerIpDivisor > 0 ? max_conns / kDefaultConnsPerIpDivisor : 1;
+}
 // Largest UDP payload over IPv4 (65535 - 8 byte UDP header - 20 byte IP header).
 inline constexpr std::size_t kMaxDatagram = 65507;
 
@@ -31,7 +38,8 @@ struct ServerConfig {
   bool pin = false;
   std::size_t max_conns = kDefaultMaxConns;
   std::size_t conn_buffer = kDefaultConnBuffer;
-  std::size_t max_conns_per_ip = kDefaultMaxConns / kDefaultConnsPerIpDivisor;  // 0: no limit
+  std::size_t max_conns_per_ip = DefaultConnsPerIp(kDefaultMaxConns);  // 0: no limit
+  PeerPrefix per_ip_prefix;  // what --max-conns-per-ip counts as one address
   absl::Duration idle_timeout = kDefaultIdleTimeout;  // zero: connections never time out
   // epoll/uring: unsent output a shard holds for all its connections before it stops reading
   // the ones holding the most (OutputPool); 0: no budget. main.cc sets the default from RAM.

@@ -1,6 +1,8 @@
 #include "server/limits.h"
 
+#include <linux/sockios.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,13 +22,31 @@ bool RefuseDatagram(const sockaddr* source, std::uint16_t own_port) {
   return port < kFirstClientPort || port == own_port;
 }
 
-PeerKey PeerKeyOf(const sockaddr* address) {
+namespace {
+
+// Clears every bit of `bytes` past the first `bits`.
+void KeepPrefix(unsigned char* bytes, int length, int bits) {
+  for (int i = 0; i < length; ++i) {
+    const int keep = std::clamp(bits - 8 * i, 0, 8);
+    bytes[i] &= static_cast<unsigned char>(0xFF00 >> keep);
+  }
+}
+
+}  // namespace
+
+PeerKey PeerKeyOf(const sockaddr* address, PeerPrefix prefix) {
+  static constexpr unsigned char kMappedV4[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
   unsigned char bytes[16] = {};
   if (address->sa_family == AF_INET6) {
     std::memcpy(bytes, &reinterpret_cast<const sockaddr_in6*>(address)->sin6_addr, 16);
   } else if (address->sa_family == AF_INET) {
-    bytes[10] = bytes[11] = 0xFF;
+    std::memcpy(bytes, kMappedV4, sizeof kMappedV4);
     std::memcpy(bytes + 12, &reinterpret_cast<const sockaddr_in*>(address)->sin_addr, 4);
+  }
+  if (std::memcmp(bytes, kMappedV4, sizeof kMappedV4) == 0) {
+    KeepPrefix(bytes + 12, 4, prefix.ipv4_bits);
+  } else {
+    KeepPrefix(bytes, 16, prefix.ipv6_bits);
   }
   PeerKey key;
   std::memcpy(&key.first, bytes, 8);
@@ -71,6 +91,26 @@ std::size_t DefaultOutputBudget(int shards) {
   const std::size_t memory = static_cast<std::size_t>(pages) * static_cast<std::size_t>(page_size);
   return std::clamp<std::size_t>(memory / 8 / static_cast<std::size_t>(std::max(shards, 1)), kMin,
                                  kMax);
+}
+
+OutputWatch::Verdict OutputWatch::Look(int fd, std::uint32_t patience) {
+  int unacknowledged = 0;
+  // A failed ioctl (the socket is gone) or nothing waiting: idle.
+  if (::ioctl(fd, SIOCOUTQ, &unacknowledged) != 0 || unacknowledged <= 0) {
+    Forget();
+    return Verdict::kIdle;
+  }
+  const auto now = static_cast<std::uint32_t>(unacknowledged);
+  if (seen_ == kNotLooked) {
+    seen_ = now;
+    looks_ = 0;
+    return Verdict::kLookNext;
+  }
+  if (now < seen_) {
+    Forget();
+    return Verdict::kReading;
+  }
+  return ++looks_ < patience ? Verdict::kLookNext : Verdict::kIdle;
 }
 
 }  // namespace upcase

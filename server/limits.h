@@ -32,10 +32,19 @@ inline constexpr std::uint16_t kFirstClientPort = 1024;
 // An address that is neither IPv4 nor IPv6 is refused too.
 bool RefuseDatagram(const sockaddr* source, std::uint16_t own_port);
 
-// A client's address as a table key: the IPv6 address, IPv4 as ::ffff:a.b.c.d; the port is left
-// out (every connection of one host counts).
+// How much of a client's address names "one host" for --max-conns-per-ip (--per-ip-prefix): a
+// host with an IPv6 /64 has 2^64 addresses, so IPv6 peers are keyed by their prefix.
+struct PeerPrefix {
+  int ipv4_bits = 32;  // 0..32
+  int ipv6_bits = 64;  // 0..128
+};
+
+// A client's address as a table key: the IPv6 address cut to prefix.ipv6_bits; IPv4 (and
+// IPv4-mapped IPv6, ::ffff:a.b.c.d, which is how a dual-stack socket sees IPv4 clients) as
+// ::ffff:a.b.c.d cut to prefix.ipv4_bits. The port is left out (every connection of one host
+// counts).
 using PeerKey = std::pair<std::uint64_t, std::uint64_t>;
-PeerKey PeerKeyOf(const sockaddr* address);
+PeerKey PeerKeyOf(const sockaddr* address, PeerPrefix prefix = {});
 
 // Connections in service per client address, server-wide and exact: SO_REUSEPORT spreads one
 // address's connections over every shard, so a per-shard count would allow shards x the limit.
@@ -43,12 +52,14 @@ PeerKey PeerKeyOf(const sockaddr* address);
 // the request path never touches it. Thread-safe.
 class ConnsPerAddress {
  public:
-  // `max` connections per address; 0: no limit, and nothing is kept.
-  explicit ConnsPerAddress(std::size_t max) : max_(max) {}
+  // `max` connections per address (per `prefix`); 0: no limit, and nothing is kept.
+  explicit ConnsPerAddress(std::size_t max, PeerPrefix prefix = {}) : max_(max), prefix_(prefix) {}
   ConnsPerAddress(const ConnsPerAddress&) = delete;
   ConnsPerAddress& operator=(const ConnsPerAddress&) = delete;
 
   bool enabled() const { return max_ > 0; }
+  // The key `address` is counted under.
+  PeerKey KeyOf(const sockaddr* address) const { return PeerKeyOf(address, prefix_); }
   // Takes one slot of `peer`; false (and nothing taken) when it holds `max` already.
   bool Admit(const PeerKey& peer);
   // Gives back a slot that Admit() took.
@@ -58,6 +69,7 @@ class ConnsPerAddress {
 
  private:
   const std::size_t max_;
+  const PeerPrefix prefix_;
   mutable std::mutex mu_;
   absl::flat_hash_map<PeerKey, std::uint32_t> counts_;  // guarded by mu_; no zero entries
 };
@@ -75,6 +87,7 @@ class IdleClock {
   bool enabled() const { return limit_ > 0; }
   absl::Duration tick() const { return tick_; }
   std::uint32_t now() const { return now_; }
+  std::uint32_t limit() const { return limit_; }  // the timeout in ticks
   void Advance() { ++now_; }
   // Wrap-around safe: ticks are compared by their unsigned difference.
   bool Idle(std::uint32_t last_progress) const { return now_ - last_progress > limit_; }
@@ -83,6 +96,30 @@ class IdleClock {
   absl::Duration tick_;
   std::uint32_t limit_ = 0;  // ticks; 0: off
   std::uint32_t now_ = 0;
+};
+
+// A client that reads slowly but steadily is not idle, even when the server sends nothing: all of
+// its output may already sit in the kernel's send buffer, acknowledged a little at a time. So a
+// connection that looks idle while output is waiting is watched for a few more looks: if its
+// unacknowledged output (SIOCOUTQ) falls meanwhile, the client is reading. A small receive window
+// opens only when half of it is free, so one look is not enough (`patience` looks, e.g. half the
+// timeout's ticks). Called only for connections that look idle, never on the request path.
+class OutputWatch {
+ public:
+  enum class Verdict {
+    kIdle,      // nothing of its output is waiting, or none was acknowledged in `patience` looks
+    kLookNext,  // output is waiting: look again at the next tick
+    kReading,   // the client took some of its output since the first look: that is progress
+  };
+  // `fd`'s verdict; keeps what it saw for the next call.
+  Verdict Look(int fd, std::uint32_t patience);
+  // Forgets the looks so far (call when the connection does not look idle).
+  void Forget() { seen_ = kNotLooked; }
+
+ private:
+  static constexpr std::uint32_t kNotLooked = UINT32_MAX;
+  std::uint32_t seen_ = kNotLooked;  // SIOCOUTQ at the first look
+  std::uint32_t looks_ = 0;          // looks since the first one
 };
 
 // The default --output-budget of each shard: an eighth of the physical memory divided by the

@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/flags.h"
 #include "common/net.h"
 #include "common/sys.h"
@@ -75,6 +76,7 @@ struct Options {
   bool pin = false;
   std::int64_t max_conns = kDefaultMaxConns;
   std::string max_conns_per_ip = kAuto;
+  std::string per_ip_prefix = "32,64";
   std::uint64_t conn_buffer = kDefaultConnBuffer;
   std::string output_budget = kAuto;
   absl::Duration idle_timeout = kDefaultIdleTimeout;
@@ -131,6 +133,9 @@ std::vector<std::string> ParseFlags(int argc, char** argv, Options& o) {
   flags.String("max-conns-per-ip", &o.max_conns_per_ip,
                "TCP connections from one client address at once, over all shards; over it new "
                "ones are closed at once; auto = a quarter of --max-conns, 0 = no limit");
+  flags.String("per-ip-prefix", &o.per_ip_prefix,
+               "V4,V6: what --max-conns-per-ip counts as one client address: the first V4 bits "
+               "of an IPv4 address (IPv4-mapped IPv6 included), the first V6 bits of an IPv6 one");
   flags.Bytes("conn-buffer", &o.conn_buffer,
               "cap on unsent output per connection (1K..1G); above it the server stops reading "
               "it");
@@ -175,7 +180,7 @@ ServerConfig BuildConfig(const Options& o, const std::vector<std::string>& args)
   config.idle_timeout = o.idle_timeout;
 
   if (o.max_conns_per_ip == kAuto) {
-    config.max_conns_per_ip = config.max_conns / kDefaultConnsPerIpDivisor;
+    config.max_conns_per_ip = DefaultConnsPerIp(config.max_conns);
   } else {
     std::int64_t n = 0;
     if (!absl::SimpleAtoi(o.max_conns_per_ip, &n) || n < 0 || n > kMaxConnsLimit) {
@@ -183,6 +188,17 @@ ServerConfig BuildConfig(const Options& o, const std::vector<std::string>& args)
                                     "': expected auto or an integer from 0 to ", kMaxConnsLimit));
     }
     config.max_conns_per_ip = static_cast<std::size_t>(n);
+  }
+  {
+    std::vector<std::string> bits = absl::StrSplit(o.per_ip_prefix, ',');
+    if (bits.size() != 2 || !absl::SimpleAtoi(bits[0], &config.per_ip_prefix.ipv4_bits) ||
+        !absl::SimpleAtoi(bits[1], &config.per_ip_prefix.ipv6_bits) ||
+        config.per_ip_prefix.ipv4_bits < 0 || config.per_ip_prefix.ipv4_bits > 32 ||
+        config.per_ip_prefix.ipv6_bits < 0 || config.per_ip_prefix.ipv6_bits > 128) {
+      CommandLineError(absl::StrCat("--per-ip-prefix='", o.per_ip_prefix,
+                                    "': expected V4,V6 prefix lengths, 0..32 and 0..128 "
+                                    "(e.g. 32,64)"));
+    }
   }
   if (o.output_budget == kAuto) {
     config.output_budget = DefaultOutputBudget(config.shards);

@@ -33,7 +33,7 @@ bool ReactorShard::AdmitPeer(int fd, std::size_t open, const sockaddr* address, 
     }
     address = reinterpret_cast<const sockaddr*>(&asked);
   }
-  *peer = PeerKeyOf(address);
+  *peer = per_address_.KeyOf(address);
   if (!per_address_.Admit(*peer)) {
     ++stats_.per_ip_refused;
     return false;

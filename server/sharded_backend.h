@@ -84,7 +84,7 @@ struct ShardSetup {
 class ShardedBackend : public Backend {
  public:
   explicit ShardedBackend(const ServerConfig& config)
-      : config_(config), per_address_(config.max_conns_per_ip) {}
+      : config_(config), per_address_(config.max_conns_per_ip, config.per_ip_prefix) {}
 
   absl::StatusOr<Endpoints> Open() final;
   absl::Status Run() final;

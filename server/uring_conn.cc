@@ -34,6 +34,7 @@ void Conn::Reset(BufferRing& buffers) {
   for (const Held& h : held) buffers.Return(h.bid);  // no send of them is in flight
   held.clear();
   held_sent = held_bytes = 0;
+  output_watch.Forget();
 }
 
 void Conn::GatherHeld(const BufferRing& buffers) {

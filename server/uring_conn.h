@@ -81,6 +81,7 @@ struct Conn {
   std::uint64_t read_limit = UINT64_MAX;  // shutdown: what the kernel held when Stop() came
   PeerKey peer;                           // the client's address: its slot in the per-address table
   std::uint32_t last_progress = 0;        // IdleClock tick of the last byte received or sent
+  OutputWatch output_watch;               // --idle-timeout: is a slow reader taking its output?
 
   std::size_t Unsent() const { return out.size() + held_bytes; }
   bool closing() const { return life == Life::kClosing || life == Life::kCancelled; }

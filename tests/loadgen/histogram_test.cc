@@ -193,6 +193,21 @@ TEST(HistogramTest, AddIsExactAndAcceptsOtherLayouts) {
             fine.HighestEquivalentValue(coarse.LowestEquivalentValue(5'000'000)));
 }
 
+// Adding a histogram that tracks higher values: what is above this one's highest value is clamped
+// once (other's own clamped samples are not counted twice), and max never exceeds highest.
+TEST(HistogramTest, AddFromAWiderLayoutClampsOnce) {
+  Histogram wide(1, 1'000'000'000, 3);
+  wide.Record(10);
+  wide.Record(5'000'000);      // above narrow's highest: clamped when added
+  wide.Record(2'000'000'000);  // above wide's own highest: clamped already
+  ASSERT_EQ(wide.clamped(), 1u);
+  Histogram narrow(1, 1'000'000, 3);
+  narrow.Add(wide);
+  EXPECT_EQ(narrow.total_count(), 3u);
+  EXPECT_EQ(narrow.clamped(), 2u);
+  EXPECT_LE(narrow.max(), 1'000'000);
+}
+
 // `upcase-load merge` of two runs' JSON equals one run over the union of their samples.
 TEST(ReportMergeTest, MergingJsonResultsEqualsOneRunOverTheUnion) {
   std::mt19937_64 rng(11);
@@ -232,6 +247,21 @@ TEST(ReportMergeTest, MergingJsonResultsEqualsOneRunOverTheUnion) {
   EXPECT_DOUBLE_EQ(a->requested_rps, 2000);
   EXPECT_DOUBLE_EQ(a->throughput_rps, 30'000);
   EXPECT_EQ(a->ToJson()["latency_us"], all.ToJson()["latency_us"]);
+}
+
+// Runs recorded with different histogram layouts are refused, and the merge changes nothing.
+TEST(ReportMergeTest, DifferentLayoutsAreRefused) {
+  Report one, two;
+  for (Report* r : {&one, &two}) r->duration_s = 1;
+  one.latency.Record(1000);
+  two.latency = Histogram(1000, kDefaultHighestTrackable, 2);
+  two.latency.Record(5'000'000);
+  const Report before = one;
+  const absl::Status s = one.Merge(two);
+  EXPECT_FALSE(s.ok());
+  EXPECT_TRUE(absl::StrContains(s.message(), "different layouts")) << s;
+  EXPECT_TRUE(one.latency == before.latency);
+  EXPECT_EQ(one.instances, before.instances);
 }
 
 // upcase-load merge reads files it did not write: every number is range-checked before it is

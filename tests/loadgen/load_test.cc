@@ -571,6 +571,8 @@ TEST(LoadCliTest, BadCommandLinesExitTwoWithOneLine) {
            {"--proto=udp", "--reconnect", "127.0.0.1", "1"},
            {"127.0.0.1"},
            {"--rate=-1", "127.0.0.1", "1"},
+           // 2^30 request slots would be allocated at start: refused, not an abort.
+           {"--pipeline=1048576", "--connections=1024", "127.0.0.1", "1"},
        }) {
     Subprocess p;
     ASSERT_TRUE(Spawn(p, args).ok());

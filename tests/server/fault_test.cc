@@ -1755,6 +1755,83 @@ TEST_P(FaultTest, TransientAcceptErrorsDoNotStopTheServer) {
   }
 }
 
+// --idle-timeout: a client that reads its output slowly but steadily is not idle, though all of
+// that output already sits in the server's kernel send buffer and the server sends nothing. It
+// takes 36 of 48 KiB through a small receive buffer at 512 bytes per 40 ms (2.8 s, well over the
+// 1 s timeout; the rest stays in the server's send queue throughout), then the rest at once, and
+// is still served. (Once all of it is in the client's own receive buffer, the server cannot see
+// the reading, and a client silent for the timeout is idle.)
+TEST_P(FaultTest, SlowSteadyReaderIsNotIdle) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--bind=127.0.0.1", "--proto=tcp", "--idle-timeout=1s"}));
+  Fd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(client.valid()) << std::strerror(errno);
+  SetBuffer(client.get(), SO_RCVBUF, 2048);  // before connect: a small window from the start
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(server_->tcp_port);
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(client.get(), reinterpret_cast<const sockaddr*>(&to), sizeof to), 0)
+      << std::strerror(errno);
+  std::string request(48 << 10, 'x');
+  for (std::size_t i = 0; i < request.size(); ++i) request[i] = static_cast<char>('a' + i % 26);
+  ASSERT_EQ(SendAll(client.get(), request.data(), request.size()), absl::OkStatus());
+  constexpr std::size_t kReadSlowly = 36 << 10;
+  std::string reply;
+  char buf[512];
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (reply.size() < kReadSlowly && absl::Now() < deadline) {
+    pollfd pace{-1, 0, 0};
+    ::poll(&pace, 1, 40);  // the client's reading pace, not a synchronisation
+    const ssize_t n = ::recv(client.get(), buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0) break;
+    if (n < 0 && errno != EAGAIN && errno != EINTR) break;
+    if (n > 0) reply.append(buf, static_cast<std::size_t>(n));
+  }
+  ASSERT_GE(reply.size(), kReadSlowly);
+  absl::StatusOr<std::string> rest =
+      RecvWithin(client.get(), request.size() - reply.size(), kPrompt);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  ASSERT_EQ(reply + *rest, Expected(request));
+  EXPECT_EQ(RoundTripWithin(client.get(), "still served").value_or("(closed)"), "STILL SERVED");
+  const nlohmann::json stats = StopServer();
+  EXPECT_EQ(stats["total"]["idle_closed"].get<int>(), 0) << stats.dump();
+}
+
+// A stop and an idle tick in one epoll_wait batch, stop first: the stop closes the idle timerfd,
+// and the tick's handler must see that instead of reading a closed descriptor (which once made
+// the shard fail and the server exit 1 with its connections unflushed). strace holds the shard
+// inside its first recv() for 2 s; meanwhile the stop is queued, then the next tick (every 1 s
+// with --idle-timeout=8s), so both are ready, in that order, when the shard next waits.
+TEST_P(FaultTest, StopAndIdleTickInOneBatch) {
+  if (GetParam().backend != "epoll") {
+    GTEST_SKIP() << "only epoll closes a timer source in its stop handler (uring's tick is a "
+                    "timeout completion checked against its stopping flag; the blocking "
+                    "backends have no idle timer)";
+  }
+  if (!InPath("strace")) GTEST_SKIP() << "strace not installed";
+  const std::string log = testing::StatsPathForCurrentTest("strace") + ".log";
+  ASSERT_NO_FATAL_FAILURE(Start({"--bind=127.0.0.1", "--proto=tcp", "--idle-timeout=8s"},
+                                Injecting("recvfrom", "delay_exit=2000000", 1, log)));
+  Fd client = Tcp();
+  ASSERT_EQ(SendAll(client.get(), "held", 4), absl::OkStatus());
+  // Wait (bounded) until the shard is inside the delayed recv().
+  const absl::Time deadline = absl::Now() + kPrompt;
+  while (ReadFile(log).find("(DELAYED)") == std::string::npos && absl::Now() < deadline) {
+    pollfd none{-1, 0, 0};
+    ::poll(&none, 1, 5);  // polling strace's log: nothing to wait on
+  }
+  ASSERT_NE(ReadFile(log).find("(DELAYED)"), std::string::npos) << ReadFile(log);
+  const pid_t server = testing::OnlyChild(pid());
+  ASSERT_GT(server, 0);
+  ::kill(server, SIGTERM);
+  // The reply to what the shard had read still arrives, and the server exits 0 (Finish).
+  EXPECT_EQ(RecvWithin(client.get(), 4, absl::Seconds(10)).value_or("(none)"), "HELD");
+  Finish(absl::Seconds(15));
+  const std::string err = server_->process.Stderr();
+  EXPECT_EQ(err.find("timerfd"), std::string::npos) << err;
+  ::unlink(log.c_str());
+}
+
 // Stop() in the blocking backends wakes each blocked thread with shutdown(); a failure other than
 // ENOTCONN leaves a thread blocked until the grace period ends, and is reported on stderr.
 TEST_P(FaultTest, FailedShutdownAtStopIsReported) {

@@ -13,6 +13,7 @@
 
 #include "gtest/gtest.h"
 #include "server/accept_errors.h"
+#include "server/config.h"
 
 namespace upcase {
 namespace {
@@ -71,6 +72,39 @@ TEST(PeerKeyTest, TheAddressCountsNotThePort) {
   EXPECT_NE(PeerKeyOf(Sa(&a1)), PeerKeyOf(Sa(&loop6)));
 }
 
+// One host with an IPv6 /64 has 2^64 addresses: by default they all count as one client.
+TEST(PeerKeyTest, IPv6PeersAreKeyedByTheirPrefix) {
+  const sockaddr_in6 a = V6("fd00::1", 9);
+  const sockaddr_in6 b = V6("fd00::ffff:1234:5678:9abc", 9);
+  const sockaddr_in6 other_64 = V6("fd00:0:0:1::1", 9);
+  EXPECT_EQ(PeerKeyOf(Sa(&a)), PeerKeyOf(Sa(&b)));
+  EXPECT_NE(PeerKeyOf(Sa(&a)), PeerKeyOf(Sa(&other_64)));
+  EXPECT_NE(PeerKeyOf(Sa(&a), {32, 128}), PeerKeyOf(Sa(&b), {32, 128}));
+  EXPECT_EQ(PeerKeyOf(Sa(&a), {32, 48}), PeerKeyOf(Sa(&other_64), {32, 48}));
+  // A prefix that is not a multiple of 8: fd00:0:0:2:: and fd00:0:0:3:: share /63, not /64.
+  const sockaddr_in6 c2 = V6("fd00:0:0:2::1", 9);
+  const sockaddr_in6 c3 = V6("fd00:0:0:3::1", 9);
+  EXPECT_EQ(PeerKeyOf(Sa(&c2), {32, 63}), PeerKeyOf(Sa(&c3), {32, 63}));
+  EXPECT_NE(PeerKeyOf(Sa(&c2), {32, 64}), PeerKeyOf(Sa(&c3), {32, 64}));
+  EXPECT_NE(PeerKeyOf(Sa(&other_64), {32, 63}), PeerKeyOf(Sa(&c3), {32, 63}));
+}
+
+// IPv4 keeps its own prefix, whether it arrives as IPv4 or IPv4-mapped IPv6.
+TEST(PeerKeyTest, IPv4AndMappedIPv4UseTheIPv4Prefix) {
+  const sockaddr_in a = V4("10.1.2.3", 9);
+  const sockaddr_in b = V4("10.1.2.200", 9);
+  const sockaddr_in6 mapped_b = V6("::ffff:10.1.2.200", 9);
+  EXPECT_NE(PeerKeyOf(Sa(&a)), PeerKeyOf(Sa(&b)));
+  EXPECT_EQ(PeerKeyOf(Sa(&a), {24, 64}), PeerKeyOf(Sa(&b), {24, 64}));
+  EXPECT_EQ(PeerKeyOf(Sa(&a), {24, 64}), PeerKeyOf(Sa(&mapped_b), {24, 64}));
+  // The IPv6 prefix does not cut a mapped address (it would merge every IPv4 client).
+  EXPECT_NE(PeerKeyOf(Sa(&a), {32, 64}), PeerKeyOf(Sa(&mapped_b), {32, 64}));
+  // A table built with a prefix counts by it.
+  ConnsPerAddress table(1, {24, 64});
+  EXPECT_TRUE(table.Admit(table.KeyOf(Sa(&a))));
+  EXPECT_FALSE(table.Admit(table.KeyOf(Sa(&mapped_b))));
+}
+
 TEST(ConnsPerAddressTest, AdmitsUpToTheLimitPerAddress) {
   ConnsPerAddress table(2);
   const sockaddr_in a = V4("127.0.0.1", 1);
@@ -124,6 +158,14 @@ TEST(ConnsPerAddressTest, ExactUnderConcurrentShards) {
   for (std::thread& t : threads) t.join();
   EXPECT_LE(most.load(), kLimit);
   EXPECT_EQ(table.addresses(), 0u);
+}
+
+// auto is a quarter of --max-conns, never 0 (which would mean no limit) while --max-conns has one.
+TEST(ConnsPerAddressTest, AutoIsAQuarterOfMaxConnsButAtLeastOne) {
+  EXPECT_EQ(DefaultConnsPerIp(10'000), 2'500u);
+  EXPECT_EQ(DefaultConnsPerIp(7), 1u);
+  for (std::size_t max_conns : {1u, 2u, 3u}) EXPECT_EQ(DefaultConnsPerIp(max_conns), 1u);
+  EXPECT_EQ(DefaultConnsPerIp(0), 0u);  // --max-conns=0: no limit either way
 }
 
 TEST(IdleClockTest, TicksAreAnEighthOfTheTimeoutWithinBounds) {

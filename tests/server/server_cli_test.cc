@@ -77,6 +77,9 @@ TEST(ServerCliTest, SizeFlagsAreBoundedAtStart) {
       {{"--max-conns=20000000"}, "--max-conns='20000000': expected an integer from 1 to 10000000"},
       {{"--max-conns-per-ip=-1"}, "--max-conns-per-ip='-1': expected auto or an integer"},
       {{"--max-conns-per-ip=20000000"}, "--max-conns-per-ip='20000000': expected auto"},
+      {{"--per-ip-prefix=64"}, "--per-ip-prefix='64': expected V4,V6 prefix lengths"},
+      {{"--per-ip-prefix=33,64"}, "--per-ip-prefix='33,64': expected V4,V6 prefix lengths"},
+      {{"--per-ip-prefix=32,129"}, "--per-ip-prefix='32,129': expected V4,V6 prefix lengths"},
       {{"--shards=2000"}, "--shards='2000': expected an integer from 0 to 1024"},
       {{"--grace=inf"}, "--grace='inf': expected a duration"},  // common/flags: finite only
       {{"--grace=2h"}, "--grace=2h: at most 1h"},
