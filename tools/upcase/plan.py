@@ -9,6 +9,7 @@ import dataclasses
 import re
 from typing import Any
 
+from .curve import CURVE_SHAPES, Slo, parse_curve, parse_slo
 from .errors import ToolExit
 from .points import SHARDED_BACKENDS, Point
 from .procfs import parse_cpu_list, split_cpus
@@ -183,6 +184,9 @@ class MatrixChoice:
     repeat: int
     closed: list[tuple]       # (proto, size, connections) of the closed-loop points
     probes: list[tuple]       # ... of the syscall probes
+    curve: tuple | None = None  # the open-loop curve's (proto, size, connections), --curve
+    slos: list[Slo] = dataclasses.field(default_factory=list)  # --slo objectives
+    shape: tuple = CURVE_SHAPES["default"]  # curve.CURVE_SHAPES: sweep points, range, refines
 
 
 def choose_matrix(args: argparse.Namespace) -> MatrixChoice:
@@ -213,4 +217,22 @@ def choose_matrix(args: argparse.Namespace) -> MatrixChoice:
               if t in closed] or closed[:1]
     if not closed:
         raise ToolExit("the matrix is empty with these --sizes/--connections/--protos")
-    return MatrixChoice(name, matrix, duration, warmup, repeat, closed, probes)
+    curve, slos = curve_flags(args)
+    if curve is None:
+        curve = open_base(closed)
+    elif curve not in closed:  # the curve's loads are fractions of this point's maximum
+        closed.append(curve)
+    return MatrixChoice(name, matrix, duration, warmup, repeat, closed, probes, curve, slos,
+                        CURVE_SHAPES[name])
+
+
+def curve_flags(args: argparse.Namespace) -> tuple[tuple | None, list[Slo]]:
+    """--curve (None: the default family) and the --slo objectives; ToolExit when malformed."""
+    try:
+        curve = parse_curve(args.curve) if getattr(args, "curve", None) else None
+        slos = [parse_slo(t) for t in getattr(args, "slo", None) or []]
+        if curve:
+            check_sizes([curve[1]], [curve[0]])
+    except ValueError as e:
+        raise ToolExit(str(e))
+    return curve, list({s.text: s for s in slos}.values())
