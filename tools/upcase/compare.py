@@ -1,6 +1,7 @@
 """tools/compare's steps: the plan (plan.py's matrix; here the backends, runs and estimate), the
 environment (build, hosts, placement, what perf can count, notes), the run (closed loop, then
-open loop at fractions of the best maximum, then syscall probes) and the report (report.py).
+each backend's latency-vs-load curve at fractions of its own maximum with curve.py's knee and
+capacity searches, then syscall probes) and the report (report.py).
 docs/compare.md describes the flags and the files.
 """
 from __future__ import annotations

@@ -359,8 +359,8 @@ def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
                   "runs (median)" + (": **a busy machine, so these figures are noisy**."
                                      if foreign > NOISY_SHARE else "."), ""]
     lines += ["## Headline", "",
-              "TCP 64 B requests, 64 connections, closed loop, unless noted; p99 at 50 % of the "
-              "best backend's maximum, offered open loop.", "",
+              "TCP 64 B requests, 64 connections, closed loop, unless noted; p99 at 50 % of "
+              "each backend's own maximum, offered open loop.", "",
               md_table(HEADLINE_COLUMNS, headline_rows(summary)), ""]
     for name in plots:
         if name != CURVE_PLOT:
