@@ -14,7 +14,7 @@ TOOLS = pathlib.Path(__file__).resolve().parents[2] / "tools"
 sys.path.insert(0, str(TOOLS))
 
 from upcase import curve  # noqa: E402
-from upcase import summary  # noqa: E402
+from upcase import report, summary  # noqa: E402
 
 
 def model(rate: float, capacity: float, base_us: float = 30.0) -> dict:
@@ -262,6 +262,12 @@ class Summary(unittest.TestCase):
                                got["epoll"]["capacities"][0]["rps"]
                                / got["threads"]["capacities"][0]["rps"])
         self.assertEqual(summary.summarize({}, runs)["curves"], {})
+        header, rows = report.curve_rows({"curves": got})
+        self.assertEqual(header[-2:], ["capacity p99:1ms", "capacity p99:10us"])
+        self.assertEqual([r[0] for r in rows], ["threads", "epoll"])
+        self.assertEqual((rows[0][4], rows[1][4]), ("4/6", "5/6"))
+        self.assertEqual(rows[1][-1], "none at this SLO")
+        self.assertRegex(rows[1][-2], r"^\S+ \[\S+-\S+\] \(0\.\d\d of max, 2\.00x threads\)$")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,9 @@ def print_tables(summary: dict, out=print):
         if rows:
             out(f"\n== {b} shard scaling ({key}; efficiency = req/s / (N x req/s at 1 shard))")
             out(text_table(SCALING_COLUMNS, scaling_rows(rows)))
+    if summary.get("curves"):
+        out("\n== latency vs load (open loop; fractions of each backend's own maximum)")
+        out(text_table(*curve_rows(summary)))
     out("\n== headline (TCP 64 B, 64 connections unless noted)")
     out(text_table(HEADLINE_COLUMNS, headline_rows(summary)))
     foreign = summary.get("foreign_cpu_share")
