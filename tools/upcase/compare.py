@@ -345,6 +345,9 @@ def run_open(runner: Runner, rp: RunPlan, choice: MatrixChoice, closed_recs: lis
         for b in rp.open_backends:
             if b in maxima:
                 run_curve(runner, rp, choice, b, maxima[b], records)
+            else:
+                meta["notes"].append(f"{b}: no closed-loop result at the curve's point, so no "
+                                     "latency-vs-load curve")
     elif rp.open_backends:
         meta["notes"].append("no closed-loop TCP result with several connections: open-loop "
                              "points skipped")
