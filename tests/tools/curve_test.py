@@ -6,6 +6,7 @@ server or load generator runs.
 
     /usr/bin/python3 tests/tools/curve_test.py
 """
+import argparse
 import pathlib
 import sys
 import unittest
@@ -14,7 +15,8 @@ TOOLS = pathlib.Path(__file__).resolve().parents[2] / "tools"
 sys.path.insert(0, str(TOOLS))
 
 from upcase import curve  # noqa: E402
-from upcase import report, summary  # noqa: E402
+from upcase import plan, report, summary  # noqa: E402
+from upcase.errors import ToolExit  # noqa: E402
 
 
 def model(rate: float, capacity: float, base_us: float = 30.0) -> dict:
@@ -64,6 +66,23 @@ class Flags(unittest.TestCase):
             self.assertEqual(f, sorted(f))
             self.assertAlmostEqual(f[0], lo)
             self.assertGreater(f[-1], 1.0)  # past saturation
+
+    def test_choose_matrix(self):
+        def args(**kw):
+            base = dict(quick=False, full=False, duration=None, warmup=None, sizes=None,
+                        connections=None, protos=None, shards=None, repeat=None,
+                        copy_bins=False, remote_bin=None, curve=None, slo=[])
+            return argparse.Namespace(**(base | kw))
+        c = plan.choose_matrix(args(slo=["p99:1ms", "p99.9:2ms", "p99:1ms"]))
+        self.assertEqual(c.curve, ("tcp", 64, 64))
+        self.assertEqual([s.text for s in c.slos], ["p99:1ms", "p99.9:2ms"])
+        self.assertEqual(c.shape, curve.CURVE_SHAPES["default"])
+        c = plan.choose_matrix(args(quick=True, curve="tcp:1K:c16"))
+        self.assertEqual(c.curve, ("tcp", 1024, 16))
+        self.assertIn(("tcp", 1024, 16), c.closed)  # its maximum is measured
+        for bad in (dict(curve="udp:4B:c8"), dict(slo=["p99"]), dict(curve="tcp")):
+            with self.assertRaises(ToolExit, msg=str(bad)):
+                plan.choose_matrix(args(**bad))
 
 
 class Validity(unittest.TestCase):

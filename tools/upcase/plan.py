@@ -234,5 +234,5 @@ def curve_flags(args: argparse.Namespace) -> tuple[tuple | None, list[Slo]]:
         if curve:
             check_sizes([curve[1]], [curve[0]])
     except ValueError as e:
-        raise ToolExit(str(e))
+        raise ToolExit(str(e).replace("--sizes:", f"--curve={args.curve}:"))
     return curve, list({s.text: s for s in slos}.values())
