@@ -15,21 +15,20 @@ from .points import SHARDED_BACKENDS, Point
 from .procfs import parse_cpu_list, split_cpus
 from .units import parse_seconds
 
-# The open-loop points run here; their rates are fractions of the best closed-loop maximum here.
+# The latency-vs-load curve runs here by default (--curve); its rates are fractions of each
+# backend's own closed-loop maximum here (curve.CURVE_SHAPES: how many, from where to where).
 OPEN_BASE = ("tcp", 64, 64)
 KIB = 1024
 
 MATRICES: dict[str, dict[str, Any]] = {
     "quick": {
         "closed": [("tcp", 64, 1), ("tcp", 64, 64), ("tcp", 16 * KIB, 64), ("udp", 64, 64)],
-        "open": (0.5, 0.9),
         "probes": [("tcp", 64, 64)],
         "repeat": 1, "duration": 1.0, "warmup": 0.3,
     },
     "default": {
         "closed": [("tcp", s, c) for s in (64, 16 * KIB) for c in (1, 64, 512)]
         + [("udp", 64, 64)],
-        "open": (0.5, 0.9),
         "probes": [("tcp", 64, 64), ("tcp", 16 * KIB, 64), ("udp", 64, 64)],
         "repeat": 3, "duration": 1.5, "warmup": 0.5,
     },
@@ -37,7 +36,6 @@ MATRICES: dict[str, dict[str, Any]] = {
         "closed": [("tcp", s, c) for s in (64, KIB, 16 * KIB, 64 * KIB)
                    for c in (1, 4, 16, 64, 256, 512, 1024)]
         + [("udp", s, 64) for s in (64, KIB, 8 * KIB)],
-        "open": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1),
         "probes": [("tcp", 64, 1), ("tcp", 64, 64), ("tcp", 64, 512), ("tcp", 16 * KIB, 64),
                    ("udp", 64, 64)],
         "repeat": 3, "duration": 2.0, "warmup": 0.5,
