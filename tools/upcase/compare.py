@@ -1,6 +1,7 @@
 """tools/compare's steps: the plan (plan.py's matrix; here the backends, runs and estimate), the
 environment (build, hosts, placement, what perf can count, notes), the run (closed loop, then
-open loop at fractions of the best maximum, then syscall probes) and the report (report.py).
+each backend's latency-vs-load curve at fractions of its own maximum with curve.py's knee and
+capacity searches, then syscall probes) and the report (report.py).
 docs/compare.md describes the flags and the files.
 """
 from __future__ import annotations
@@ -14,16 +15,18 @@ import shlex
 import sys
 from typing import Any, Callable
 
+from . import curve as curves
 from . import report
 from .build import binary, build_release, discover_backends, git_describe
 from .counters import Tools
 from .errors import HarnessError, ToolExit
 from .hosts import LOCAL, SshHost, split_destination
-from .plan import MatrixChoice, choose_matrix, open_base, parse_list, plan_for, resolve_placement
+from .plan import MatrixChoice, choose_matrix, parse_list, plan_for, resolve_placement
 from .points import SHARDED_BACKENDS, Point, RunSettings
 from .processes import Children, install_cleanup
 from .procfs import machine_info
 from .runner import START_AHEAD_S, Runner
+from .summary import run_metrics
 from .units import fmt_count
 
 # Seconds a run costs beyond warmup+duration (server start, connects, JSON): for the estimate.
@@ -31,7 +34,10 @@ RUN_OVERHEAD_S = 0.3
 # ...and what each ssh session adds (connection, authentication, the control-shell samples).
 REMOTE_OVERHEAD_S = 0.7
 PROBE_DURATION_S = 1.0
-GENERATED = ("summary.json", "report.md", "meta.json", report.SCALING_PLOT) + report.PLOTS
+# Bisection measurements assumed per objective and backend, for the estimate.
+SLO_STEPS_ESTIMATE = 5
+GENERATED = (("summary.json", "report.md", "meta.json", report.SCALING_PLOT, report.CURVE_PLOT)
+             + report.PLOTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +170,7 @@ class RunPlan:
     shards: list[int] | None  # the --shards sweep, None when every server has one shard
     plans: dict[str, tuple[list[Point], list[Point]]]
     open_backends: list[str]
-    base_point: tuple | None  # the point the open loop offers fractions of
+    base_point: tuple | None  # the curve's point: open-loop loads are fractions of its maximum
     n_open: int
     n_probe: int
     total: int
@@ -188,8 +194,9 @@ def run_plan(choice: MatrixChoice, env: Environment, server_args: tuple[str, ...
     plans = {b: plan_for(b, choice.matrix, choice.closed, choice.probes, shards)
              for b in env.backends}
     open_backends = [b for b in env.backends if b != "iterative"]
-    base_point = open_base(choice.closed)
-    opens = len(choice.matrix["open"]) if base_point else 0
+    base_point = choice.curve
+    n_sweep, _, _, n_refine = choice.shape
+    opens = (n_sweep + n_refine + SLO_STEPS_ESTIMATE * len(choice.slos)) if base_point else 0
     n_closed = sum(len(c) for c, _ in plans.values()) * choice.repeat
     n_open = len(open_backends) * opens * choice.repeat
     tools = env.tools
@@ -268,34 +275,79 @@ def run_closed(runner: Runner, rp: RunPlan, backends: list[str], repeat: int,
     return closed_recs
 
 
+def own_maxima(rp: RunPlan, closed_recs: list[dict]) -> dict[str, float]:
+    """Each backend's median closed-loop req/s at the curve's point (sharded backends at their
+    largest shard count)."""
+    main_shards = rp.shards[-1] if rp.shards else None
+    assert rp.base_point is not None
+    key = Point("", *rp.base_point).key
+    got: dict[str, list[float]] = {}
+    for rec in closed_recs:
+        p = rec["point"]
+        if p["key"] == key and p.get("shards") in (None, main_shards):
+            got.setdefault(p["backend"], []).append(rec["load"]["throughput_rps"])
+    return {b: sorted(v)[len(v) // 2] for b, v in got.items() if v}
+
+
+def curve_measure(runner: Runner, rp: RunPlan, backend: str, own: float, repeat: int,
+                  records: list, role: list[str]) -> Callable[[float], curves.Sample]:
+    """measure(rate): `repeat` open-loop runs of the curve's point at that rate, as a Sample."""
+    main_shards = rp.shards[-1] if rp.shards else None
+    assert rp.base_point is not None
+    proto, size, conns = rp.base_point
+
+    def measure(rate: float) -> curves.Sample:
+        rate = round(rate)
+        n = main_shards if backend in SHARDED_BACKENDS else None
+        point = Point(backend, proto, size, conns, rate=rate,
+                      label=curves.fraction_label(rate / own), shards=n, role=role[0])
+        runs = []
+        for r in range(repeat):
+            rec = runner.run(point, r)
+            records.append(rec)
+            if rec and rec["ok"]:
+                m = run_metrics(rec)
+                m["valid"], m["reasons"] = curves.run_validity(rec, m)
+                runs.append(m)
+        return curves.Sample(rate, runs, role[0])
+    return measure
+
+
+def run_curve(runner: Runner, rp: RunPlan, choice: MatrixChoice, backend: str, own: float,
+              records: list) -> None:
+    """One backend's curve: the log-spaced sweep, the knee's refinement, each objective's
+    bisection."""
+    role = ["sweep"]
+    measure = curve_measure(runner, rp, backend, own, choice.repeat, records, role)
+    n_sweep, lo, hi, n_refine = choice.shape
+    samples = [measure(own * f) for f in curves.sweep_fractions(n_sweep, lo, hi)]
+    role[0] = "knee"
+    for _ in range(n_refine):
+        rate = curves.knee_probe(samples)
+        if rate is None:
+            break
+        samples.append(measure(rate))
+    role[0] = "slo"
+    for slo in choice.slos:
+        curves.search_capacity(samples, slo, measure)
+
+
 def run_open(runner: Runner, rp: RunPlan, choice: MatrixChoice, closed_recs: list[dict],
              meta: dict, records: list) -> None:
-    """The same offered loads for every backend, from the best one's maximum (sharded backends
-    at their largest shard count)."""
-    main_shards = rp.shards[-1] if rp.shards else None
-    best: dict[str, list[float]] = {}
-    key = None
+    """Each backend's latency-vs-load curve at offered loads relative to its own maximum."""
+    maxima = own_maxima(rp, closed_recs) if rp.base_point else {}
     if rp.base_point:
-        key = Point("", *rp.base_point).key
-        for rec in closed_recs:
-            p = rec["point"]
-            if p["key"] == key and p.get("shards") in (None, main_shards):
-                best.setdefault(p["backend"], []).append(rec["load"]["throughput_rps"])
-    medians = {b: sorted(v)[len(v) // 2] for b, v in best.items()}
-    if medians and rp.open_backends:
-        assert rp.base_point is not None
-        ref_backend = max(medians, key=lambda b: medians[b])
-        ref = medians[ref_backend]
-        meta["open_reference"] = {"backend": ref_backend, "rps": ref, "point": key}
-        print(f"tools/compare: open loop offers fractions of {ref_backend}'s "
-              f"{fmt_count(ref)} req/s ({key})")
-        for r in range(choice.repeat):
-            for b in rp.open_backends:
-                for f in choice.matrix["open"]:
-                    n = main_shards if b in SHARDED_BACKENDS else None
-                    proto, size, conns = rp.base_point
-                    records.append(runner.run(Point(b, proto, size, conns, rate=round(ref * f),
-                                                    label=f"{f * 100:g}%", shards=n), r))
+        meta["curve"] = {"point": Point("", *rp.base_point).key, "own_max_rps": maxima,
+                         "slos": [s.record() for s in choice.slos], "shape": choice.shape}
+    if maxima and rp.open_backends:
+        print("tools/compare: curves at fractions of each backend's own maximum ("
+              + ", ".join(f"{b} {fmt_count(v)} req/s" for b, v in maxima.items()) + ")")
+        for b in rp.open_backends:
+            if b in maxima:
+                run_curve(runner, rp, choice, b, maxima[b], records)
+            else:
+                meta["notes"].append(f"{b}: no closed-loop result at the curve's point, so no "
+                                     "latency-vs-load curve")
     elif rp.open_backends:
         meta["notes"].append("no closed-loop TCP result with several connections: open-loop "
                              "points skipped")
@@ -340,7 +392,8 @@ def write_report(out: pathlib.Path, runner: Runner, status: int) -> int:
     if not any((out / "runs").glob("*.json")):
         raise ToolExit("no run finished; nothing to report", 1)
     summary = report.build(out)
-    plots = [n for n in (*report.PLOTS, report.SCALING_PLOT) if (out / n).exists()]
+    plots = [n for n in (*report.PLOTS, report.CURVE_PLOT, report.SCALING_PLOT)
+             if (out / n).exists()]
     print(f"\ntools/compare: {out}/report.md, {', '.join(plots)}, summary.json, runs/")
     if summary["failed_runs"] or runner.dead:
         print(f"tools/compare: {len(summary['failed_runs'])} run(s) failed, "

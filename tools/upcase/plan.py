@@ -9,26 +9,26 @@ import dataclasses
 import re
 from typing import Any
 
+from .curve import CURVE_SHAPES, Slo, parse_curve, parse_slo
 from .errors import ToolExit
 from .points import SHARDED_BACKENDS, Point
 from .procfs import parse_cpu_list, split_cpus
 from .units import parse_seconds
 
-# The open-loop points run here; their rates are fractions of the best closed-loop maximum here.
+# The latency-vs-load curve runs here by default (--curve); its rates are fractions of each
+# backend's own closed-loop maximum here (curve.CURVE_SHAPES: how many, from where to where).
 OPEN_BASE = ("tcp", 64, 64)
 KIB = 1024
 
 MATRICES: dict[str, dict[str, Any]] = {
     "quick": {
         "closed": [("tcp", 64, 1), ("tcp", 64, 64), ("tcp", 16 * KIB, 64), ("udp", 64, 64)],
-        "open": (0.5, 0.9),
         "probes": [("tcp", 64, 64)],
         "repeat": 1, "duration": 1.0, "warmup": 0.3,
     },
     "default": {
         "closed": [("tcp", s, c) for s in (64, 16 * KIB) for c in (1, 64, 512)]
         + [("udp", 64, 64)],
-        "open": (0.5, 0.9),
         "probes": [("tcp", 64, 64), ("tcp", 16 * KIB, 64), ("udp", 64, 64)],
         "repeat": 3, "duration": 1.5, "warmup": 0.5,
     },
@@ -36,7 +36,6 @@ MATRICES: dict[str, dict[str, Any]] = {
         "closed": [("tcp", s, c) for s in (64, KIB, 16 * KIB, 64 * KIB)
                    for c in (1, 4, 16, 64, 256, 512, 1024)]
         + [("udp", s, 64) for s in (64, KIB, 8 * KIB)],
-        "open": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1),
         "probes": [("tcp", 64, 1), ("tcp", 64, 64), ("tcp", 64, 512), ("tcp", 16 * KIB, 64),
                    ("udp", 64, 64)],
         "repeat": 3, "duration": 2.0, "warmup": 0.5,
@@ -183,6 +182,9 @@ class MatrixChoice:
     repeat: int
     closed: list[tuple]       # (proto, size, connections) of the closed-loop points
     probes: list[tuple]       # ... of the syscall probes
+    curve: tuple | None = None  # the open-loop curve's (proto, size, connections), --curve
+    slos: list[Slo] = dataclasses.field(default_factory=list)  # --slo objectives
+    shape: tuple = CURVE_SHAPES["default"]  # curve.CURVE_SHAPES: sweep points, range, refines
 
 
 def choose_matrix(args: argparse.Namespace) -> MatrixChoice:
@@ -213,4 +215,22 @@ def choose_matrix(args: argparse.Namespace) -> MatrixChoice:
               if t in closed] or closed[:1]
     if not closed:
         raise ToolExit("the matrix is empty with these --sizes/--connections/--protos")
-    return MatrixChoice(name, matrix, duration, warmup, repeat, closed, probes)
+    curve, slos = curve_flags(args)
+    if curve is None:
+        curve = open_base(closed)
+    elif curve not in closed:  # the curve's loads are fractions of this point's maximum
+        closed.append(curve)
+    return MatrixChoice(name, matrix, duration, warmup, repeat, closed, probes, curve, slos,
+                        CURVE_SHAPES[name])
+
+
+def curve_flags(args: argparse.Namespace) -> tuple[tuple | None, list[Slo]]:
+    """--curve (None: the default family) and the --slo objectives; ToolExit when malformed."""
+    try:
+        curve = parse_curve(args.curve) if getattr(args, "curve", None) else None
+        slos = [parse_slo(t) for t in getattr(args, "slo", None) or []]
+        if curve:
+            check_sizes([curve[1]], [curve[0]])
+    except ValueError as e:
+        raise ToolExit(str(e).replace("--sizes:", f"--curve={args.curve}:"))
+    return curve, list({s.text: s for s in slos}.values())

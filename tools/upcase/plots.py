@@ -237,3 +237,75 @@ def plot_latency_vs_load(summary: dict, path: pathlib.Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+CURVE_PLOT = "latency_curve.png"
+CURVE_MARKERS = {"p50": "o", "p99": "s", "p999": "^"}
+
+
+def _curve_panel(ax, b: str, c: dict, percentiles: Sequence[str]) -> None:
+    """One backend's percentiles against achieved req/s; invalid points hollow."""
+    pts = [p for p in c["points"] if p.get("achieved_rps")]
+    for name in percentiles:
+        xy = [(p["achieved_rps"], p[name], p["valid"]) for p in pts if p.get(name)]
+        if not xy:
+            continue
+        ax.plot([x for x, _, _ in xy], [y for _, y, _ in xy], color=_color(b), lw=1,
+                ls="-" if name == "p99" else "--" if name == "p50" else ":", alpha=0.8,
+                label=f"{b} {name}")
+        for x, y, ok in xy:
+            ax.plot([x], [y], marker=CURVE_MARKERS[name], ls="", ms=5, color=_color(b),
+                    markerfacecolor=_color(b) if ok else "none")
+    knee = c.get("knee") or {}
+    if knee.get("achieved_rps") and knee.get("p99_us"):
+        ax.plot([knee["achieved_rps"]], [knee["p99_us"]], marker="X", ms=11, ls="",
+                color=_color(b), markeredgecolor="black")
+    for cap in c.get("capacities", []):
+        rng = cap.get("achieved_rps_range")
+        if cap.get("rps") and rng:
+            ax.plot([sum(rng) / 2], [cap["limit_us"]], marker="D", ms=8, ls="",
+                    color=_color(b), markeredgecolor="black")
+
+
+def plot_curves(summary: dict, path: pathlib.Path) -> bool:
+    """Latency (p50, p99; p99.9 with --full) and server CPU µs/request against achieved req/s,
+    one colour per backend: hollow = not valid, X = knee, ◆ = capacity at an objective (dotted
+    line)."""
+    curves = {b: summary["curves"][b] for b in backend_order(summary.get("curves") or {})}
+    if not any(c["points"] for c in curves.values()):
+        return False
+    full = summary.get("meta", {}).get("settings", {}).get("matrix") == "full"
+    percentiles = ("p50", "p99", "p999") if full else ("p50", "p99")
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7.5, 7), sharex=True,
+                                  gridspec_kw={"height_ratios": [2, 1]})
+    limits = set()
+    for b, c in curves.items():
+        _curve_panel(ax, b, c, percentiles)
+        limits |= {(cap["slo"], cap["limit_us"]) for cap in c.get("capacities", [])}
+        pts = [p for p in c["points"] if p.get("achieved_rps") and p.get("cpu_us_per_req")]
+        ax2.plot([p["achieved_rps"] for p in pts], [p["cpu_us_per_req"] for p in pts],
+                 color=_color(b), lw=1, label=b)
+        for p in pts:
+            ax2.plot([p["achieved_rps"]], [p["cpu_us_per_req"]], marker="o", ls="", ms=5,
+                     color=_color(b), markerfacecolor=_color(b) if p["valid"] else "none")
+    for text, limit in sorted(limits, key=lambda t: t[1]):
+        ax.axhline(limit, color="black", ls=":", lw=1)
+        ax.annotate(f"SLO {text}", (0, limit), xycoords=("axes fraction", "data"),
+                    fontsize=7, va="bottom")
+    ax.set_yscale("log")
+    _count_axis(ax.yaxis)
+    ax.set_ylabel("latency µs (log)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=3)
+    point = next(iter(curves.values()))["point"] or ""
+    ax.set_title(f"Latency vs achieved load ({point.rsplit('-', 1)[0]}, open loop): "
+                 "X knee, ◆ capacity, hollow = not valid", fontsize=9)
+    _count_axis(ax2.xaxis)
+    ax2.set_xlabel("achieved requests/s")
+    ax2.set_ylabel("server CPU µs/request")
+    ax2.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -23,6 +23,7 @@ class Point:
     label: str = ""       # open loop: e.g. "50%" of the reference maximum
     probe: bool = False   # a syscall-counting run (its CPU figures are not used)
     shards: int | None = None  # epoll/uring: --shards; None = not swept (--shards=1)
+    role: str = ""        # open loop on a curve: sweep | knee | slo (curve.py)
 
     @property
     def mode(self) -> str:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import pathlib
 
-from .plots import (PLOTS, SCALING_PLOT, plot_latency_vs_load, plot_scaling, plot_spectrum,
-                    plot_throughput)
+from .curve import ACHIEVED_MIN, KNEE_P99_OVER_P50, LOAD_BUSY_MAX, SLO_TOLERANCE
+from .plots import (CURVE_PLOT, PLOTS, SCALING_PLOT, plot_curves, plot_latency_vs_load,
+                    plot_scaling, plot_spectrum, plot_throughput)
 from .summary import (BASELINE, HEADLINE_KEY, SPECTRUM_KEY, backend_order, load_dir,
                       scaling_key, scaling_reference, summarize)
 from .procfs import fmt_cpu_list
@@ -179,6 +180,9 @@ def print_tables(summary: dict, out=print):
         if rows:
             out(f"\n== {b} shard scaling ({key}; efficiency = req/s / (N x req/s at 1 shard))")
             out(text_table(SCALING_COLUMNS, scaling_rows(rows)))
+    if summary.get("curves"):
+        out("\n== latency vs load (open loop; fractions of each backend's own maximum)")
+        out(text_table(*curve_rows(summary)))
     out("\n== headline (TCP 64 B, 64 connections unless noted)")
     out(text_table(HEADLINE_COLUMNS, headline_rows(summary)))
     foreign = summary.get("foreign_cpu_share")
@@ -277,6 +281,61 @@ def overlap_text(settings: dict) -> str | None:
             "pair sharing them, not the server alone.")
 
 
+def capacity_text(cap: dict) -> str:
+    """One capacity cell: req/s [range] (x own max, x threads), or none with its reason."""
+    if cap.get("rps") is None:
+        return "none at this SLO"
+    rng = cap.get("achieved_rps_range")
+    ratios = [f"{cap['vs_own_max']:.2f} of max" if cap.get("vs_own_max") else "",
+              f"{cap['vs_threads']:.2f}x threads" if cap.get("vs_threads") else ""]
+    return (f"{fmt_count(cap['rps'])}"
+            + (f" [{fmt_count(rng[0])}-{fmt_count(rng[1])}]" if rng else "")
+            + (f" ({', '.join(r for r in ratios if r)})" if any(ratios) else "")
+            + (" (at least)" if cap.get("bracket", [None, None])[1] is None else ""))
+
+
+def curve_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    curves = summary.get("curves") or {}
+    first: dict = next(iter(curves.values()), {})
+    slos = [c["slo"] for c in first.get("capacities", [])]
+    header = ["backend", "max req/s", "knee req/s", "p99 µs @50% own max", "valid points"] + [
+        f"capacity {s}" for s in slos]
+    rows = []
+    for b in backend_order(curves):
+        c = curves[b]
+        knee = c.get("knee") or {}
+        pts = c.get("points", [])
+        rows.append([b, fmt_count(c.get("own_max_rps")),
+                     (f"{fmt_count(knee['rps'])} ({knee['fraction_of_max'] * 100:.0f} %)"
+                      if knee.get("rps") and knee.get("fraction_of_max") else "-"),
+                     _f(c.get("p99_at_half_max")),
+                     f"{sum(p['valid'] for p in pts)}/{len(pts)}"]
+                    + [capacity_text(cap) for cap in c.get("capacities", [])])
+    return header, rows
+
+
+def curve_section(summary: dict, plotted: bool) -> list[str]:
+    """report.md's latency-vs-load section: the table and how to read the figure."""
+    if not summary.get("curves"):
+        return []
+    header, rows = curve_rows(summary)
+    out = ["## Latency vs load, knee and capacity", "",
+           "Open loop at offered loads log-spaced as fractions of each backend's *own* "
+           "closed-loop maximum (*max req/s*), refined around the knee. *knee*: the last offered "
+           f"rate before achieved/offered falls below {ACHIEVED_MIN:g} or p99 exceeds "
+           f"{KNEE_P99_OVER_P50:g}x the light-load p50. *capacity*: the highest offered rate "
+           f"whose every repeat meets the objective with achieved >= {ACHIEVED_MIN * 100:g} % of "
+           f"offered, bisected to within {SLO_TOLERANCE * 100:g} % [achieved req/s range over "
+           "repeats]. A point is not valid when it achieved less than "
+           f"{ACHIEVED_MIN * 100:g} % of its offer, upcase-load was over "
+           f"{LOAD_BUSY_MAX * 100:g} % busy, or the host's noise (steal, foreign CPU, hiccups) "
+           "explains its tail (`summary.json` → `curves`, each point's `reasons`).", "",
+           md_table(header, rows), ""]
+    if plotted:
+        out += [f"![latency curve]({CURVE_PLOT})", ""]
+    return out
+
+
 def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
     meta = summary["meta"]
     machine = meta.get("machine", {})
@@ -303,11 +362,12 @@ def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
                   "runs (median)" + (": **a busy machine, so these figures are noisy**."
                                      if foreign > NOISY_SHARE else "."), ""]
     lines += ["## Headline", "",
-              "TCP 64 B requests, 64 connections, closed loop, unless noted; p99 at 50 % of the "
-              "best backend's maximum, offered open loop.", "",
+              "TCP 64 B requests, 64 connections, closed loop, unless noted; p99 at 50 % of "
+              "each backend's own maximum, offered open loop.", "",
               md_table(HEADLINE_COLUMNS, headline_rows(summary)), ""]
     for name in plots:
-        lines += [f"![{name[:-4]}]({name})", ""]
+        if name != CURVE_PLOT:
+            lines += [f"![{name[:-4]}]({name})", ""]
     lines += ["## How to read the figures", "",
               "- *req/s*, *MB/s*, latency: from upcase-load's JSON (latency in open loop from the "
               "intended send time, i.e. corrected for coordinated omission). MB/s is upcase-load's "
@@ -335,6 +395,7 @@ def write_report(d: pathlib.Path, summary: dict, plots: list[str]):
               "(`threads` is the blocking baseline).",
               ""]
     lines += _scaling_section(summary)
+    lines += curve_section(summary, CURVE_PLOT in plots)
     lines += ["## Per backend", ""]
     for b in summary["backends"]:
         lines += [f"### {b}", "", md_table(TABLE_COLUMNS, table_rows(summary, b)), ""]
@@ -367,6 +428,8 @@ def build(d: pathlib.Path, out=print) -> dict:
     if plot_latency_vs_load(summary, d / PLOTS[2]):
         plots.append(PLOTS[2])
     plot_scaling(summary, d / SCALING_PLOT)  # the scaling section links it
+    if plot_curves(summary, d / CURVE_PLOT):  # the curve section links it
+        plots.append(CURVE_PLOT)
     write_report(d, summary, plots)
     print_tables(summary, out)
     return summary

@@ -10,6 +10,7 @@ import json
 import pathlib
 import statistics
 
+from .curve import summarize_curves
 from .points import SHARDED_BACKENDS
 
 BASELINE = "threads"  # the blocking, thread-per-connection server every ratio is taken against
@@ -167,6 +168,7 @@ def summarize(meta: dict, runs: list[dict]) -> dict:
             "backends": backend_order({p["backend"] for p in points}),
             "points": points,
             "scaling": scaling(entries),
+            "curves": summarize_curves(meta, runs, run_metrics),
             "failed_runs": [{"point": f["point"], "error": f.get("error"), "file": f.get("file")}
                             for f in failures]}
 
