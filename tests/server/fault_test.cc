@@ -83,6 +83,7 @@ struct Variant {
   std::string backend;
   int shards;
   bool sharded;
+  bool reactor;  // queues output per connection, ends connections in its own loop (BackendInfo)
 };
 
 std::vector<Variant> AllVariants() {
@@ -90,7 +91,7 @@ std::vector<Variant> AllVariants() {
   for (const BackendInfo& info : Backends()) {
     if (!info.available().ok()) continue;  // e.g. uring on a kernel without io_uring
     // Two shards: connections and datagrams spread over more than one reactor.
-    out.push_back({std::string(info.name), info.sharded ? 2 : 1, info.sharded});
+    out.push_back({std::string(info.name), info.sharded ? 2 : 1, info.sharded, info.reactor});
   }
   return out;
 }
@@ -101,10 +102,10 @@ void PrintTo(const Variant& v, std::ostream* os) { *os << v.backend << " shards=
 bool OneClientAtATime(const Variant& v) { return v.backend == "iterative"; }
 
 // What unsent output may cost the server per connection, beyond the kernel's socket buffers:
-// epoll and uring hold at most --conn-buffer; a blocking backend holds one 64 KiB read buffer
-// (on the connection thread's stack, whose touched pages count too).
+// the reactors (epoll, uring, poll, select) hold at most --conn-buffer; a blocking backend holds
+// one 64 KiB read buffer (on the connection thread's stack, whose touched pages count too).
 std::uint64_t MemoryPerBlockedClient(const Variant& v, std::uint64_t conn_buffer) {
-  return v.sharded ? conn_buffer + (16 << 10) : (64 << 10) + (32 << 10);
+  return v.reactor ? conn_buffer + (16 << 10) : (64 << 10) + (32 << 10);
 }
 
 bool InPath(const std::string& name) {
@@ -1707,7 +1708,7 @@ TEST_P(FaultTest, OutputBudgetBoundsManyNeverReadingClientsWithLargeBuffers) {
   // spare buffer (OutputPool: at most 4 MiB of spares, or one buffer, per shard).
   const std::uint64_t shards = static_cast<std::uint64_t>(GetParam().shards);
   const std::uint64_t queues =
-      GetParam().sharded ? shards * (2 * kBudget + std::max<std::uint64_t>(4 << 20, kConnBuffer)) +
+      GetParam().reactor ? shards * (2 * kBudget + std::max<std::uint64_t>(4 << 20, kConnBuffer)) +
                                kClients * (16u << 10)
                          : kClients * MemoryPerBlockedClient(GetParam(), kConnBuffer);
   const std::uint64_t bound = queues + shared + kRssSlack;
@@ -1758,7 +1759,7 @@ TEST_P(FaultTest, TransientAcceptErrorsDoNotStopTheServer) {
 // Stop() in the blocking backends wakes each blocked thread with shutdown(); a failure other than
 // ENOTCONN leaves a thread blocked until the grace period ends, and is reported on stderr.
 TEST_P(FaultTest, FailedShutdownAtStopIsReported) {
-  if (GetParam().sharded) {
+  if (GetParam().reactor) {
     GTEST_SKIP() << "the reactors end connections in their own loop: Stop() calls no shutdown()";
   }
   if (!InPath("strace")) GTEST_SKIP() << "strace not installed";
