@@ -21,6 +21,7 @@
 
 namespace upcase {
 namespace {
+
 // The three-way result of one recv()/send() (as in wrk): EAGAIN is handled the same everywhere.
 enum class IoStatus { kOk, kWouldBlock, kEof, kError };
 struct IoResult {
@@ -49,6 +50,7 @@ IoResult Send(int fd, const char* buf, std::size_t n) {
     return {IoStatus::kError, 0, errno};
   }
 }
+
 Verdict VerdictForError(int err) {
   return err == ECONNRESET || err == EPIPE ? Verdict::kReset : Verdict::kClose;
 }

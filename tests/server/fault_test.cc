@@ -25,6 +25,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -555,6 +556,54 @@ TEST_P(FaultTest, FloodBeyondMaxConnsIsTurnedAwayAndServiceRecovers) {
   existing.reset();
   nlohmann::json stats = StopServer();
   EXPECT_EQ(stats["total"]["rejected"].get<int>(), turned_away) << stats.dump();
+}
+
+// select: an fd_set holds descriptors below FD_SETSIZE only (FD_SET on a higher one writes past
+// the bitmap). With descriptors to spare, select closes a connection accepted above that at once
+// and counts it; those below are served, before and after.
+TEST_P(FaultTest, SelectClosesConnectionsAboveFdSetsize) {
+  if (GetParam().backend != "select") {
+    GTEST_SKIP() << "select only: the other backends have no FD_SETSIZE limit";
+  }
+  if (!InPath("prlimit")) GTEST_SKIP() << "prlimit (util-linux) not installed";
+  constexpr int kNoFile = FD_SETSIZE + 64;  // the server runs out of FD_SETSIZE first
+  constexpr int kConns = FD_SETSIZE + 16;   // more than select can watch
+  if (RaiseFdLimit() < static_cast<std::uint64_t>(kConns) + 100) {
+    GTEST_SKIP() << "RLIMIT_NOFILE too low";
+  }
+  ASSERT_NO_FATAL_FAILURE(Start({"--bind=127.0.0.1", "--proto=tcp"},
+                                {"prlimit", absl::StrCat("--nofile=", kNoFile, ":", kNoFile)}));
+  std::vector<Fd> clients;
+  int served = 0;
+  int refused = 0;
+  for (int i = 0; i < kConns; ++i) {
+    Fd fd = Tcp();
+    const std::string request = absl::StrCat("client ", i, "\n");
+    absl::StatusOr<std::string> reply = RoundTripWithin(fd.get(), request);
+    if (reply.ok()) {
+      ASSERT_EQ(*reply, Expected(request));
+      ASSERT_EQ(refused, 0) << "client " << i << " served after one was refused";
+      ++served;
+    } else {
+      ++refused;
+    }
+    clients.push_back(std::move(fd));
+  }
+  // The server holds a few descriptors of its own below FD_SETSIZE (stdio, sockets, timers).
+  EXPECT_GT(served, FD_SETSIZE - 32);
+  EXPECT_LT(served, FD_SETSIZE);
+  EXPECT_EQ(served + refused, kConns);
+  for (int i = 0; i < 3; ++i) {
+    const std::string request = absl::StrCat("still served ", i);
+    ASSERT_EQ(RoundTripWithin(clients[i].get(), request).value_or("(none)"), Expected(request));
+  }
+  clients.clear();
+  Fd again = Tcp();
+  ASSERT_EQ(RoundTripWithin(again.get(), "after").value_or("(none)"), "AFTER");
+  again.reset();
+  const nlohmann::json stats = StopServer();
+  EXPECT_EQ(stats["total"]["fd_setsize_refused"].get<int>(), refused) << stats.dump();
+  EXPECT_EQ(stats["total"]["accepted"].get<int>(), served + 1) << stats.dump();
 }
 
 TEST_P(FaultTest, FloodBeyondDescriptorLimitKeepsServingAndRecovers) {
