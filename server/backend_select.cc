@@ -13,11 +13,11 @@
 // cannot be put in one at all (FD_SET on it writes past the bitmap: undefined behaviour). So this
 // server refuses such a connection when it accepts it, closing it at once and counting it in
 // fd_setsize_refused, whatever --max-conns says: with the few descriptors a server holds for
-// itself, it serves about 1015 clients at most. One thread: --shards does not apply.
+// itself, it serves about 1010 clients at most. One thread: --shards does not apply.
 //
 // Kernel needs: select(2), and what the shared reactor uses (recvmmsg/sendmmsg, timerfd).
 // Try it: upcase-server --backend=select 5050, then `nc 127.0.0.1 5050` in a few terminals and
-// `nc -u 127.0.0.1 5050`; the 1020th client or so is closed at once (fd_setsize_refused at exit).
+// `nc -u 127.0.0.1 5050`; the 1014th client or so is closed at once (fd_setsize_refused at exit).
 #include <sys/epoll.h>
 #include <sys/select.h>
 
