@@ -22,6 +22,7 @@
 #include <sys/select.h>
 
 #include <algorithm>
+#include <array>
 #include <bitset>
 #include <cerrno>
 #include <cstdint>
@@ -115,11 +116,11 @@ class SelectShard : public ReadinessShard {
     return false;
   }
 
-  fd_set want_read_{};               // watched for reading; select() gets a copy
-  fd_set want_write_{};              // watched for writing (output pending); likewise
-  std::bitset<FD_SETSIZE> watched_;  // in either set or none: watched_[fd] iff it is ours
-  Source sources_[FD_SETSIZE] = {};  // what each watched descriptor is
-  int max_fd_ = -1;                  // the highest watched descriptor; select() looks up to it
+  fd_set want_read_{};                        // watched for reading; select() gets a copy
+  fd_set want_write_{};                       // watched for writing (output pending); likewise
+  std::bitset<FD_SETSIZE> watched_;           // in either set or none: watched_[fd] iff it is ours
+  std::array<Source, FD_SETSIZE> sources_{};  // what each watched descriptor is
+  int max_fd_ = -1;  // the highest watched descriptor; select() looks up to it
 };
 
 }  // namespace
