@@ -48,6 +48,10 @@ struct BackendInfo {
   absl::string_view name;
   absl::string_view summary;  // one line for --help
   bool sharded;               // honours --shards and --pin
+  // One thread serves many connections from a readiness or completion loop (epoll, uring, poll,
+  // select): it queues each connection's unsent output (--conn-buffer, --output-budget) and ends
+  // its connections in that loop at shutdown. False for the blocking backends.
+  bool reactor;
   // OK when this build and kernel can run the backend; otherwise says why not.
   absl::Status (*available)();
   std::unique_ptr<Backend> (*create)(const ServerConfig& config);

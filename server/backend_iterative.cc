@@ -56,8 +56,11 @@ class IterativeBackend : public BlockingBackend {
 }  // namespace
 
 BackendInfo IterativeBackendInfo() {
-  return {"iterative", "the lab's server: one client at a time, blocking calls",
-          /*sharded=*/false, [] { return absl::OkStatus(); },
+  return {"iterative",
+          "the lab's server: one client at a time, blocking calls",
+          /*sharded=*/false,
+          /*reactor=*/false,
+          [] { return absl::OkStatus(); },
           [](const ServerConfig& c) -> std::unique_ptr<Backend> {
             return std::make_unique<IterativeBackend>(c);
           }};

@@ -81,8 +81,11 @@ class ThreadsBackend : public BlockingBackend {
 }  // namespace
 
 BackendInfo ThreadsBackendInfo() {
-  return {"threads", "the lab's concurrent server: one blocking thread per connection",
-          /*sharded=*/false, [] { return absl::OkStatus(); },
+  return {"threads",
+          "the lab's concurrent server: one blocking thread per connection",
+          /*sharded=*/false,
+          /*reactor=*/false,
+          [] { return absl::OkStatus(); },
           [](const ServerConfig& c) -> std::unique_ptr<Backend> {
             return std::make_unique<ThreadsBackend>(c);
           }};

@@ -659,8 +659,12 @@ class Shard : public ReactorShard {
 }  // namespace
 
 BackendInfo UringBackendInfo() {
-  return {"uring", "multi-reactor: one io_uring per shard, multishot accept/recv, provided buffers",
-          /*sharded=*/true, UringAvailable, [](const ServerConfig& c) -> std::unique_ptr<Backend> {
+  return {"uring",
+          "multi-reactor: one io_uring per shard, multishot accept/recv, provided buffers",
+          /*sharded=*/true,
+          /*reactor=*/true,
+          UringAvailable,
+          [](const ServerConfig& c) -> std::unique_ptr<Backend> {
             return std::make_unique<ShardedBackendOf<Shard>>(c);
           }};
 }

@@ -9,14 +9,18 @@ namespace upcase {
 // Defined in each backend's file.
 BackendInfo IterativeBackendInfo();
 BackendInfo ThreadsBackendInfo();
+BackendInfo SelectBackendInfo();
+BackendInfo PollBackendInfo();
 BackendInfo EpollBackendInfo();
 #ifdef UPCASE_HAVE_URING
 BackendInfo UringBackendInfo();
 #else
 // Built without liburing: the backend is listed, and says why it cannot run.
 BackendInfo UringBackendInfo() {
-  return {"uring", "multi-reactor: one io_uring per shard (not in this build)",
+  return {"uring",
+          "multi-reactor: one io_uring per shard (not in this build)",
           /*sharded=*/true,
+          /*reactor=*/true,
           [] {
             return absl::UnimplementedError(
                 "this build has no liburing (install liburing-dev and rebuild)");
@@ -27,10 +31,8 @@ BackendInfo UringBackendInfo() {
 
 const std::vector<BackendInfo>& Backends() {
   static const std::vector<BackendInfo> backends = {
-      IterativeBackendInfo(),
-      ThreadsBackendInfo(),
-      EpollBackendInfo(),
-      UringBackendInfo(),
+      IterativeBackendInfo(), ThreadsBackendInfo(), SelectBackendInfo(),
+      PollBackendInfo(),      EpollBackendInfo(),   UringBackendInfo(),
   };
   return backends;
 }

@@ -16,10 +16,13 @@ struct ShardStats {
   std::uint64_t closed = 0;          // of those, ended
   std::uint64_t rejected = 0;        // over --max-conns: accepted and closed at once
   std::uint64_t per_ip_refused = 0;  // over --max-conns-per-ip: accepted and closed at once
-  std::uint64_t idle_closed = 0;     // closed after --idle-timeout without progress
-  std::uint64_t accept_errors = 0;   // accept failures other than EAGAIN (EMFILE, ENFILE, ...)
-  std::uint64_t bytes_in = 0;        // TCP payload bytes read
-  std::uint64_t bytes_out = 0;       // TCP payload bytes written
+  // select: an accepted descriptor at or above FD_SETSIZE, which select(2) cannot watch: closed
+  // at once. 0 for the other backends.
+  std::uint64_t fd_setsize_refused = 0;
+  std::uint64_t idle_closed = 0;    // closed after --idle-timeout without progress
+  std::uint64_t accept_errors = 0;  // accept failures other than EAGAIN (EMFILE, ENFILE, ...)
+  std::uint64_t bytes_in = 0;       // TCP payload bytes read
+  std::uint64_t bytes_out = 0;      // TCP payload bytes written
   std::uint64_t datagrams_in = 0;
   std::uint64_t datagrams_out = 0;
   std::uint64_t udp_drops = 0;  // replies not sent (socket buffer full or send error)

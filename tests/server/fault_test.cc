@@ -25,6 +25,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -83,6 +84,7 @@ struct Variant {
   std::string backend;
   int shards;
   bool sharded;
+  bool reactor;  // queues output per connection, ends connections in its own loop (BackendInfo)
 };
 
 std::vector<Variant> AllVariants() {
@@ -90,7 +92,7 @@ std::vector<Variant> AllVariants() {
   for (const BackendInfo& info : Backends()) {
     if (!info.available().ok()) continue;  // e.g. uring on a kernel without io_uring
     // Two shards: connections and datagrams spread over more than one reactor.
-    out.push_back({std::string(info.name), info.sharded ? 2 : 1, info.sharded});
+    out.push_back({std::string(info.name), info.sharded ? 2 : 1, info.sharded, info.reactor});
   }
   return out;
 }
@@ -101,10 +103,10 @@ void PrintTo(const Variant& v, std::ostream* os) { *os << v.backend << " shards=
 bool OneClientAtATime(const Variant& v) { return v.backend == "iterative"; }
 
 // What unsent output may cost the server per connection, beyond the kernel's socket buffers:
-// epoll and uring hold at most --conn-buffer; a blocking backend holds one 64 KiB read buffer
-// (on the connection thread's stack, whose touched pages count too).
+// the reactors (epoll, uring, poll, select) hold at most --conn-buffer; a blocking backend holds
+// one 64 KiB read buffer (on the connection thread's stack, whose touched pages count too).
 std::uint64_t MemoryPerBlockedClient(const Variant& v, std::uint64_t conn_buffer) {
-  return v.sharded ? conn_buffer + (16 << 10) : (64 << 10) + (32 << 10);
+  return v.reactor ? conn_buffer + (16 << 10) : (64 << 10) + (32 << 10);
 }
 
 bool InPath(const std::string& name) {
@@ -554,6 +556,54 @@ TEST_P(FaultTest, FloodBeyondMaxConnsIsTurnedAwayAndServiceRecovers) {
   existing.reset();
   nlohmann::json stats = StopServer();
   EXPECT_EQ(stats["total"]["rejected"].get<int>(), turned_away) << stats.dump();
+}
+
+// select: an fd_set holds descriptors below FD_SETSIZE only (FD_SET on a higher one writes past
+// the bitmap). With descriptors to spare, select closes a connection accepted above that at once
+// and counts it; those below are served, before and after.
+TEST_P(FaultTest, SelectClosesConnectionsAboveFdSetsize) {
+  if (GetParam().backend != "select") {
+    GTEST_SKIP() << "select only: the other backends have no FD_SETSIZE limit";
+  }
+  if (!InPath("prlimit")) GTEST_SKIP() << "prlimit (util-linux) not installed";
+  constexpr int kNoFile = FD_SETSIZE + 64;  // the server runs out of FD_SETSIZE first
+  constexpr int kConns = FD_SETSIZE + 16;   // more than select can watch
+  if (RaiseFdLimit() < static_cast<std::uint64_t>(kConns) + 100) {
+    GTEST_SKIP() << "RLIMIT_NOFILE too low";
+  }
+  ASSERT_NO_FATAL_FAILURE(Start({"--bind=127.0.0.1", "--proto=tcp"},
+                                {"prlimit", absl::StrCat("--nofile=", kNoFile, ":", kNoFile)}));
+  std::vector<Fd> clients;
+  int served = 0;
+  int refused = 0;
+  for (int i = 0; i < kConns; ++i) {
+    Fd fd = Tcp();
+    const std::string request = absl::StrCat("client ", i, "\n");
+    absl::StatusOr<std::string> reply = RoundTripWithin(fd.get(), request);
+    if (reply.ok()) {
+      ASSERT_EQ(*reply, Expected(request));
+      ASSERT_EQ(refused, 0) << "client " << i << " served after one was refused";
+      ++served;
+    } else {
+      ++refused;
+    }
+    clients.push_back(std::move(fd));
+  }
+  // The server holds a few descriptors of its own below FD_SETSIZE (stdio, sockets, timers).
+  EXPECT_GT(served, FD_SETSIZE - 32);
+  EXPECT_LT(served, FD_SETSIZE);
+  EXPECT_EQ(served + refused, kConns);
+  for (int i = 0; i < 3; ++i) {
+    const std::string request = absl::StrCat("still served ", i);
+    ASSERT_EQ(RoundTripWithin(clients[i].get(), request).value_or("(none)"), Expected(request));
+  }
+  clients.clear();
+  Fd again = Tcp();
+  ASSERT_EQ(RoundTripWithin(again.get(), "after").value_or("(none)"), "AFTER");
+  again.reset();
+  const nlohmann::json stats = StopServer();
+  EXPECT_EQ(stats["total"]["fd_setsize_refused"].get<int>(), refused) << stats.dump();
+  EXPECT_EQ(stats["total"]["accepted"].get<int>(), served + 1) << stats.dump();
 }
 
 TEST_P(FaultTest, FloodBeyondDescriptorLimitKeepsServingAndRecovers) {
@@ -1707,7 +1757,7 @@ TEST_P(FaultTest, OutputBudgetBoundsManyNeverReadingClientsWithLargeBuffers) {
   // spare buffer (OutputPool: at most 4 MiB of spares, or one buffer, per shard).
   const std::uint64_t shards = static_cast<std::uint64_t>(GetParam().shards);
   const std::uint64_t queues =
-      GetParam().sharded ? shards * (2 * kBudget + std::max<std::uint64_t>(4 << 20, kConnBuffer)) +
+      GetParam().reactor ? shards * (2 * kBudget + std::max<std::uint64_t>(4 << 20, kConnBuffer)) +
                                kClients * (16u << 10)
                          : kClients * MemoryPerBlockedClient(GetParam(), kConnBuffer);
   const std::uint64_t bound = queues + shared + kRssSlack;
@@ -1797,16 +1847,17 @@ TEST_P(FaultTest, SlowSteadyReaderIsNotIdle) {
   EXPECT_EQ(stats["total"]["idle_closed"].get<int>(), 0) << stats.dump();
 }
 
-// A stop and an idle tick in one epoll_wait batch, stop first: the stop closes the idle timerfd,
-// and the tick's handler must see that instead of reading a closed descriptor (which once made
+// A stop and an idle tick in one batch of readiness (epoll_wait, poll, select), stop first: the
+// stop closes the idle timerfd, and the tick's handler must see that instead of reading a closed
+// descriptor (which once made
 // the shard fail and the server exit 1 with its connections unflushed). strace holds the shard
 // inside its first recv() for 2 s; meanwhile the stop is queued, then the next tick (every 1 s
 // with --idle-timeout=8s), so both are ready, in that order, when the shard next waits.
 TEST_P(FaultTest, StopAndIdleTickInOneBatch) {
-  if (GetParam().backend != "epoll") {
-    GTEST_SKIP() << "only epoll closes a timer source in its stop handler (uring's tick is a "
-                    "timeout completion checked against its stopping flag; the blocking "
-                    "backends have no idle timer)";
+  if (!GetParam().reactor || GetParam().backend == "uring") {
+    GTEST_SKIP() << "only the readiness reactors (epoll, poll, select) close a timer source in "
+                    "their stop handler (uring's tick is a timeout completion checked against "
+                    "its stopping flag; the blocking backends have no idle timer)";
   }
   if (!InPath("strace")) GTEST_SKIP() << "strace not installed";
   const std::string log = testing::StatsPathForCurrentTest("strace") + ".log";
@@ -1835,7 +1886,7 @@ TEST_P(FaultTest, StopAndIdleTickInOneBatch) {
 // Stop() in the blocking backends wakes each blocked thread with shutdown(); a failure other than
 // ENOTCONN leaves a thread blocked until the grace period ends, and is reported on stderr.
 TEST_P(FaultTest, FailedShutdownAtStopIsReported) {
-  if (GetParam().sharded) {
+  if (GetParam().reactor) {
     GTEST_SKIP() << "the reactors end connections in their own loop: Stop() calls no shutdown()";
   }
   if (!InPath("strace")) GTEST_SKIP() << "strace not installed";

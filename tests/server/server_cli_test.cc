@@ -56,7 +56,7 @@ TEST(ServerCliTest, BadInputGivesOneLineAndNonZeroExit) {
   ExpectOneLineError(RunServer({"70000"}), "invalid port '70000'");
   ExpectOneLineError(RunServer({"http"}), "invalid port 'http'");
   ExpectOneLineError(RunServer({}), "missing PORT");
-  ExpectOneLineError(RunServer({"--backend=select", "0"}), "--backend='select'");
+  ExpectOneLineError(RunServer({"--backend=kqueue", "0"}), "--backend='kqueue'");
   ExpectOneLineError(RunServer({"--frobnicate", "0"}), "unknown flag '--frobnicate'");
   ExpectOneLineError(RunServer({"--bind=999.1.1.1", "0"}), "invalid address '999.1.1.1'");
   ExpectOneLineError(RunServer({"--shards=-1", "0"}), "--shards='-1'");
