@@ -18,8 +18,10 @@
 
 namespace upcase {
 
-// The hiccup recorder's sleep.
+// The hiccup recorder's sleep, and the range a flag may set it to.
 inline constexpr absl::Duration kHiccupPeriod = absl::Milliseconds(1);
+inline constexpr absl::Duration kMinHiccupPeriod = absl::Microseconds(100);
+inline constexpr absl::Duration kMaxHiccupPeriod = absl::Seconds(1);
 
 class HiccupTimer {
  public:

@@ -119,8 +119,13 @@ void RegisterFlags(FlagSet& flags, RawFlags* raw) {
                "(learnt from the oversleeps measured), off, or a duration up to 10ms "
                "[default: auto in open loop, off in closed loop]");
   flags.Bool("hiccups", &c.hiccups,
-             "run a hiccup recorder per load CPU: a thread that sleeps 1 ms and records how late "
-             "it wakes (the host's stalls, host.hiccup_us); --no-hiccups to skip");
+             "run a hiccup recorder per load CPU: a thread that sleeps --hiccup-period and records "
+             "how late it wakes (the host's stalls, host.hiccup_us). Off by default: on a VM its "
+             "wakeups keep the CPU from idling, which changes the latency measured beside it");
+  flags.Duration("hiccup-period", &c.hiccup_period,
+                 "the hiccup recorders' sleep: shorter catches shorter stalls and costs more "
+                 "wakeups",
+                 kMinHiccupPeriod, kMaxHiccupPeriod);
   flags.Int("server-pid", &c.server_pid, 0, 1 << 22,
             "the server's process: its CPU time is not counted as foreign in host.cpus (0 = "
             "unknown)");
@@ -219,6 +224,7 @@ nlohmann::json Config::ToJson() const {
       {"verify", verify},
       {"start_at", start_at},
       {"hiccups", hiccups},
+      {"hiccup_period_s", absl::ToDoubleSeconds(hiccup_period)},
       {"server_pid", server_pid},
       {"server_cpus", server_cpus},
   };

@@ -9,7 +9,7 @@ namespace upcase::load {
 
 void RunHiccupRecorder(const Config& c, int lane, std::optional<int> cpu,
                        Coordinator& coordinator) {
-  HiccupTimer timer;
+  HiccupTimer timer(c.hiccup_period);
   coordinator.ReportReady(timer.SetUpThread(cpu));
   const std::optional<std::int64_t> start = coordinator.AwaitStart();
   if (!start.has_value()) return;

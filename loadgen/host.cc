@@ -43,10 +43,6 @@ std::vector<std::string> HostFigures::NoiseReasons() const {
       reasons.push_back(absl::StrFormat("other processes took %.1f %% of CPU %d (%s)",
                                         c.noise.foreign_pct, c.noise.cpu, c.role));
     }
-    if (c.noise.irq_pct > kNoisyIrqPct) {
-      reasons.push_back(absl::StrFormat("interrupts took %.1f %% of CPU %d (%s)", c.noise.irq_pct,
-                                        c.noise.cpu, c.role));
-    }
   }
   if (hiccups.total_count() > 0 && hiccups.max() > kNoisyHiccupNs) {
     reasons.push_back(absl::StrCat("the worst hiccup was ", Millis(hiccups.max())));
@@ -90,7 +86,6 @@ nlohmann::json HostFigures::ToJson() const {
           {"noise", reasons},
           {"thresholds",
            {{"steal_pct", kNoisyStealPct},
-            {"irq_pct", kNoisyIrqPct},
             {"foreign_pct", kNoisyForeignPct},
             {"hiccup_us", Micros(kNoisyHiccupNs)}}}};
 }

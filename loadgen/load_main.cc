@@ -42,12 +42,12 @@ constexpr char kUsage[] =
     "env prints this host's environment fingerprint as JSON (the result's \"env\"); env --check\n"
     "prints each setting that lowers the precision of measurements with the command that fixes\n"
     "it (exit 0 either way).\n\n"
-    "The host's noise: a hiccup recorder per load CPU (a thread sleeping 1 ms, recording how late\n"
-    "it wakes), and steal, interrupt (irq+softirq) and foreign CPU (time of processes other than\n"
-    "upcase-load and --server-pid) on the load's and the server's CPUs, per interval and for the\n"
-    "window (JSON \"host\"). A line starting \"HOST NOISE:\" (JSON host.noisy) says when the host\n"
-    "explains the tail: over the window, on any watched CPU, steal above 5 %, foreign CPU above\n"
-    "10 % or interrupts above 10 %, or a hiccup above 5 ms (docs/host-noise.md).\n\n"
+    "The host's noise: steal, interrupt (irq+softirq) and foreign CPU (time of processes other\n"
+    "than upcase-load and --server-pid) on the load's and the server's CPUs, and with --hiccups a\n"
+    "hiccup recorder per load CPU (a thread sleeping 1 ms, recording how late it wakes), per\n"
+    "interval and for the window (JSON \"host\"). A line starting \"HOST NOISE:\" (JSON\n"
+    "host.noisy) says when the host explains the tail: over the window, on any watched CPU, steal\n"
+    "above 5 % or foreign CPU above 10 %, or a hiccup above 5 ms (docs/host-noise.md).\n\n"
     "Exit status: 0 ok; 1 the run could not start or measured no reply; 2 bad command line;\n"
     "3 a reply differed from uppercase(request).";
 

@@ -69,7 +69,7 @@ LoadResult LoadRun(const testing::ServerProcess& server, int server_cpu, int loa
   const pid_t hog_pid = hog ? StartHog(load_cpu, now + kHogFrom, now + kHogUntil) : -1;
   const testing::Outcome out =
       RunToExit({"taskset", "-c", std::to_string(load_cpu), BinaryPath("upcase-load"),
-                 absl::StrCat("--cpus=", load_cpu), "--rate=2000", "--connections=4",
+                 absl::StrCat("--cpus=", load_cpu), "--rate=2000", "--connections=4", "--hiccups",
                  absl::StrCat("--warmup=", absl::FormatDuration(kWarmup)),
                  absl::StrCat("--duration=", absl::FormatDuration(kWindow)), "--interval=500ms",
                  absl::StrCat("--server-pid=", server.process.pid()),
@@ -147,7 +147,7 @@ TEST(HostNoiseTest, AHogOnTheLoadCpuIsForeignCpuHiccupsAndHostNoise) {
   const double quiet_foreign = ForeignPct(quiet.result, load_cpu);
   ASSERT_GE(quiet_foreign, 0) << quiet.result["host"].dump();
   ASSERT_GE(ForeignPct(hog.result, server_cpu), 0) << hog.result["host"].dump();
-  EXPECT_GE(hog_foreign, 25.0) << hog.table;
+  EXPECT_GE(hog_foreign, 20.0) << hog.table;
   EXPECT_LE(quiet_foreign, hog_foreign - 15.0) << quiet.table;
 
   // Hiccups: the recorder shares its CPU with the hog, so its wakeups wait for the hog's slice.

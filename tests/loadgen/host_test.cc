@@ -25,9 +25,10 @@ HostFigures Figures(double steal, double irq, double foreign, std::int64_t hiccu
 }
 
 TEST(HostVerdictTest, AQuietVmIsNotNoise) {
-  // What a quiet run of a small VM shows: a few % of steal, hiccups of a few ms.
-  const HostFigures h = Figures(kNoisyStealPct - 0.1, kNoisyIrqPct - 0.1, kNoisyForeignPct - 0.1,
-                                kNoisyHiccupNs - 1000);
+  // What a quiet run of a small VM shows: a few % of steal, hiccups of a few ms; interrupts,
+  // which include the run's own network processing, are not judged.
+  const HostFigures h =
+      Figures(kNoisyStealPct - 0.1, 30, kNoisyForeignPct - 0.1, kNoisyHiccupNs - 1000);
   EXPECT_FALSE(h.noisy());
   EXPECT_EQ(h.VerdictLine(), "");
   EXPECT_EQ(h.ToJson()["noisy"], false);
@@ -40,7 +41,6 @@ TEST(HostVerdictTest, EachThresholdAloneMakesNoise) {
   };
   const Case cases[] = {
       {Figures(kNoisyStealPct + 0.5, 0, 0, 1'000'000), "the host stole 5.5 % of CPU 1 (load)"},
-      {Figures(0, kNoisyIrqPct + 1, 0, 1'000'000), "interrupts took 11.0 % of CPU 1"},
       {Figures(0, 0, 42.25, 1'000'000), "other processes took 42.2 % of CPU 1"},
       {Figures(0, 0, 0, kNoisyHiccupNs + 2'000'000), "the worst hiccup was 7.0 ms"},
   };
