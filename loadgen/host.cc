@@ -91,22 +91,44 @@ nlohmann::json HostFigures::ToJson() const {
 }
 
 absl::StatusOr<HostFigures> HostFigures::FromJson(const nlohmann::json& j) {
-  HostFigures h;
+  // Checked before any get<>(): a floating-point value cast to an integer that cannot hold it is
+  // undefined behaviour, and result files may be crafted.
+  auto bad = [](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat("host.", what, " has the wrong type"));
+  };
   if (!j.is_object()) return absl::InvalidArgumentError("host is not an object");
+  HostFigures h;
   h.present = true;
-  h.hiccups_on = j.value("hiccups", false);
-  h.involuntary_switches = j.value("involuntary_switches", std::uint64_t{0});
+  if (j.contains("hiccups")) {
+    if (!j.at("hiccups").is_boolean()) return bad("hiccups");
+    h.hiccups_on = j.at("hiccups").get<bool>();
+  }
+  if (j.contains("involuntary_switches")) {
+    if (!j.at("involuntary_switches").is_number_unsigned()) return bad("involuntary_switches");
+    h.involuntary_switches = j.at("involuntary_switches").get<std::uint64_t>();
+  }
   if (j.contains("intervals") && j.at("intervals").is_array()) h.intervals = j.at("intervals");
   if (j.contains("cpus")) {
-    if (!j.at("cpus").is_array()) return absl::InvalidArgumentError("host.cpus is not a list");
+    if (!j.at("cpus").is_array()) return bad("cpus");
     for (const nlohmann::json& c : j.at("cpus")) {
+      if (!c.is_object() || !c.contains("cpu") || !c.at("cpu").is_number_integer() ||
+          c.at("cpu").get<std::int64_t>() < 0 || c.at("cpu").get<std::int64_t>() > 1 << 20) {
+        return bad("cpus[].cpu");
+      }
       HostCpu cpu;
-      cpu.noise.cpu = c.value("cpu", -1);
-      cpu.role = c.value("role", "");
-      cpu.noise.steal_pct = c.value("steal_pct", 0.0);
-      cpu.noise.irq_pct = c.value("irq_pct", 0.0);
-      cpu.noise.foreign_pct = c.value("foreign_pct", 0.0);
-      cpu.noise.own_pct = c.value("own_pct", 0.0);
+      cpu.noise.cpu = static_cast<int>(c.at("cpu").get<std::int64_t>());
+      if (c.contains("role")) {
+        if (!c.at("role").is_string()) return bad("cpus[].role");
+        cpu.role = c.at("role").get<std::string>();
+      }
+      for (auto [key, target] :
+           {std::pair{"steal_pct", &cpu.noise.steal_pct}, std::pair{"irq_pct", &cpu.noise.irq_pct},
+            std::pair{"foreign_pct", &cpu.noise.foreign_pct},
+            std::pair{"own_pct", &cpu.noise.own_pct}}) {
+        if (!c.contains(key)) continue;
+        if (!c.at(key).is_number()) return bad(absl::StrCat("cpus[].", key));
+        *target = c.at(key).get<double>();
+      }
       h.cpus.push_back(cpu);
     }
   }

@@ -28,11 +28,12 @@ absl::Status ServerHiccups::Start(const std::vector<int>& cpus) {
       HiccupTimer timer;
       const absl::Status setup = timer.SetUpThread(cpu);
       {
+        // Notified under the lock: once `ready` is complete Start may return and end mu and cv.
         std::lock_guard<std::mutex> lock(mu);
         rec->setup = setup;
         ++ready;
+        cv.notify_all();
       }
-      cv.notify_all();
       if (!setup.ok()) return;
       std::int64_t woke = 0;
       while (!stop_.load(std::memory_order_relaxed)) rec->hiccups.Record(timer.Sleep(&woke));

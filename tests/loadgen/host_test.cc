@@ -125,6 +125,21 @@ TEST(HostReportTest, AResultWithoutHostFiguresSaysNothingAboutTheHost) {
   EXPECT_EQ(back->Table().find("HOST NOISE"), std::string::npos);
 }
 
+TEST(HostReportTest, CraftedHostFiguresAreRejectedNotCast) {
+  const nlohmann::json good = WithHost(Figures(1, 2, 3, 4'000'000)).ToJson();
+  for (const auto& [pointer, value] : {std::pair{"/host/cpus/0/cpu", nlohmann::json(1e300)},
+                                       std::pair{"/host/cpus/0/cpu", nlohmann::json(-1)},
+                                       std::pair{"/host/cpus/0/steal_pct", nlohmann::json("lots")},
+                                       std::pair{"/host/cpus", nlohmann::json(7)},
+                                       std::pair{"/host/involuntary_switches", nlohmann::json(-5)},
+                                       std::pair{"/host/hiccups", nlohmann::json(3)}}) {
+    nlohmann::json j = good;
+    j[nlohmann::json::json_pointer(pointer)] = value;
+    absl::StatusOr<Report> r = Report::FromJson(j);
+    EXPECT_FALSE(r.ok()) << pointer << " = " << value.dump();
+  }
+}
+
 TEST(HostReportTest, MergeAddsHiccupsAndListsEveryHostsCpus) {
   Report a = WithHost(Figures(1, 0, 0, 1'000'000));
   const Report b = WithHost(Figures(0, 0, 50, 9'000'000));
