@@ -69,7 +69,7 @@ LoadResult LoadRun(const testing::ServerProcess& server, int server_cpu, int loa
   const pid_t hog_pid = hog ? StartHog(load_cpu, now + kHogFrom, now + kHogUntil) : -1;
   const testing::Outcome out =
       RunToExit({"taskset", "-c", std::to_string(load_cpu), BinaryPath("upcase-load"),
-                 absl::StrCat("--cpus=", load_cpu), "--rate=2000", "--connections=4", "--hiccups",
+                 absl::StrCat("--cpus=", load_cpu), "--rate=1000", "--connections=4", "--hiccups",
                  absl::StrCat("--warmup=", absl::FormatDuration(kWarmup)),
                  absl::StrCat("--duration=", absl::FormatDuration(kWindow)), "--interval=500ms",
                  absl::StrCat("--server-pid=", server.process.pid()),
