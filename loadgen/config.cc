@@ -1,6 +1,9 @@
 #include "loadgen/config.h"
 
+#include <signal.h>
+
 #include <algorithm>
+#include <cerrno>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -115,6 +118,20 @@ void RegisterFlags(FlagSet& flags, RawFlags* raw) {
                "open loop: sleep until this long before each send, then spin on the clock: auto "
                "(learnt from the oversleeps measured), off, or a duration up to 10ms "
                "[default: auto in open loop, off in closed loop]");
+  flags.Bool("hiccups", &c.hiccups,
+             "run a hiccup recorder per load CPU: a thread that sleeps --hiccup-period and records "
+             "how late it wakes (the host's stalls, host.hiccup_us). Off by default: on a VM its "
+             "wakeups keep the CPU from idling, which changes the latency measured beside it");
+  flags.Duration("hiccup-period", &c.hiccup_period,
+                 "the hiccup recorders' sleep: shorter catches shorter stalls and costs more "
+                 "wakeups",
+                 kMinHiccupPeriod, kMaxHiccupPeriod);
+  flags.Int("server-pid", &c.server_pid, 0, 1 << 22,
+            "the server's process: its CPU time is not counted as foreign in host.cpus (0 = "
+            "unknown)");
+  flags.String("server-cpus", &raw->server_cpus,
+               "the server's CPUs, watched for steal, interrupts and foreign CPU like the load's "
+               "(default: the --server-pid's affinity)");
 }
 
 absl::StatusOr<Config> FinishConfig(const RawFlags& raw, const std::vector<std::string>& args) {
@@ -134,6 +151,17 @@ absl::StatusOr<Config> FinishConfig(const RawFlags& raw, const std::vector<std::
     absl::StatusOr<std::vector<int>> cpus = ParseAllowedCpus(raw.cpus);
     if (!cpus.ok()) return cpus.status();
     c.cpus = *std::move(cpus);
+  }
+  if (!raw.server_cpus.empty()) {
+    absl::StatusOr<std::vector<int>> cpus = ParseCpuList(raw.server_cpus);
+    if (!cpus.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--server-cpus: ", cpus.status().message()));
+    }
+    c.server_cpus = *std::move(cpus);
+  }
+  if (c.server_pid != 0 && ::kill(static_cast<pid_t>(c.server_pid), 0) != 0 && errno == ESRCH) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--server-pid=", c.server_pid, ": no such process"));
   }
   absl::StatusOr<SizeRange> size = ParseSizeRange(raw.size);
   if (!size.ok()) return size.status();
@@ -200,6 +228,10 @@ nlohmann::json Config::ToJson() const {
       {"reconnect", reconnect},
       {"verify", verify},
       {"start_at", start_at},
+      {"hiccups", hiccups},
+      {"hiccup_period_s", absl::ToDoubleSeconds(hiccup_period)},
+      {"server_pid", server_pid},
+      {"server_cpus", server_cpus},
   };
 }
 

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/flags.h"
+#include "common/hiccup.h"
 #include "common/net.h"
 #include "loadgen/payload.h"
 #include "nlohmann/json.hpp"
@@ -76,6 +77,15 @@ struct Config {
   std::string json_path;
   std::string hdr_log_path;
   double start_at = 0;  // UNIX seconds; 0 = now
+  // Hiccup recorders on the load's CPUs (loadgen/hiccup_recorder.h). Off by default: on a VM their
+  // wakeups keep the vCPU from idling, which lowers the latency tail they sit beside (and cost
+  // CPU); docs/host-noise.md has the measurements.
+  bool hiccups = false;
+  absl::Duration hiccup_period = kHiccupPeriod;  // their sleep
+  // The server under test, for host.cpus: its process (its threads' CPU time is not foreign) and
+  // its CPUs (watched for steal, interrupts and foreign CPU). 0 / empty: not known.
+  std::int64_t server_pid = 0;
+  std::vector<int> server_cpus;
 
   bool open_loop() const { return rate > 0; }
   nlohmann::json ToJson() const;
@@ -90,6 +100,7 @@ struct RawFlags {
   std::int64_t pipeline = 0;  // 0: 1 in closed loop, no cap in open loop
   std::string drain;          // empty: max(1s, --timeout)
   std::string spin;           // empty: auto in open loop, off in closed loop
+  std::string server_cpus;
   Config config;
 };
 void RegisterFlags(FlagSet& flags, RawFlags* raw);

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/env.h"
 #include "common/flags.h"
 #include "common/sys.h"
 #include "loadgen/config.h"
@@ -29,14 +30,24 @@ namespace {
 constexpr char kProgram[] = "upcase-load";
 constexpr char kUsage[] =
     "usage: upcase-load [flags] HOST PORT\n"
-    "       upcase-load merge [--json=FILE] [--quiet] FILE...\n\n"
+    "       upcase-load merge [--json=FILE] [--quiet] FILE...\n"
+    "       upcase-load env [--check]\n\n"
     "Loads the uppercase service at HOST PORT and reports throughput and the latency spectrum.\n"
     "Closed loop (--rate=0) keeps --pipeline requests in flight per connection; open loop sends\n"
     "--rate requests/s on a fixed schedule and measures latency from the intended send time\n"
     "(coordinated omission corrected), reporting the uncorrected latency beside it. Every reply\n"
     "is checked against uppercase(request) unless --no-verify.\n"
     "merge combines the --json results of several runs (e.g. one per host, --start-at) into one\n"
-    "report, merging their histograms exactly.\n\n"
+    "report, merging their histograms exactly.\n"
+    "env prints this host's environment fingerprint as JSON (the result's \"env\"); env --check\n"
+    "prints each setting that lowers the precision of measurements with the command that fixes\n"
+    "it (exit 0 either way).\n\n"
+    "The host's noise: steal, interrupt (irq+softirq) and foreign CPU (time of processes other\n"
+    "than upcase-load and --server-pid) on the load's and the server's CPUs, and with --hiccups a\n"
+    "hiccup recorder per load CPU (a thread sleeping 1 ms, recording how late it wakes), per\n"
+    "interval and for the window (JSON \"host\"). A line starting \"HOST NOISE:\" (JSON\n"
+    "host.noisy) says when the host explains the tail: over the window, on any watched CPU, steal\n"
+    "above 5 % or foreign CPU above 10 %, or a hiccup above 5 ms (docs/host-noise.md).\n\n"
     "Exit status: 0 ok; 1 the run could not start or measured no reply; 2 bad command line;\n"
     "3 a reply differed from uppercase(request).";
 
@@ -118,7 +129,24 @@ int Main(int argc, char** argv) {
   RawFlags raw;
   FlagSet flags(kProgram, kUsage);
   RegisterFlags(flags, &raw);
+  bool check = false;
+  flags.Bool("check", &check,
+             "env: list what lowers the precision of measurements here, with the fix for each");
   std::vector<std::string> args = flags.ParseOrExit(argc, argv);
+  if (!args.empty() && args[0] == "env") {
+    if (args.size() != 1) {
+      std::fprintf(stderr, "%s: env: takes no arguments besides --check (see --help)\n", kProgram);
+      return 2;
+    }
+    const nlohmann::json env = EnvFingerprint();
+    const std::string out = check ? FormatEnvCheck(EnvCheck(env)) : env.dump(2) + "\n";
+    std::fputs(out.c_str(), stdout);
+    return kExitOk;
+  }
+  if (check) {
+    std::fprintf(stderr, "%s: --check: applies to upcase-load env only\n", kProgram);
+    return 2;
+  }
   if (!args.empty() && args[0] == "merge") {
     return Merge(std::vector<std::string>(args.begin() + 1, args.end()), raw.config);
   }

@@ -286,7 +286,10 @@ nlohmann::json Report::ToJson() const {
         {"latency", HistogramJson(latency)},
         {"latency_uncorrected", HistogramJson(latency_uncorrected)},
         {"send_lag", HistogramJson(send_lag)}}},
+      {"env", env},
+      {"host", host.present ? host.ToJson() : nlohmann::json(nullptr)},
   };
+  if (host.present && host.hiccups_on) j["histograms"]["hiccups"] = HistogramJson(host.hiccups);
   return j;
 }
 
@@ -344,6 +347,18 @@ absl::StatusOr<Report> Report::FromJson(const nlohmann::json& j) {
       if (!h.ok()) return h.status();
       *target = *std::move(h);
     }
+    // Keys added after format 1 was released: absent from older files.
+    r.env = j.value("env", nlohmann::json(nullptr));
+    if (j.contains("host") && !j.at("host").is_null()) {
+      absl::StatusOr<HostFigures> host = HostFigures::FromJson(j.at("host"));
+      if (!host.ok()) return host.status();
+      r.host = *std::move(host);
+      if (hs.contains("hiccups")) {
+        absl::StatusOr<Histogram> h = HistogramFromJson(hs.at("hiccups"), "histograms.hiccups");
+        if (!h.ok()) return h.status();
+        r.host.hiccups = *std::move(h);
+      }
+    }
     return r;
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("malformed result: ", e.what()));
@@ -364,7 +379,7 @@ absl::Status Report::Merge(const Report& o) {
   }
   for (auto [mine, theirs] :
        {std::pair{&latency, &o.latency}, std::pair{&latency_uncorrected, &o.latency_uncorrected},
-        std::pair{&send_lag, &o.send_lag}}) {
+        std::pair{&send_lag, &o.send_lag}, std::pair{&host.hiccups, &o.host.hiccups}}) {
     // Runs recorded with other layouts (lowest or highest trackable value, significant digits)
     // would be re-bucketed at a coarser resolution and clamped again: refuse instead.
     if (!mine->SameLayout(*theirs)) {
@@ -399,6 +414,8 @@ absl::Status Report::Merge(const Report& o) {
   client_cpu_total_s += o.client_cpu_total_s;
   if (first_error.empty()) first_error = o.first_error;
   if (first_mismatch.empty()) first_mismatch = o.first_mismatch;
+  host.Merge(o.host);
+  if (env.is_null()) env = o.env;  // the first run's host; a merge of several hosts keeps one
   return absl::OkStatus();
 }
 
@@ -476,6 +493,25 @@ void AppendLatencyRows(const Report& r, std::string* out) {
   row("uncorrected", r.latency_uncorrected, INT64_MAX);
   // Open loop: how much of the corrected latency the client itself added by sending late.
   if (r.open_loop) row("send lag", r.send_lag, INT64_MAX);
+  // The host's stalls, measured beside the load (loadgen/host.h).
+  if (r.host.present && r.host.hiccups_on) row("hiccups", r.host.hiccups, INT64_MAX);
+}
+
+// The host's CPUs over the window, and the verdict.
+void AppendHostLines(const Report& r, std::string* out) {
+  if (!r.host.present) return;
+  std::vector<std::string> cpus;
+  for (const HostCpu& c : r.host.cpus) {
+    cpus.push_back(absl::StrFormat("cpu%d (%s) steal %.1f %% irq %.1f %% foreign %.1f %%",
+                                   c.noise.cpu, c.role, c.noise.steal_pct, c.noise.irq_pct,
+                                   c.noise.foreign_pct));
+  }
+  absl::StrAppendFormat(out, "host         %s; involuntary switches %d\n",
+                        cpus.empty() ? "no CPU figures" : absl::StrJoin(cpus, ", "),
+                        r.host.involuntary_switches);
+  if (const std::string verdict = r.host.VerdictLine(); !verdict.empty()) {
+    absl::StrAppend(out, verdict, "\n");
+  }
 }
 
 // Errors, mismatches, UDP's fate of datagrams, and the drain's outcome.
@@ -567,6 +603,7 @@ std::string Report::Table() const {
   AppendLatencyRows(*this, &out);
   AppendOutcomeLines(*this, &out);
   AppendClientCpuLines(*this, &out);
+  AppendHostLines(*this, &out);
   return out;
 }
 

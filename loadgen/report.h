@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "loadgen/histogram.h"
+#include "loadgen/host.h"
 #include "loadgen/stats.h"
 #include "nlohmann/json.hpp"
 
@@ -55,6 +56,8 @@ struct Report {
   double client_cpu_total_s = 0;  // the whole process, start to exit (getrusage)
   std::string first_error;
   std::string first_mismatch;
+  HostFigures host;    // hiccups, steal, foreign CPU and the verdict (loadgen/host.h)
+  nlohmann::json env;  // the environment fingerprint (common/env.h); null when unknown
 
   bool kept_up() const { return !open_loop || throughput_rps >= kKeptUpRatio * requested_rps; }
   // client_cpu_s less the spinning, as a share of the window times the threads (0 when either is

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -17,9 +18,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/env.h"
+#include "common/procfs.h"
 #include "common/sys.h"
 #include "common/uppercase.h"
 #include "loadgen/hdr_log.h"
+#include "loadgen/hiccup_recorder.h"
+#include "loadgen/host.h"
 #include "loadgen/worker.h"
 
 namespace upcase::load {
@@ -144,7 +149,8 @@ bool SleepUntilUnix(double unix_s) {
 }
 
 // `start` and `end`: the interval's bounds in seconds after the window's start.
-void PrintProgress(const Config& c, double start, double end, const Stats& s) {
+void PrintProgress(const Config& c, double start, double end, const Stats& s,
+                   const std::vector<CpuNoise>& cpus) {
   const double rate = static_cast<double>(s.counters.requests) / (end - start);
   std::string line =
       absl::StrFormat("upcase-load: [%6.1fs] %10.1f req/s  p50 %8.1f us  p99 %8.1f us  errors %d",
@@ -153,6 +159,14 @@ void PrintProgress(const Config& c, double start, double end, const Stats& s) {
   if (s.counters.mismatches > 0) absl::StrAppend(&line, "  MISMATCHES ", s.counters.mismatches);
   if (c.proto == Transport::kUdp) absl::StrAppend(&line, "  lost ", s.counters.udp_lost);
   if (c.open_loop()) absl::StrAppendFormat(&line, "  (requested %.1f req/s)", c.rate);
+  if (c.hiccups) absl::StrAppendFormat(&line, "  hiccup max %.1f us", s.hiccups.max() / 1000.0);
+  double steal = 0, foreign = 0;
+  for (const CpuNoise& n : cpus) {
+    steal = std::max(steal, n.steal_pct);
+    foreign = std::max(foreign, n.foreign_pct);
+  }
+  if (!cpus.empty())
+    absl::StrAppendFormat(&line, "  steal %.1f %%  foreign %.1f %%", steal, foreign);
   std::fprintf(stderr, "%s\n", line.c_str());
 }
 
@@ -171,9 +185,32 @@ std::vector<WorkerPlan> PlanWorkers(const Config& c, const SocketAddress& target
   return plans;
 }
 
+// The hiccup recorders' CPUs: one per distinct CPU of --cpus the threads use, pinned there; without
+// --cpus, one unpinned recorder per thread, at most one per CPU this process may use.
+std::vector<std::optional<int>> PlanRecorders(const Config& c) {
+  std::vector<std::optional<int>> cpus;
+  if (!c.hiccups) return cpus;
+  if (!c.cpus.empty()) {
+    std::vector<int> used;
+    for (std::size_t i = 0; i < c.cpus.size() && i < static_cast<std::size_t>(c.threads); ++i) {
+      used.push_back(c.cpus[i]);
+    }
+    std::sort(used.begin(), used.end());
+    used.erase(std::unique(used.begin(), used.end()), used.end());
+    cpus.assign(used.begin(), used.end());
+    return cpus;
+  }
+  absl::StatusOr<std::vector<int>> allowed = AllowedCpus();
+  const std::int64_t n = std::min<std::int64_t>(
+      c.threads, allowed.ok() ? static_cast<std::int64_t>(allowed->size()) : 1);
+  cpus.resize(static_cast<std::size_t>(std::max<std::int64_t>(n, 1)));
+  return cpus;
+}
+
 // Starts one load thread per plan. They block SIGINT and SIGTERM (they inherit the mask), so the
 // main thread receives them, even while it sleeps until --start-at.
 absl::Status StartWorkers(const Config& c, const std::vector<WorkerPlan>& plans,
+                          const std::vector<std::optional<int>>& recorders,
                           Coordinator& coordinator, std::vector<WorkerResult>& results,
                           std::vector<std::thread>* workers) {
   sigset_t stop_signals, previous;
@@ -183,10 +220,15 @@ absl::Status StartWorkers(const Config& c, const std::vector<WorkerPlan>& plans,
   if (const int rc = pthread_sigmask(SIG_BLOCK, &stop_signals, &previous); rc != 0) {
     return ErrnoError("pthread_sigmask", rc);
   }
-  workers->reserve(plans.size());
+  workers->reserve(plans.size() + recorders.size());
   for (std::size_t i = 0; i < plans.size(); ++i) {
     workers->emplace_back(RunWorker, std::cref(c), std::cref(plans[i]), std::ref(coordinator),
                           &results[i]);
+  }
+  // Lanes after the load threads' (Coordinator).
+  for (std::size_t r = 0; r < recorders.size(); ++r) {
+    workers->emplace_back(RunHiccupRecorder, std::cref(c), static_cast<int>(plans.size() + r),
+                          recorders[r], std::ref(coordinator));
   }
   if (const int rc = pthread_sigmask(SIG_SETMASK, &previous, nullptr); rc != 0) {
     return ErrnoError("pthread_sigmask", rc);
@@ -232,21 +274,115 @@ std::int64_t WindowLengthNs(const Config& c, std::int64_t window_start_ns) {
   return stop == 0 ? full : std::clamp<std::int64_t>(stop - window_start_ns, 0, full);
 }
 
+// False when a stop request cut the sleep short (or came before it: after a stop the intervals
+// left are taken at once).
+bool SleepUntilMonotonic(std::int64_t ns) {
+  if (StopRequestedAt() != 0) return false;
+  timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
+    if (StopRequestedAt() != 0) return false;
+  }
+  return true;
+}
+
+// The host's CPUs of the run (common/procfs.h), sampled by the main thread at the window's start
+// and at every interval's end: the load's CPUs (--cpus, else every CPU it may use) and the
+// server's (--server-cpus, else --server-pid's affinity). upcase-load's own threads and the
+// server's are not foreign.
+class HostWatch {
+ public:
+  explicit HostWatch(const Config& c) {
+    pids_.push_back(::getpid());
+    std::vector<int> load = c.cpus;
+    if (load.size() > static_cast<std::size_t>(c.threads)) load.resize(c.threads);
+    if (load.empty()) load = AllowedCpus().value_or(std::vector<int>{});
+    std::vector<int> server = c.server_cpus;
+    if (c.server_pid != 0) {
+      pids_.push_back(static_cast<pid_t>(c.server_pid));
+      if (server.empty()) {
+        for (const TaskTicks& t : ReadProcessTasks("", static_cast<pid_t>(c.server_pid))) {
+          server.insert(server.end(), t.allowed.begin(), t.allowed.end());
+        }
+      }
+    }
+    watched_ = WatchedCpus(load, server);
+    for (const auto& [cpu, role] : watched_) cpus_.push_back(cpu);
+  }
+
+  HostSample Sample() const { return SampleHost("", pids_); }
+  void SampleStart() { start_ = last_ = end_ = Sample(); }
+
+  // The interval [from, to] (seconds into the window) ended when `now` was sampled: its figures.
+  std::vector<CpuNoise> EndInterval(HostSample now, double from, double to,
+                                    const Histogram& hiccups, bool hiccups_on) {
+    std::vector<CpuNoise> noise = CpuNoiseBetween(last_, now, cpus_);
+    if (to > from) {
+      nlohmann::json cpus = nlohmann::json::array();
+      for (const CpuNoise& n : noise) {
+        cpus.push_back({{"cpu", n.cpu},
+                        {"steal_pct", n.steal_pct},
+                        {"irq_pct", n.irq_pct},
+                        {"foreign_pct", n.foreign_pct}});
+      }
+      intervals_.push_back(
+          {{"start_s", from},
+           {"end_s", to},
+           {"hiccup_us", hiccups_on ? HiccupSummaryJson(hiccups) : nlohmann::json(nullptr)},
+           {"cpus", cpus},
+           {"involuntary_switches", InvoluntarySwitchesBetween(last_, now, pids_[0])}});
+      end_ = now;
+    }
+    last_ = std::move(now);
+    return noise;
+  }
+
+  HostFigures Finish(const Config& c, Histogram hiccups) const {
+    HostFigures h;
+    h.present = true;
+    h.hiccups_on = c.hiccups;
+    h.hiccups = std::move(hiccups);
+    const std::vector<CpuNoise> window = CpuNoiseBetween(start_, end_, cpus_);
+    for (const CpuNoise& n : window) {
+      const auto it = std::find_if(watched_.begin(), watched_.end(),
+                                   [&](const auto& w) { return w.first == n.cpu; });
+      h.cpus.push_back({n, it == watched_.end() ? "" : it->second});
+    }
+    h.involuntary_switches = InvoluntarySwitchesBetween(start_, end_, pids_[0]);
+    h.intervals = intervals_;
+    return h;
+  }
+
+ private:
+  std::vector<pid_t> pids_;  // upcase-load first
+  std::vector<std::pair<int, std::string>> watched_;
+  std::vector<int> cpus_;
+  HostSample start_, last_, end_;
+  nlohmann::json intervals_ = nlohmann::json::array();
+};
+
 // Takes every interval as the threads publish it: a progress line, --hdr-log lines, and the run's
 // total. The last interval comes when the drain is over.
 absl::Status TakeIntervals(const Config& c, Coordinator& coordinator, std::int64_t window_start_ns,
-                           HdrLogWriter* log, Stats* total) {
+                           HdrLogWriter* log, HostWatch* host, Stats* total) {
   absl::Status log_status;
   Stats s;
+  SleepUntilMonotonic(window_start_ns);
+  host->SampleStart();
   for (std::int64_t k = 1; k <= coordinator.intervals(); ++k) {
-    coordinator.TakeInterval(k, &s);
-    total->Add(s);
+    // The host is sampled at the interval's end, not when its figures come in: the last
+    // interval's come after the drain.
+    SleepUntilMonotonic(window_start_ns + IntervalEndNs(c, k));
     const double from = absl::ToDoubleSeconds(c.interval) * static_cast<double>(k - 1);
     const double to =
         static_cast<double>(std::min(IntervalEndNs(c, k), WindowLengthNs(c, window_start_ns))) /
         1e9;
+    HostSample sample = host->Sample();
+    coordinator.TakeInterval(k, &s);
+    total->Add(s);
+    const std::vector<CpuNoise> noise =
+        host->EndInterval(std::move(sample), from, to, s.hiccups, c.hiccups);
     if (to > from) {  // else after a stop request
-      if (!c.quiet) PrintProgress(c, from, to, s);
+      if (!c.quiet) PrintProgress(c, from, to, s, noise);
       if (log != nullptr && log_status.ok()) {
         log_status = log->Write(from, to - from, s.latency);
         if (log_status.ok()) {
@@ -260,8 +396,11 @@ absl::Status TakeIntervals(const Config& c, Coordinator& coordinator, std::int64
 }
 
 Report Summarize(const Config& c, Stats total, const std::vector<WorkerResult>& results,
-                 double measure_unix, std::int64_t window_ns) {
+                 double measure_unix, std::int64_t window_ns, const HostWatch& host,
+                 nlohmann::json env) {
   Report r;
+  r.env = std::move(env);
+  r.host = host.Finish(c, std::move(total.hiccups));
   r.config = c.ToJson();
   r.start_unix_s = measure_unix;
   r.duration_s = static_cast<double>(window_ns) / 1e9;
@@ -302,9 +441,13 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
                      " file descriptors; the limit is ", fd_limit, " (raise it with ulimit -n)"));
   }
 
+  // Before any thread of the run starts: its io_uring probe and /proc scan stay out of the window.
+  nlohmann::json env = EnvFingerprint();
+  HostWatch host(c);
   const std::vector<WorkerPlan> plans = PlanWorkers(c, *target);
+  const std::vector<std::optional<int>> recorders = PlanRecorders(c);
   std::vector<WorkerResult> results(plans.size());
-  Coordinator coordinator(static_cast<int>(plans.size()), IntervalCount(c));
+  Coordinator coordinator(static_cast<int>(plans.size() + recorders.size()), IntervalCount(c));
   std::vector<std::thread> workers;
   auto join_all = [&] {
     for (std::thread& t : workers) t.join();
@@ -315,7 +458,7 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
     join_all();
     return why;
   };
-  if (absl::Status s = StartWorkers(c, plans, coordinator, results, &workers); !s.ok()) {
+  if (absl::Status s = StartWorkers(c, plans, recorders, coordinator, results, &workers); !s.ok()) {
     return call_off(s);
   }
   if (absl::Status s = coordinator.AwaitReady(); !s.ok()) return call_off(s);
@@ -338,12 +481,13 @@ absl::StatusOr<Report> RunLoad(const Config& c) {
   coordinator.Start(start_ns);
 
   Stats total;
-  absl::Status log_status =
-      TakeIntervals(c, coordinator, window_start_ns, log.has_value() ? &*log : nullptr, &total);
+  absl::Status log_status = TakeIntervals(c, coordinator, window_start_ns,
+                                          log.has_value() ? &*log : nullptr, &host, &total);
   join_all();
   if (log.has_value() && log_status.ok()) log_status = log->Close();
   if (!log_status.ok()) return log_status;
-  return Summarize(c, std::move(total), results, measure_unix, WindowLengthNs(c, window_start_ns));
+  return Summarize(c, std::move(total), results, measure_unix, WindowLengthNs(c, window_start_ns),
+                   host, std::move(env));
 }
 
 }  // namespace upcase::load

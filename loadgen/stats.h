@@ -1,4 +1,4 @@
-// What a thread counts: plain counters and three histograms, owned by one thread and handed to
+// What a thread counts: plain counters and four histograms, owned by one thread and handed to
 // the main thread whole at each interval boundary (coordinator.h), never shared while being
 // written.
 //
@@ -78,18 +78,22 @@ struct Stats {
   // waited in the client (pipeline cap, full socket buffer, or a client running late). 0 in closed
   // loop, where a request is intended when it is sent.
   Histogram send_lag;
+  // A hiccup recorder's oversleeps (loadgen/hiccup_recorder.h); load threads leave it empty.
+  Histogram hiccups;
 
   void Add(const Stats& other) {
     counters.Add(other.counters);
     latency.Add(other.latency);
     latency_uncorrected.Add(other.latency_uncorrected);
     send_lag.Add(other.send_lag);
+    hiccups.Add(other.hiccups);
   }
   void Reset() {
     counters = Counters{};
     latency.Reset();
     latency_uncorrected.Reset();
     send_lag.Reset();
+    hiccups.Reset();
   }
 };
 

@@ -26,6 +26,7 @@
 #include "nlohmann/json.hpp"
 #include "server/backend.h"
 #include "server/config.h"
+#include "server/hiccups.h"
 #include "server/limits.h"
 #include "server/sharded_backend.h"
 
@@ -83,6 +84,7 @@ struct Options {
   std::string stats_json;
   absl::Duration grace = kDefaultGrace;
   bool sqpoll = false;
+  bool hiccups = false;
 };
 
 // A bad command line: one line on stderr, exit status 2.
@@ -151,6 +153,10 @@ std::vector<std::string> ParseFlags(int argc, char** argv, Options& o) {
   flags.Duration("grace", &o.grace,
                  "at shutdown, how long to spend delivering pending output (at most 1h)");
   flags.Bool("sqpoll", &o.sqpoll, "uring: let a kernel thread poll the submission queue");
+  flags.Bool("hiccups", &o.hiccups,
+             "run a hiccup recorder on each CPU the server uses (a thread sleeping 1 ms, recording "
+             "how late it wakes: the host's stalls); reported at exit and in --stats-json "
+             "(hiccup_us)");
   return flags.ParseOrExit(argc, argv);
 }
 
@@ -260,6 +266,14 @@ bool WaitReadable(int fd, absl::Duration timeout) {
   return rc > 0;
 }
 
+// --hiccups: the CPUs the shards run on -- with --pin those of the first shards, else every CPU
+// this process may use (as taskset set it).
+std::vector<int> HiccupCpus(const ServerConfig& config) {
+  std::vector<int> cpus = ShardCpus();
+  if (config.pin && config.shards < static_cast<int>(cpus.size())) cpus.resize(config.shards);
+  return cpus;
+}
+
 int Main(int argc, char** argv) {
   Options options;
   std::vector<std::string> args = ParseFlags(argc, argv, options);
@@ -296,6 +310,8 @@ int Main(int argc, char** argv) {
   std::unique_ptr<Backend> backend = info.create(config);
   absl::StatusOr<Endpoints> endpoints = backend->Open();
   DieIfError(kProgram, endpoints.status());
+  ServerHiccups hiccups;
+  if (options.hiccups) DieIfError(kProgram, hiccups.Start(HiccupCpus(config)));
   std::printf("%s\n", ReadyLine(info, config.shards, *endpoints).c_str());
   std::fflush(stdout);
 
@@ -315,14 +331,18 @@ int Main(int argc, char** argv) {
     }
   }
   runner.join();
+  hiccups.Stop();
 
   const std::vector<ShardStats> stats = backend->Stats();
   for (size_t i = 0; i < stats.size(); ++i) {
     std::fprintf(stderr, "%s\n", FormatShardStats(static_cast<int>(i), stats[i]).c_str());
   }
+  if (options.hiccups) std::fprintf(stderr, "%s\n", hiccups.Format().c_str());
   if (!options.stats_json.empty()) {
     std::ofstream out(options.stats_json);
-    out << StatsToJson(config.backend, stats).dump(2) << "\n";
+    nlohmann::json j = StatsToJson(config.backend, stats);
+    if (options.hiccups) j["hiccup_us"] = hiccups.ToJson();
+    out << j.dump(2) << "\n";
     if (!out) {
       DieIfError(kProgram, absl::UnavailableError(
                                absl::StrCat("cannot write --stats-json=", options.stats_json)));

@@ -1,0 +1,177 @@
+#include "common/procfs.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/sys.h"
+
+namespace upcase {
+namespace {
+
+// Fields of /proc/PID/stat counted from the first one after the command's ')' (field 3, state).
+constexpr int kUtimeField = 14 - 3;
+constexpr int kStimeField = 15 - 3;
+constexpr int kProcessorField = 39 - 3;
+
+double Percent(std::uint64_t part, std::uint64_t whole) {
+  return whole == 0 ? 0.0 : 100.0 * static_cast<double>(part) / static_cast<double>(whole);
+}
+
+// b - a for counters that only grow; 0 when a counter went back (a CPU that went offline and
+// came back restarts its counts).
+std::uint64_t Delta(std::uint64_t a, std::uint64_t b) { return b >= a ? b - a : 0; }
+
+}  // namespace
+
+std::optional<std::string> ReadProcFile(const std::string& root, const std::string& path) {
+  std::ifstream in(root + path);
+  if (!in) return std::nullopt;
+  std::stringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return std::nullopt;
+  return text.str();
+}
+
+absl::StatusOr<std::vector<CpuTicks>> ParseProcStat(absl::string_view text) {
+  std::vector<CpuTicks> cpus;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (!absl::ConsumePrefix(&line, "cpu") || line.empty() || line[0] == ' ') continue;
+    std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    CpuTicks t;
+    std::uint64_t* fields[] = {&t.user,   &t.nice, &t.system,  &t.idle,
+                               &t.iowait, &t.irq,  &t.softirq, &t.steal};
+    // Kernels before 2.6.11 lack steal: 8 fields at least, counted from the CPU number.
+    if (f.size() < 8 || !absl::SimpleAtoi(f[0], &t.cpu) || t.cpu < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("/proc/stat: bad line 'cpu", line, "'"));
+    }
+    for (std::size_t i = 0; i < std::size(fields) && i + 1 < f.size(); ++i) {
+      if (!absl::SimpleAtoi(f[i + 1], fields[i])) {
+        return absl::InvalidArgumentError(absl::StrCat("/proc/stat: bad line 'cpu", line, "'"));
+      }
+    }
+    cpus.push_back(t);
+  }
+  if (cpus.empty()) return absl::InvalidArgumentError("/proc/stat: no per-CPU lines");
+  return cpus;
+}
+
+absl::Status ParseTaskStat(absl::string_view text, TaskTicks* task) {
+  const std::size_t close = text.rfind(')');
+  if (close == absl::string_view::npos) {
+    return absl::InvalidArgumentError("stat: no ')' after the command");
+  }
+  std::vector<absl::string_view> f =
+      absl::StrSplit(text.substr(close + 1), absl::ByAnyChar(" \n"), absl::SkipEmpty());
+  std::uint64_t utime = 0, stime = 0;
+  if (f.size() <= static_cast<std::size_t>(kProcessorField) ||
+      !absl::SimpleAtoi(f[kUtimeField], &utime) || !absl::SimpleAtoi(f[kStimeField], &stime) ||
+      !absl::SimpleAtoi(f[kProcessorField], &task->last_cpu)) {
+    return absl::InvalidArgumentError("stat: too few or malformed fields");
+  }
+  task->ticks = utime + stime;
+  return absl::OkStatus();
+}
+
+void ParseTaskStatus(absl::string_view text, TaskTicks* task) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::ConsumePrefix(&line, "Cpus_allowed_list:")) {
+      absl::StatusOr<std::vector<int>> cpus = ParseCpuList(absl::StripAsciiWhitespace(line));
+      if (cpus.ok()) task->allowed = *std::move(cpus);
+    } else if (absl::ConsumePrefix(&line, "nonvoluntary_ctxt_switches:")) {
+      std::uint64_t n = 0;
+      if (absl::SimpleAtoi(absl::StripAsciiWhitespace(line), &n)) task->involuntary = n;
+    }
+  }
+}
+
+std::vector<TaskTicks> ReadProcessTasks(const std::string& root, pid_t pid) {
+  std::vector<TaskTicks> tasks;
+  const std::string dir = absl::StrCat("/proc/", pid, "/task");
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(root + dir, ec)) {
+    TaskTicks t;
+    t.pid = pid;
+    if (!absl::SimpleAtoi(entry.path().filename().string(), &t.tid)) continue;
+    const std::string base = absl::StrCat(dir, "/", t.tid);
+    std::optional<std::string> stat = ReadProcFile(root, base + "/stat");
+    if (!stat.has_value() || !ParseTaskStat(*stat, &t).ok()) continue;  // exited meanwhile
+    if (std::optional<std::string> status = ReadProcFile(root, base + "/status")) {
+      ParseTaskStatus(*status, &t);
+    }
+    tasks.push_back(std::move(t));
+  }
+  return tasks;
+}
+
+HostSample SampleHost(const std::string& root, const std::vector<pid_t>& pids) {
+  HostSample s;
+  if (std::optional<std::string> stat = ReadProcFile(root, "/proc/stat")) {
+    if (absl::StatusOr<std::vector<CpuTicks>> cpus = ParseProcStat(*stat); cpus.ok()) {
+      s.cpus = *std::move(cpus);
+    }
+  }
+  for (pid_t pid : pids) {
+    std::vector<TaskTicks> tasks = ReadProcessTasks(root, pid);
+    s.tasks.insert(s.tasks.end(), tasks.begin(), tasks.end());
+  }
+  return s;
+}
+
+std::vector<CpuNoise> CpuNoiseBetween(const HostSample& before, const HostSample& after,
+                                      const std::vector<int>& cpus) {
+  // The known threads' ticks in the interval, by the CPU they are attributed to.
+  std::map<std::pair<pid_t, pid_t>, std::uint64_t> ticks_before;
+  for (const TaskTicks& t : before.tasks) ticks_before[{t.pid, t.tid}] = t.ticks;
+  std::map<int, std::uint64_t> own;
+  for (const TaskTicks& t : after.tasks) {
+    const auto it = ticks_before.find({t.pid, t.tid});
+    const std::uint64_t ticks = it == ticks_before.end() ? t.ticks : Delta(it->second, t.ticks);
+    const int cpu = t.allowed.size() == 1 ? t.allowed[0] : t.last_cpu;
+    own[cpu] += ticks;
+  }
+  std::vector<CpuNoise> out;
+  for (int cpu : cpus) {
+    auto find = [cpu](const std::vector<CpuTicks>& v) {
+      return std::find_if(v.begin(), v.end(), [cpu](const CpuTicks& c) { return c.cpu == cpu; });
+    };
+    const auto a = find(before.cpus);
+    const auto b = find(after.cpus);
+    if (a == before.cpus.end() || b == after.cpus.end()) continue;
+    CpuNoise n;
+    n.cpu = cpu;
+    n.ticks = Delta(a->total(), b->total());
+    const std::uint64_t busy = Delta(a->busy(), b->busy());
+    const std::uint64_t mine = std::min(own[cpu], busy);
+    n.steal_pct = Percent(Delta(a->steal, b->steal), n.ticks);
+    n.irq_pct = Percent(Delta(a->irq, b->irq) + Delta(a->softirq, b->softirq), n.ticks);
+    n.own_pct = Percent(mine, n.ticks);
+    n.foreign_pct = Percent(busy - mine, n.ticks);
+    out.push_back(n);
+  }
+  return out;
+}
+
+std::uint64_t InvoluntarySwitchesBetween(const HostSample& before, const HostSample& after,
+                                         pid_t pid) {
+  std::map<pid_t, std::uint64_t> start;
+  for (const TaskTicks& t : before.tasks) {
+    if (t.pid == pid) start[t.tid] = t.involuntary;
+  }
+  std::uint64_t n = 0;
+  for (const TaskTicks& t : after.tasks) {
+    if (t.pid != pid) continue;
+    const auto it = start.find(t.tid);
+    n += it == start.end() ? t.involuntary : Delta(it->second, t.involuntary);
+  }
+  return n;
+}
+
+}  // namespace upcase

@@ -1,0 +1,181 @@
+// The /proc/stat and /proc/PID/task/*/stat arithmetic (common/procfs.h) on recorded samples, and
+// the readers on a fake /proc tree.
+#include "common/procfs.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "gtest/gtest.h"
+
+namespace upcase {
+namespace {
+
+// Two samples of /proc/stat one second apart (USER_HZ 100) on a 2-CPU VM: CPU 1 ran 50 ticks of
+// tasks, 4 of steal, 1 of irq and 2 of softirq.
+constexpr char kStatBefore[] =
+    "cpu  1000 20 500 9000 10 5 30 40 0 0\n"
+    "cpu0 600 10 300 4500 5 2 20 10 0 0\n"
+    "cpu1 400 10 200 4500 5 3 10 30 0 0\n"
+    "intr 123456 0 0\n"
+    "ctxt 987654\n"
+    "btime 1700000000\n";
+constexpr char kStatAfter[] =
+    "cpu  1060 20 510 9080 10 6 32 44 0 0\n"
+    "cpu0 610 10 300 4580 5 2 20 10 0 0\n"
+    "cpu1 445 10 205 4543 5 4 12 34 0 0\n"
+    "intr 123999 0 0\n";
+
+TEST(ProcStatTest, ParsesPerCpuLinesOnly) {
+  absl::StatusOr<std::vector<CpuTicks>> cpus = ParseProcStat(kStatBefore);
+  ASSERT_TRUE(cpus.ok()) << cpus.status();
+  ASSERT_EQ(cpus->size(), 2u);
+  EXPECT_EQ((*cpus)[1].cpu, 1);
+  EXPECT_EQ((*cpus)[1].user, 400u);
+  EXPECT_EQ((*cpus)[1].steal, 30u);
+  EXPECT_EQ((*cpus)[1].busy(), 610u);
+  EXPECT_EQ((*cpus)[1].total(), 400u + 10 + 200 + 4500 + 5 + 3 + 10 + 30);
+}
+
+TEST(ProcStatTest, RejectsMalformedLines) {
+  EXPECT_FALSE(ParseProcStat("cpu0 1 2 x 4 5 6 7 8\n").ok());
+  EXPECT_FALSE(ParseProcStat("cpu0 1 2\n").ok());
+  EXPECT_FALSE(ParseProcStat("intr 5\n").ok());  // no per-CPU line at all
+}
+
+// A thread of a server: "(upcase server)" has a space and a parenthesis in its command.
+constexpr char kTaskStat[] =
+    "4242 (upcase (srv) x) S 1 4242 4242 0 -1 4194560 512 0 0 0 35 12 0 0 20 0 3 0 1000 "
+    "123456789 400 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+
+TEST(TaskStatTest, CountsFieldsFromTheLastParenthesis) {
+  TaskTicks t;
+  ASSERT_TRUE(ParseTaskStat(kTaskStat, &t).ok());
+  EXPECT_EQ(t.ticks, 35u + 12u);
+  EXPECT_EQ(t.last_cpu, 1);
+  EXPECT_FALSE(ParseTaskStat("4242 (x S 1 2", &t).ok());
+  EXPECT_FALSE(ParseTaskStat("4242 (x) S 1 2 3", &t).ok());
+}
+
+TEST(TaskStatTest, StatusGivesAffinityAndInvoluntarySwitches) {
+  TaskTicks t;
+  ParseTaskStatus(
+      "Name:\tx\nCpus_allowed:\t3\nCpus_allowed_list:\t0-1\n"
+      "voluntary_ctxt_switches:\t100\nnonvoluntary_ctxt_switches:\t7\n",
+      &t);
+  EXPECT_EQ(t.allowed, (std::vector<int>{0, 1}));
+  EXPECT_EQ(t.involuntary, 7u);
+}
+
+HostSample Sample(const char* stat, std::vector<TaskTicks> tasks) {
+  HostSample s;
+  s.cpus = *ParseProcStat(stat);
+  s.tasks = std::move(tasks);
+  return s;
+}
+
+TaskTicks Task(pid_t pid, pid_t tid, std::uint64_t ticks, int last_cpu, std::vector<int> allowed,
+               std::uint64_t involuntary = 0) {
+  TaskTicks t;
+  t.pid = pid;
+  t.tid = tid;
+  t.ticks = ticks;
+  t.last_cpu = last_cpu;
+  t.allowed = std::move(allowed);
+  t.involuntary = involuntary;
+  return t;
+}
+
+TEST(CpuNoiseTest, StealIrqAndForeignShares) {
+  // CPU 1: 100 ticks in the interval; tasks busy 50 (45 user + 5 system), of which the known
+  // thread pinned there ran 20: 30 foreign.
+  const HostSample a = Sample(kStatBefore, {Task(10, 10, 100, 1, {1})});
+  const HostSample b = Sample(kStatAfter, {Task(10, 10, 120, 1, {1})});
+  std::vector<CpuNoise> n = CpuNoiseBetween(a, b, {1});
+  ASSERT_EQ(n.size(), 1u);
+  EXPECT_EQ(n[0].cpu, 1);
+  EXPECT_EQ(n[0].ticks, 100u);
+  EXPECT_DOUBLE_EQ(n[0].steal_pct, 4.0);
+  EXPECT_DOUBLE_EQ(n[0].irq_pct, 3.0);
+  EXPECT_DOUBLE_EQ(n[0].own_pct, 20.0);
+  EXPECT_DOUBLE_EQ(n[0].foreign_pct, 30.0);
+}
+
+TEST(CpuNoiseTest, UnpinnedThreadsGoToTheirLastCpuAndForeignIsNeverNegative) {
+  // An unpinned thread that last ran on CPU 1 with 70 ticks: more than CPU 1's busy 50 (it ran
+  // on CPU 0 too). CPU 1's foreign share is clamped at 0; CPU 0 gets none of it.
+  const HostSample a = Sample(kStatBefore, {Task(10, 11, 0, 0, {0, 1})});
+  const HostSample b = Sample(kStatAfter, {Task(10, 11, 70, 1, {0, 1})});
+  std::vector<CpuNoise> n = CpuNoiseBetween(a, b, {0, 1});
+  ASSERT_EQ(n.size(), 2u);
+  EXPECT_EQ(n[0].cpu, 0);
+  EXPECT_DOUBLE_EQ(n[0].foreign_pct, 100.0 * 10 / 90);  // 10 user ticks of 90
+  EXPECT_DOUBLE_EQ(n[1].foreign_pct, 0.0);
+  EXPECT_DOUBLE_EQ(n[1].own_pct, 50.0);
+}
+
+TEST(CpuNoiseTest, NewThreadsCountWholeAndMissingCpusAreLeftOut) {
+  const HostSample a = Sample(kStatBefore, {});
+  const HostSample b = Sample(kStatAfter, {Task(10, 12, 5, 1, {1}), Task(99, 99, 40, 1, {1})});
+  std::vector<CpuNoise> n = CpuNoiseBetween(a, b, {1, 7});
+  ASSERT_EQ(n.size(), 1u);
+  EXPECT_DOUBLE_EQ(n[0].own_pct, 45.0);
+  EXPECT_DOUBLE_EQ(n[0].foreign_pct, 5.0);
+}
+
+TEST(CpuNoiseTest, InvoluntarySwitchesOfOneProcess) {
+  const HostSample a = Sample(kStatBefore, {Task(10, 10, 0, 0, {}, 5), Task(20, 20, 0, 0, {}, 1)});
+  const HostSample b = Sample(kStatAfter, {Task(10, 10, 0, 0, {}, 9), Task(10, 13, 0, 0, {}, 2),
+                                           Task(20, 20, 0, 0, {}, 50)});
+  EXPECT_EQ(InvoluntarySwitchesBetween(a, b, 10), 4u + 2u);
+}
+
+class FakeProcTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = std::filesystem::temp_directory_path() /
+            ("upcase-procfs-" + std::to_string(::getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(root_);
+  }
+  void TearDown() override { std::filesystem::remove_all(root_); }
+  void Write(const std::string& path, const std::string& text) {
+    const std::filesystem::path p = root_ / path.substr(1);
+    std::filesystem::create_directories(p.parent_path());
+    std::ofstream(p) << text;
+  }
+  std::filesystem::path root_;
+};
+
+TEST_F(FakeProcTest, SampleReadsStatAndEveryThread) {
+  Write("/proc/stat", kStatAfter);
+  Write("/proc/10/task/10/stat", kTaskStat);
+  Write("/proc/10/task/10/status", "Cpus_allowed_list:\t1\nnonvoluntary_ctxt_switches:\t3\n");
+  Write("/proc/10/task/11/stat", "garbage");  // exited half-way: skipped
+  const HostSample s = SampleHost(root_.string(), {10, 12345});
+  ASSERT_EQ(s.cpus.size(), 2u);
+  ASSERT_EQ(s.tasks.size(), 1u);
+  EXPECT_EQ(s.tasks[0].tid, 10);
+  EXPECT_EQ(s.tasks[0].ticks, 47u);
+  EXPECT_EQ(s.tasks[0].allowed, std::vector<int>{1});
+  EXPECT_EQ(s.tasks[0].involuntary, 3u);
+}
+
+TEST_F(FakeProcTest, MissingFilesGiveNothing) {
+  const HostSample s = SampleHost(root_.string(), {10});
+  EXPECT_TRUE(s.cpus.empty());
+  EXPECT_TRUE(s.tasks.empty());
+  EXPECT_TRUE(CpuNoiseBetween(s, s, {0}).empty());
+}
+
+TEST(ProcfsLiveTest, ThisProcessIsSeen) {
+  const HostSample s = SampleHost("", {::getpid()});
+  EXPECT_FALSE(s.cpus.empty());
+  ASSERT_FALSE(s.tasks.empty());
+  EXPECT_EQ(s.tasks[0].pid, ::getpid());
+  EXPECT_FALSE(s.tasks[0].allowed.empty());
+}
+
+}  // namespace
+}  // namespace upcase
