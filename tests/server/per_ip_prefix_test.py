@@ -99,7 +99,11 @@ def backends() -> list:
                                 "--help"], capture_output=True, text=True, check=True).stdout
     # "--backend=VALUE   I/O model; ... (iterative|threads|epoll|uring)": every registered one.
     line = help_text.split("--backend", 1)[1].split("\n", 1)[0]
-    return line.rsplit("(", 1)[1].rstrip(")").split("|")
+    names = line.rsplit("(", 1)[1].rstrip(")").split("|")
+    # "  uring     ... [unavailable: ...]" in the backend list: this kernel cannot run it.
+    return [n for n in names
+            if not any(l.split()[:1] == [n] and "[unavailable:" in l
+                       for l in help_text.splitlines())]
 
 
 if __name__ == "__main__":
