@@ -16,7 +16,7 @@ import shlex
 import sys
 import time
 
-from .. import procfs
+from .. import fingerprint, procfs
 from ..build import BIN_DIR, ROOT, binary, build_release, discover_backends
 from ..counters import Tools
 from ..errors import HarnessError, ToolExit
@@ -87,6 +87,19 @@ def common_backends(bins: dict, requested: str | None, notes: list[str]) -> list
     if not both:
         raise ToolExit("no backend is available on both sides")
     return both
+
+
+def side_envs(bins: dict, notes: list[str]) -> dict:
+    """Each side's fingerprint: `upcase-load env` of the upcase-load that measures it (None,
+    with a note, from one that predates the fingerprint)."""
+    envs: dict[str, dict | None] = {}
+    for side in ab.SIDES:
+        try:
+            envs[side] = fingerprint.load_env(bins[side])
+        except HarnessError as e:
+            envs[side] = None
+            notes.append(f"{side}: no environment fingerprint, so none compared: {e}")
+    return envs
 
 
 def _utc(fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
@@ -195,6 +208,10 @@ def measure_ab(args: argparse.Namespace, out: pathlib.Path, tree: rb.BaseTree, i
     bins = {"base": ab.compose_bin_dir(tree.area / "bin-ab", tree.bin_dir, load_dir),
             "candidate": BIN_DIR}
     benches = {"base": tree.bin_dir / "uppercase_bench", "candidate": BIN_DIR / "uppercase_bench"}
+    info["env"] = side_envs(bins, notes)
+    refused = fingerprint.refusal(info["env"]["base"], info["env"]["candidate"])
+    if refused:
+        raise ToolExit(refused)
     backends = common_backends(bins, args.backends, notes)
     tools = Tools.probe()
     if not (tools.perf_syscalls or tools.strace):
