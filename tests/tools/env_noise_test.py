@@ -60,6 +60,38 @@ class FingerprintTest(unittest.TestCase):
         self.assertIsNone(fingerprint.refusal(ENV, None))
 
 
+class RefusalCliTest(unittest.TestCase):
+    """tools/regress with synthetic samples and fingerprints: refused before judging when the
+    sides' environments differ, judged (and `env` in regress.json) when they agree."""
+
+    def run_regress(self, tmp, env):
+        path = pathlib.Path(tmp) / "samples.json"
+        path.write_text(json.dumps({"env": env, "metrics": [{
+            "name": "rps/epoll/tcp-64B-c64", "family": "rps",
+            "base": [1e5 + i for i in range(12)], "candidate": [1e5 + 2 * i for i in range(12)]}]}))
+        return subprocess.run([str(ROOT / "tools" / "regress"), "--base=HEAD", "--out",
+                               f"{tmp}/out"], capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, UPCASE_REGRESS_FAKE_SAMPLES=str(path)),
+                              stdin=subprocess.DEVNULL)
+
+    def test_different_kernels_are_refused_in_one_line(self):
+        with tempfile.TemporaryDirectory(prefix="env-noise-test-") as tmp:
+            r = self.run_regress(tmp, {"base": ENV, "candidate": dict(ENV, kernel="6.12.0")})
+            self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+            lines = r.stderr.strip().splitlines()
+            self.assertEqual(len(lines), 1, r.stderr)
+            self.assertIn("kernel", lines[0])
+            self.assertFalse((pathlib.Path(tmp) / "out" / "regress.json").exists())
+
+    def test_equal_fingerprints_are_judged_and_recorded(self):
+        with tempfile.TemporaryDirectory(prefix="env-noise-test-") as tmp:
+            r = self.run_regress(tmp, {"base": ENV, "candidate": dict(ENV, liburing="2.5")})
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            data = json.loads((pathlib.Path(tmp) / "out" / "regress.json").read_text())
+            self.assertEqual(data["env"]["base"]["kernel"], ENV["kernel"])
+            self.assertEqual(data["env"]["candidate"]["liburing"], "2.5")
+
+
 class NoisyMeasurement(ab.Measurement):
     """Pairs from a script: script[(item, round)] is a list of (base, candidate, noisy), one
     per time the pair is measured; the load generators' gauges stay equal (never disturbed)."""

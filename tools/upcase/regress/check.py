@@ -27,7 +27,8 @@ from . import verdicts
 
 DEFAULT_AREA = ROOT / "build" / "regress-base"
 # Tests only: judge the samples in this JSON file ({"metrics": [{"name", "family", "base": [...],
-# "candidate": [...]}], "failures": [...]}) instead of building and measuring.
+# "candidate": [...], "noisy": [...]}], "failures": [...], "env": {"base", "candidate"}}) instead
+# of building and measuring.
 FAKE_SAMPLES_ENV = "UPCASE_REGRESS_FAKE_SAMPLES"
 
 
@@ -135,6 +136,10 @@ def ab_main(args: argparse.Namespace, argv: list[str]) -> int:
     fake = os.environ.get(FAKE_SAMPLES_ENV)
     if fake:
         data = json.loads(pathlib.Path(fake).read_text())
+        info["env"] = data.get("env", {side: None for side in ab.SIDES})
+        refused = fingerprint.refusal(info["env"]["base"], info["env"]["candidate"])
+        if refused:
+            raise ToolExit(refused)
         metrics = verdicts.metrics_from_json(data)
         failures = list(data.get("failures", []))
         info["settings"] = {"rounds": max((len(m.base) for m in metrics), default=0),
