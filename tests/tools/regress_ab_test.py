@@ -110,7 +110,8 @@ class RealRunsTest(unittest.TestCase):
             self.assertEqual([p.key for p in plan.points],
                              ["tcp-64B-c64-closed", "udp-64B-c64-closed"])
             settings = ab.Settings(rounds=2, duration=0.2, warmup=0.1, probe_duration=0.2,
-                                   probe_warmup=0.1, server_cpu=server_cpu, load_cpu=load_cpu)
+                                   probe_warmup=0.1, server_cpu=server_cpu, load_cpu=load_cpu,
+                                   server_placement=True)
             lines = []
             processes.install_cleanup()
             m = ab.Measurement(plan, {"base": other, "candidate": BIN},
@@ -142,6 +143,8 @@ class RealRunsTest(unittest.TestCase):
             self.assertTrue(any("] candidate " in line for line in lines))
             # Both sides' commands are recorded, the base's server from its own folder.
             self.assertIn(str(other / "upcase-server"), m.commands["base"]["run"]["server"])
+            # upcase-load is told the server's PID and CPUs, for its host figures.
+            self.assertIn("--server-pid=", m.commands["candidate"]["run"]["load"])
             self.assertTrue(math.isfinite(sum(cpu.base)))
 
 

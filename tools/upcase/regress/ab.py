@@ -91,6 +91,9 @@ class Settings:
     server_cpu: int | None = 0
     load_cpu: int | None = 1
     server_args: tuple[str, ...] = ()
+    # upcase-load gets --server-pid/--server-cpus (both sides' upcase-load know them), so
+    # host.noisy also watches the server's CPU
+    server_placement: bool = False
 
     def estimate_s(self, plan: "Plan") -> float:
         """Seconds the measuring takes: run lengths plus what a run costs beyond them here."""
@@ -209,7 +212,8 @@ class Measurement:
             duration=s.probe_duration if probe else s.duration,
             warmup=s.probe_warmup if probe else s.warmup,
             server_cpu=s.server_cpu, load_cpu=s.load_cpu, server_args=tuple(s.server_args),
-            bin_dir=self.bins[side], syscall_names=False)
+            bin_dir=self.bins[side], syscall_names=False,
+            server_placement=s.server_placement)
 
     def run(self) -> dict[str, Metric]:
         started = time.monotonic()

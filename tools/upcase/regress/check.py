@@ -227,8 +227,10 @@ def measure_ab(args: argparse.Namespace, out: pathlib.Path, tree: rb.BaseTree, i
     if cpu_note:
         notes.append(cpu_note)
     plan = ab.make_plan(args.matrix, backends, probes=bool(tools.perf_syscalls or tools.strace))
+    # An upcase-load that prints a fingerprint also takes --server-pid/--server-cpus.
     settings = ab.Settings(rounds=args.rounds, server_cpu=server_cpu, load_cpu=load_cpu,
-                           server_args=tuple(args.server_arg))
+                           server_args=tuple(args.server_arg),
+                           server_placement=None not in info["env"].values())
     info["settings"] = _settings_info(args, backends, plan, settings, tools)
     for n in notes:
         if n not in info["notes"]:
