@@ -16,7 +16,7 @@ import sys
 from typing import Any, Callable
 
 from . import curve as curves
-from . import report
+from . import fingerprint, report
 from .build import binary, build_release, discover_backends, git_describe
 from .counters import Tools
 from .errors import HarnessError, ToolExit
@@ -186,7 +186,8 @@ def run_plan(choice: MatrixChoice, env: Environment, server_args: tuple[str, ...
                 load_threads=place["load_threads"], pin=len(place["server_cpus"]) > 1,
                 server_host=server_host if server_host.remote else None,
                 load_hosts=tuple(load_hosts) if load_hosts != [LOCAL] else (),
-                server_addr=env.server_addr if env.server_addr != "127.0.0.1" else None)
+                server_addr=env.server_addr if env.server_addr != "127.0.0.1" else None,
+                server_placement=True)
     settings = RunSettings(duration=choice.duration, **base)  # type: ignore[arg-type]
     probe_settings = RunSettings(duration=min(choice.duration, PROBE_DURATION_S),
                                  **base)  # type: ignore[arg-type]
@@ -243,7 +244,20 @@ def make_meta(args: argparse.Namespace, argv: list[str], choice: MatrixChoice,
     for x in {env.server_host, *env.load_hosts}:
         if x.remote:
             meta.setdefault("hosts", {})[x.name] = x.machine_info()
+    try:
+        meta["env"] = fingerprint.load_env()  # build/release/bin's upcase-load, the one run
+    except HarnessError as e:
+        meta["env"] = None
+        env.notes.append(f"no environment fingerprint: {e}")
     return meta
+
+
+def check_env() -> int:
+    """--check-env: `upcase-load env --check`'s lines (what lowers the precision here and the
+    command that fixes each); 0 whatever they say."""
+    for line in fingerprint.check_env(fingerprint.default_bin_dir()):
+        print(line)
+    return 0
 
 
 def announce(out: pathlib.Path, env: Environment, rp: RunPlan, meta: dict) -> None:
@@ -417,6 +431,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     """tools/compare after its flags are parsed: plan, environment, run, report."""
     if args.replot:
         return replot(args.replot)
+    if args.check_env:
+        return check_env()
     choice = choose_matrix(args)
     install_cleanup()
     env = environment(args)

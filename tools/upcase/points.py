@@ -67,6 +67,9 @@ class RunSettings:
     # Probe runs count each of counters.PROBE_SYSCALLS too; off, only the total (perf then exits
     # in ~0.1 s instead of ~1.5 s).
     syscall_names: bool = True
+    # upcase-load gets --server-pid/--server-cpus (tools/compare), so its `host` figures count
+    # the server's CPU time as upcase's own rather than foreign.
+    server_placement: bool = False
 
     def server_cpu_list(self) -> list[int] | None:
         if self.server_cpus is not None:

@@ -227,8 +227,10 @@ class Server:
 
 def load_command(point: Point, port: int, settings: RunSettings, json_path: Any, host: Any,
                  connections: int | None = None, rate: float | None = None,
-                 start_at: float | None = None) -> list[str]:
-    """upcase-load's command line for one load host's share of a point."""
+                 start_at: float | None = None, server_pid: int | None = None
+                 ) -> list[str]:
+    """upcase-load's command line for one load host's share of a point; with server_pid (the
+    server on the same host, settings.server_placement) also the server's PID and CPUs."""
     connections = point.connections if connections is None else connections
     rate = point.rate if rate is None else rate
     cmd = [host.binary("upcase-load", settings.bin_dir), f"--proto={point.proto}",
@@ -251,6 +253,11 @@ def load_command(point: Point, port: int, settings: RunSettings, json_path: Any,
         cmd.append(f"--cpus={fmt_cpu_list(cpus)}")  # thread i on the i-th CPU
     if start_at:
         cmd.append(f"--start-at={start_at:.3f}")
+    if settings.server_placement and server_pid is not None:
+        cmd.append(f"--server-pid={server_pid}")
+        server_cpus = settings.server_cpu_list()
+        if server_cpus is not None:
+            cmd.append(f"--server-cpus={fmt_cpu_list(server_cpus)}")
     cmd += [settings.connect_addr(), str(port)]
     if cpus is not None:
         cmd = ["taskset", "-c", fmt_cpu_list(cpus)] + cmd

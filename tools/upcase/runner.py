@@ -155,7 +155,7 @@ class PointRun:
                          else self.workdir / ("load.json" if i == 0 else f"load-{i}.json"))
             assert self.server.port is not None
             cmd = load_command(self.point, self.server.port, self.settings, json_path, h, conns,
-                               rate, start_at)
+                               rate, start_at, self.server.pid if h is self.host else None)
             self.loads.append(LoadInstance(h, cmd, json_path, self.workdir / f"load-{i}.err"))
             self.loads[-1].start()
         commands: dict[str, Any] = {"server": shlex.join(self.server.command),

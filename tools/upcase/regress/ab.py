@@ -91,6 +91,9 @@ class Settings:
     server_cpu: int | None = 0
     load_cpu: int | None = 1
     server_args: tuple[str, ...] = ()
+    # upcase-load gets --server-pid/--server-cpus (both sides' upcase-load know them), so
+    # host.noisy also watches the server's CPU
+    server_placement: bool = False
 
     def estimate_s(self, plan: "Plan") -> float:
         """Seconds the measuring takes: run lengths plus what a run costs beyond them here."""
@@ -144,10 +147,14 @@ class Metric:
     base: list[float | None]
     candidate: list[float | None]
     first: list[str | None]         # which side ran first in each round
+    # per round: a run of the pair reported host.noisy (steal, foreign CPU or hiccups) even after
+    # it was measured again
+    noisy: list[bool] = dataclasses.field(default_factory=list)
 
     @classmethod
     def new(cls, name: str, family: str, label: str, rounds: int) -> "Metric":
-        return cls(name, family, label, [None] * rounds, [None] * rounds, [None] * rounds)
+        return cls(name, family, label, [None] * rounds, [None] * rounds, [None] * rounds,
+                   [False] * rounds)
 
 
 def point_name(p: Point) -> str:
@@ -170,7 +177,11 @@ class Measurement:
     generator is the same program on both sides, so its CPU per request is the machine's speed
     gauge: a pair whose load generators differ by more than DISTURBED from the item's usual
     difference (the median over the rounds, which absorbs a change the candidate causes) is
-    measured again, up to REMEASURE_ATTEMPTS times; one still disturbed then is left out."""
+    measured again, up to REMEASURE_ATTEMPTS times; one still disturbed then is left out.
+    A pair in which upcase-load reported `host.noisy` (the host stole CPU, ran foreign work on
+    an involved CPU or stalled) is measured again the same way; one still noisy is kept, marked
+    (Metric.noisy), and verdicts.judge says "inconclusive: host noise" when the metric's noise
+    floor then exceeds its tolerance."""
 
     def __init__(self, plan: Plan, bins: dict[str, pathlib.Path],
                  benches: dict[str, pathlib.Path], settings: Settings, tools: Tools,
@@ -189,6 +200,7 @@ class Measurement:
         self.item_metrics: dict[int, set[str]] = {}
         self.remeasured: list[dict] = []   # every pair measured again, with its first values
         self.excluded: list[dict] = []     # pairs left out, still disturbed
+        self.noisy: set[tuple[int, int]] = set()  # (item, round) pairs with a host.noisy run
 
     def slots(self, i: int) -> int:
         """How many samples item i gets per side: one per round it runs in."""
@@ -200,7 +212,8 @@ class Measurement:
             duration=s.probe_duration if probe else s.duration,
             warmup=s.probe_warmup if probe else s.warmup,
             server_cpu=s.server_cpu, load_cpu=s.load_cpu, server_args=tuple(s.server_args),
-            bin_dir=self.bins[side], syscall_names=False)
+            bin_dir=self.bins[side], syscall_names=False,
+            server_placement=s.server_placement)
 
     def run(self) -> dict[str, Metric]:
         started = time.monotonic()
@@ -237,6 +250,7 @@ class Measurement:
     def _pair(self, i: int, k: int):
         """Item i's k-th pair of runs, in the order that alternates with k and with i."""
         order = SIDES if (k + i) % 2 == 0 else SIDES[::-1]
+        self.noisy.discard((i, k))
         for side in order:
             self._one(i, side, k, first=order[0])
 
@@ -257,17 +271,24 @@ class Measurement:
             out += [(i, r) for r, e in sorted(ratios.items()) if abs(e - med) > DISTURBED]
         return sorted(out, key=lambda ir: (ir[1], ir[0]))
 
+    def again(self) -> list[tuple[int, int]]:
+        """The pairs to measure again: the disturbed ones and those of closed-loop runs in
+        which upcase-load reported host noise, by round."""
+        noisy = {(i, r) for i, r in self.noisy if self.items[i].kind == "run"}
+        return sorted(set(self.disturbed()) | noisy, key=lambda ir: (ir[1], ir[0]))
+
     def _remeasure(self) -> None:
         seen: dict[tuple[int, int], int] = {}
         for attempt in range(1, REMEASURE_ATTEMPTS + 1):
-            todo = [ir for ir in self.disturbed() if seen.get(ir, 0) < attempt]
+            todo = [ir for ir in self.again() if seen.get(ir, 0) < attempt]
             runs = sum(self.slots(i) for i, it in enumerate(self.items) if it.kind == "run")
             budget = max(1, round(REMEASURE_SHARE * runs))
             todo = todo[:max(0, budget - len(self.remeasured))]
             if not todo:
                 break
             self.log(f"tools/regress: {len(todo)} pair(s) ran while the machine's speed changed "
-                     "(the load generator's CPU/request moved); measuring them again")
+                     "(the load generator's CPU/request moved) or the host was noisy "
+                     "(host.noisy); measuring them again")
             self.total += 2 * len(todo)
             for runner in self.runners.values():
                 runner.total = self.total
@@ -275,6 +296,7 @@ class Measurement:
                 seen[(i, r)] = attempt
                 self.remeasured.append({
                     "item": self.items[i].describe(), "sample": r + 1, "attempt": attempt,
+                    "host_noisy": (i, r) in self.noisy,
                     "client_us_per_req": dict(self.client.get((i, r), {})),
                     "values": {n: {"base": self.metrics[n].base[r],
                                    "candidate": self.metrics[n].candidate[r]}
@@ -286,6 +308,9 @@ class Measurement:
             for n in self.item_metrics.get(i, ()):
                 self.metrics[n].base[r] = self.metrics[n].candidate[r] = None
             self.client.pop((i, r), None)
+        for i, r in self.noisy:
+            for n in self.item_metrics.get(i, ()):
+                self.metrics[n].noisy[r] = True
 
     def _record(self, i, name, family, label, side, r, value, first):
         m = self.metrics.setdefault(name, Metric.new(name, family, label, self.slots(i)))
@@ -320,6 +345,8 @@ class Measurement:
             return
         self.commands[side].setdefault("probe" if p.probe else "run", rec.get("commands"))
         load = rec["load"]
+        if (load.get("host") or {}).get("noisy"):
+            self.noisy.add((i, r))
         if load.get("client_cpu_s") and load.get("requests"):
             self.client.setdefault((i, r), {})[side] = load["client_cpu_s"] * 1e6 / load["requests"]
         m = run_metrics(rec)

@@ -16,7 +16,7 @@ import shlex
 import sys
 import time
 
-from .. import procfs
+from .. import fingerprint, procfs
 from ..build import BIN_DIR, ROOT, binary, build_release, discover_backends
 from ..counters import Tools
 from ..errors import HarnessError, ToolExit
@@ -27,7 +27,8 @@ from . import verdicts
 
 DEFAULT_AREA = ROOT / "build" / "regress-base"
 # Tests only: judge the samples in this JSON file ({"metrics": [{"name", "family", "base": [...],
-# "candidate": [...]}], "failures": [...]}) instead of building and measuring.
+# "candidate": [...], "noisy": [...]}], "failures": [...], "env": {"base", "candidate"}}) instead
+# of building and measuring.
 FAKE_SAMPLES_ENV = "UPCASE_REGRESS_FAKE_SAMPLES"
 
 
@@ -89,6 +90,19 @@ def common_backends(bins: dict, requested: str | None, notes: list[str]) -> list
     return both
 
 
+def side_envs(bins: dict, notes: list[str]) -> dict:
+    """Each side's fingerprint: `upcase-load env` of the upcase-load that measures it (None,
+    with a note, from one that predates the fingerprint)."""
+    envs: dict[str, dict | None] = {}
+    for side in ab.SIDES:
+        try:
+            envs[side] = fingerprint.load_env(bins[side])
+        except HarnessError as e:
+            envs[side] = None
+            notes.append(f"{side}: no environment fingerprint, so none compared: {e}")
+    return envs
+
+
 def _utc(fmt: str = "%Y-%m-%d %H:%M UTC") -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime(fmt)
 
@@ -122,6 +136,10 @@ def ab_main(args: argparse.Namespace, argv: list[str]) -> int:
     fake = os.environ.get(FAKE_SAMPLES_ENV)
     if fake:
         data = json.loads(pathlib.Path(fake).read_text())
+        info["env"] = data.get("env", {side: None for side in ab.SIDES})
+        refused = fingerprint.refusal(info["env"]["base"], info["env"]["candidate"])
+        if refused:
+            raise ToolExit(refused)
         metrics = verdicts.metrics_from_json(data)
         failures = list(data.get("failures", []))
         info["settings"] = {"rounds": max((len(m.base) for m in metrics), default=0),
@@ -195,6 +213,10 @@ def measure_ab(args: argparse.Namespace, out: pathlib.Path, tree: rb.BaseTree, i
     bins = {"base": ab.compose_bin_dir(tree.area / "bin-ab", tree.bin_dir, load_dir),
             "candidate": BIN_DIR}
     benches = {"base": tree.bin_dir / "uppercase_bench", "candidate": BIN_DIR / "uppercase_bench"}
+    info["env"] = side_envs(bins, notes)
+    refused = fingerprint.refusal(info["env"]["base"], info["env"]["candidate"])
+    if refused:
+        raise ToolExit(refused)
     backends = common_backends(bins, args.backends, notes)
     tools = Tools.probe()
     if not (tools.perf_syscalls or tools.strace):
@@ -205,8 +227,10 @@ def measure_ab(args: argparse.Namespace, out: pathlib.Path, tree: rb.BaseTree, i
     if cpu_note:
         notes.append(cpu_note)
     plan = ab.make_plan(args.matrix, backends, probes=bool(tools.perf_syscalls or tools.strace))
+    # An upcase-load that prints a fingerprint also takes --server-pid/--server-cpus.
     settings = ab.Settings(rounds=args.rounds, server_cpu=server_cpu, load_cpu=load_cpu,
-                           server_args=tuple(args.server_arg))
+                           server_args=tuple(args.server_arg),
+                           server_placement=None not in info["env"].values())
     info["settings"] = _settings_info(args, backends, plan, settings, tools)
     for n in notes:
         if n not in info["notes"]:

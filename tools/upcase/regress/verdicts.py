@@ -19,6 +19,24 @@ class Row:
     base_median: float | None
     candidate_median: float | None
     j: st.Judgement
+    noise_floor: float | None = None  # the rounds' spread (robust SD of candidate/base - 1)
+    host_noise: bool = False          # rounds stayed host.noisy and the floor > tolerance
+
+
+HOST_NOISE = "inconclusive: host noise"
+
+
+def noise_floor(d: list[float]) -> float | None:
+    """The noise floor measured in the run: the robust spread of the rounds' paired ratios, as
+    a fraction (0.03 = rounds scatter by about 3 %); None under two rounds."""
+    sd = st.robust_sd(d)
+    return math.expm1(sd) if math.isfinite(sd) else None
+
+
+def host_noise(m: Metric, floor: float | None, tolerance: float) -> bool:
+    """True when some rounds of m stayed host.noisy after being measured again and the noise
+    floor is above the tolerance: then no verdict, "inconclusive: host noise"."""
+    return any(m.noisy) and floor is not None and floor > tolerance
 
 
 def judge(metrics: list[Metric], tolerances: dict[str, float], alpha: float
@@ -31,8 +49,13 @@ def judge(metrics: list[Metric], tolerances: dict[str, float], alpha: float
         fam = FAMILIES[m.family]
         tol = tolerances.get(m.family, fam["tolerance"])
         d = st.log_ratios(m.base, m.candidate)
-        rows.append(Row(m, fam["better"], tol, _median(m.base), _median(m.candidate),
-                        st.judge(d, fam["better"], tol, alpha_side)))
+        j = st.judge(d, fam["better"], tol, alpha_side)
+        floor = noise_floor(d)
+        noisy = bool(j.n) and host_noise(m, floor, tol)
+        if noisy:
+            j = dataclasses.replace(j, verdict=st.INCONCLUSIVE, more_rounds=None)
+        rows.append(Row(m, fam["better"], tol, _median(m.base), _median(m.candidate), j,
+                        floor, noisy))
     return rows, alpha_side
 
 
@@ -69,6 +92,8 @@ def verdict_text(row: Row, alpha_side: float) -> str:
         return f"**{j.verdict}**"
     if j.verdict != st.INCONCLUSIVE:
         return j.verdict
+    if row.host_noise:
+        return HOST_NOISE
     if j.n < st.min_rounds(alpha_side):
         return f"inconclusive (needs >= {st.min_rounds(alpha_side)} rounds)"
     if j.more_rounds is None:
@@ -152,7 +177,9 @@ def rows_json(rows: list[Row]) -> list[dict]:
             "first": m.first, "base_median": r.base_median,
             "candidate_median": r.candidate_median, "rounds": j.n,
             "change": _finite(j.change), "interval": [_finite(j.low), _finite(j.high)],
-            "verdict": j.verdict if j.n else "not measured", "more_rounds": j.more_rounds})
+            "verdict": (HOST_NOISE if r.host_noise else j.verdict) if j.n else "not measured",
+            "more_rounds": j.more_rounds, "noise_floor": r.noise_floor,
+            "host_noisy_rounds": sum(m.noisy)})
     return out
 
 
@@ -163,5 +190,6 @@ def _finite(x: float):
 def metrics_from_json(data: dict) -> list[Metric]:
     """Metrics as regress.json (or a test's fake samples file) stores them."""
     return [Metric(m["name"], m["family"], m.get("label", m["name"]), list(m["base"]),
-                   list(m["candidate"]), list(m.get("first", [None] * len(m["base"]))))
+                   list(m["candidate"]), list(m.get("first", [None] * len(m["base"]))),
+                   [bool(x) for x in m.get("noisy", [False] * len(m["base"]))])
             for m in data["metrics"]]
