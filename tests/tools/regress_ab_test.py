@@ -14,8 +14,8 @@ import unittest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from upcase import counters, points, processes, procfs  # noqa: E402
-from upcase.regress import ab  # noqa: E402
+from upcase import counters, curve, points, processes, procfs  # noqa: E402
+from upcase.regress import ab, curve_ab  # noqa: E402
 
 BIN = pathlib.Path(os.environ.get("UPCASE_BIN", ROOT / "build" / "release" / "bin"))
 
@@ -87,6 +87,69 @@ class RemeasureTest(unittest.TestCase):
         self.assertLessEqual(len(m.remeasured), round(ab.REMEASURE_SHARE * 20))
 
 
+def synthetic_server(capacity, knee_at=0.9, fast_us=100.0, slow_us=5000.0):
+    """run(point) of a server that achieves min(rate, capacity) with p99 fast_us below knee_at x
+    capacity, slow_us above; closed loop reports `capacity`."""
+    calls = []
+
+    def run(p):
+        calls.append(p)
+        rate = p.rate
+        rps = capacity if rate == 0 else min(rate, capacity)
+        p99 = fast_us if rate < knee_at * capacity else slow_us
+        return {"ok": True, "point": p.record(),
+                "load": {"throughput_rps": rps, "latency_us": {"p50": 30.0, "p99": p99},
+                         "client_cpu_s": 0.1, "duration_s": 1.0},
+                "server": {"utime_s": 0.1, "stime_s": 0.2, "wall_s": 1.0,
+                           "ctx_switches": {"total": 10}, "requests_served": rps}}
+    return run, calls
+
+
+class CurveTest(unittest.TestCase):
+    SLO = curve.parse_slo("p99:1ms")
+
+    def test_knee_and_capacity_of_a_synthetic_server(self):
+        run, calls = synthetic_server(100_000)
+        res = curve_ab.measure_curve(run, "epoll", ("tcp", 64, 64), [self.SLO])
+        self.assertIsNone(res.error)
+        self.assertEqual(res.own_max, 100_000)
+        # The latency step is at 90 000 req/s: the capacity is bisected until the bracket is
+        # within curve.SLO_TOLERANCE of the rate, below the step and close to it.
+        cap = res.capacities["p99:1ms"]
+        self.assertLess(cap, 90_000)
+        self.assertGreater(cap, 90_000 * (1 - curve.SLO_TOLERANCE) - 1)
+        # The knee (p99 > 10 x light-load p50) is refined between the same two sweep rates.
+        self.assertLess(res.knee_rps, 90_000)
+        self.assertGreaterEqual(res.knee_rps, 80_000)
+        self.assertEqual(calls[0].rate, 0)   # the own maximum first
+        self.assertEqual([c.rate for c in calls[1:5]],
+                         [round(f * 100_000) for f in curve_ab.CURVE_FRACTIONS])
+        self.assertLessEqual(len(calls), curve_ab.CURVE_RUNS + curve_ab.SLO_STEPS)
+
+    def test_a_slower_knee_is_a_lower_metric(self):
+        fast = curve_ab.measure_curve(synthetic_server(100_000, 0.9)[0], "epoll",
+                                      ("tcp", 64, 64), [self.SLO])
+        slow = curve_ab.measure_curve(synthetic_server(100_000, 0.7)[0], "epoll",
+                                      ("tcp", 64, 64), [self.SLO])
+        self.assertEqual(fast.own_max, slow.own_max)   # the same peak ...
+        self.assertLess(slow.capacities["p99:1ms"], 0.8 * fast.capacities["p99:1ms"])
+        self.assertLess(slow.knee_rps, fast.knee_rps)   # ... a lower knee and capacity
+
+    def test_missing_figures_are_none_not_zero(self):
+        res = curve_ab.measure_curve(synthetic_server(100_000, 0.0)[0], "epoll",
+                                     ("tcp", 64, 64), [self.SLO])
+        self.assertIsNone(res.capacities["p99:1ms"])   # the lightest load misses it
+        failed = curve_ab.measure_curve(lambda p: None, "epoll", ("tcp", 64, 64), [self.SLO])
+        self.assertEqual(failed.error, "no closed-loop maximum")
+
+    def test_plan_has_no_curve_for_iterative(self):
+        plan = ab.make_plan("default", ["iterative", "epoll"], micro=False, probes=False,
+                            curve=("tcp", 64, 64))
+        self.assertEqual([(p.backend, p.key) for p in plan.curves],
+                         [("epoll", "tcp-64B-c64-closed")])
+        self.assertEqual([i.kind for i in plan.items].count("curve"), 1)
+
+
 class MicroParseTest(unittest.TestCase):
     def test_median_of_repetitions_aggregates_ignored(self):
         def bm(name, gbps, kind="iteration"):
@@ -146,6 +209,32 @@ class RealRunsTest(unittest.TestCase):
             # upcase-load is told the server's PID and CPUs, for its host figures.
             self.assertIn("--server-pid=", m.commands["candidate"]["run"]["load"])
             self.assertTrue(math.isfinite(sum(cpu.base)))
+
+    def test_one_round_of_curves(self):
+        with tempfile.TemporaryDirectory(prefix="regress-ab-curve-") as tmp:
+            out = pathlib.Path(tmp)
+            other = ab.compose_bin_dir(out / "bin-a", BIN, BIN)
+            plan = ab.make_plan("default", ["epoll"], micro=False, probes=False,
+                                curve=("tcp", 64, 16))
+            plan.points = []
+            server_cpu, load_cpu, _ = procfs.cpus_for_runs()
+            slo = curve.parse_slo("p99:20ms")
+            settings = ab.Settings(rounds=1, duration=0.2, warmup=0.1, server_cpu=server_cpu,
+                                   load_cpu=load_cpu, curve=("tcp", 64, 16), slos=(slo,))
+            processes.install_cleanup()
+            m = ab.Measurement(plan, {"base": other, "candidate": BIN}, {}, settings,
+                               counters.Tools.probe(), out, log=lambda _: None)
+            metrics = m.run()
+            self.assertEqual(m.failures, [])
+            cap = metrics["capacity_rps/epoll/tcp-64B-c16/p99:20ms"]
+            knee = metrics["knee_rps/epoll/tcp-64B-c16"]
+            self.assertEqual(cap.first, ["base"])
+            # A generous objective is met at half the own maximum on both sides.
+            self.assertTrue(all(v and v > 0 for v in cap.base + cap.candidate), cap)
+            self.assertEqual(len(knee.base), 1)
+            runs = list((out / "candidate" / "runs").glob("*.json"))
+            self.assertGreaterEqual(len(runs), curve_ab.CURVE_RUNS - curve_ab.KNEE_REFINEMENTS)
+            self.assertIn("--rate", m.commands["candidate"]["curve"]["load"])
 
 
 if __name__ == "__main__":

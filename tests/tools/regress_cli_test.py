@@ -139,15 +139,36 @@ class CliTest(unittest.TestCase):
                          ["tools/regress: base 'no-such-rev-xyz' is not a commit in this "
                           "repository (fetch it, or pass another --base)"])
 
+    def test_a_lower_knee_or_capacity_is_a_regression(self):
+        # --curve's figures: the peak (rps) unchanged, the capacity at the objective 8 % lower.
+        metrics = self.steady_metrics()
+        metrics.append(metric("capacity_rps/epoll/tcp-64B-c64/p99:1ms", "capacity_rps",
+                              *series(self.rng, 12, 1.5e5, -0.08, noise=0.01)))
+        metrics.append(metric("knee_rps/epoll/tcp-64B-c64", "knee_rps",
+                              *series(self.rng, 12, 1.6e5, 0.0, noise=0.01)))
+        r = self.run_regress(metrics=metrics)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        data = json.loads((self.dir / "out" / "regress.json").read_text())
+        verdict = {m["name"]: m["verdict"] for m in data["metrics"]}
+        self.assertEqual(verdict["capacity_rps/epoll/tcp-64B-c64/p99:1ms"], "regressed")
+        self.assertEqual(verdict["knee_rps/epoll/tcp-64B-c64"], "same")
+        self.assertIn("capacity_rps", data["tolerances"])
+
     def test_bad_flags_exit_2(self):
-        for args in (["--tolerance", "nonsense=0.1"], ["--rounds", "0"], ["--alpha", "2"]):
+        for args in (["--tolerance", "nonsense=0.1"], ["--rounds", "0"], ["--alpha", "2"],
+                     ["--curve=udp:64B"], ["--slo=p99:fast"], ["--slo=p42:1ms"],
+                     ["--curve", "--against-baseline"]):
             r = self.run_regress(*args, metrics=self.steady_metrics())
             self.assertEqual(r.returncode, 2, args)
+            # the last line says what is wrong with which flag
+            flag = next(a for a in args if a.startswith("--")).split("=")[0]
+            self.assertIn(flag, r.stderr.strip().splitlines()[-1], r.stderr)
 
     def test_help(self):
         r = subprocess.run([str(REGRESS), "--help"], capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 0)
-        for word in ("--base", "--against-baseline", "--update-baseline", "Exit status"):
+        for word in ("--base", "--against-baseline", "--update-baseline", "Exit status",
+                     "--curve", "--slo"):
             self.assertIn(word, r.stdout)
 
 

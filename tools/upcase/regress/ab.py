@@ -27,11 +27,13 @@ import subprocess
 import time
 from typing import Any, Callable
 
+from .. import curve as curves
 from ..counters import Tools
 from ..points import Point, RunSettings
 from ..processes import Children
 from ..runner import Runner
 from ..summary import BACKEND_ORDER, run_metrics
+from . import curve_ab
 
 SIDES = ("base", "candidate")
 
@@ -43,6 +45,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "rps": {"label": "req/s", "better": "higher", "tolerance": 0.05},
     "syscalls_per_req": {"label": "syscalls/req", "better": "lower", "tolerance": 0.10},
     "gbps": {"label": "GB/s", "better": "higher", "tolerance": 0.05},
+    # --curve only: the knee and the capacity are bisected to a few per cent of the rate, so a
+    # smaller tolerance would judge the bisection's step, not the change.
+    "knee_rps": {"label": "knee req/s", "better": "higher", "tolerance": 0.05},
+    "capacity_rps": {"label": "capacity req/s", "better": "higher", "tolerance": 0.05},
 }
 
 # (backend, proto, size, connections). iterative serves one TCP connection at a time, so at 64
@@ -94,18 +100,24 @@ class Settings:
     # upcase-load gets --server-pid/--server-cpus (both sides' upcase-load know them), so
     # host.noisy also watches the server's CPU
     server_placement: bool = False
+    # --curve: the curve's point (proto, size, connections) and the objectives
+    curve: tuple[str, int, int] | None = None
+    slos: tuple[curves.Slo, ...] = ()
 
     def estimate_s(self, plan: "Plan") -> float:
         """Seconds the measuring takes: run lengths plus what a run costs beyond them here."""
-        per_round = (len(plan.points) * (self.duration + self.warmup + 0.08)
+        run_s = self.duration + self.warmup + 0.08
+        per_round = (len(plan.points) * run_s
                      + len(plan.probes) * (self.probe_duration + self.probe_warmup + 0.15)
-                     / SPARSE_EVERY + (1.1 / SPARSE_EVERY if plan.micro else 0.0))
+                     / SPARSE_EVERY + (1.1 / SPARSE_EVERY if plan.micro else 0.0)
+                     + len(plan.curves) * curve_ab.runs_estimate(len(self.slos)) * run_s
+                     / SPARSE_EVERY)
         return 2 * self.rounds * per_round
 
 
 @dataclasses.dataclass
 class Item:
-    kind: str                    # run | probe | micro
+    kind: str                    # run | probe | micro | curve (point: the curve's closed loop)
     point: Point | None = None
     every: int = 1               # runs in rounds 0, every, 2 x every, ...
 
@@ -120,15 +132,18 @@ class Plan:
     points: list[Point]
     probes: list[Point]
     micro: bool
+    curves: list[Point] = dataclasses.field(default_factory=list)  # --curve: closed-loop points
 
     @property
     def items(self) -> list[Item]:
         return ([Item("run", p) for p in self.points]
                 + [Item("probe", p, SPARSE_EVERY) for p in self.probes]
+                + [Item("curve", p, SPARSE_EVERY) for p in self.curves]
                 + ([Item("micro", None, SPARSE_EVERY)] if self.micro else []))
 
 
-def make_plan(matrix: str, backends: list[str], micro: bool = True, probes: bool = True) -> Plan:
+def make_plan(matrix: str, backends: list[str], micro: bool = True, probes: bool = True,
+              curve: tuple[str, int, int] | None = None) -> Plan:
     m = MATRICES[matrix]
     order = {b: i for i, b in enumerate(BACKEND_ORDER)}
 
@@ -136,7 +151,9 @@ def make_plan(matrix: str, backends: list[str], micro: bool = True, probes: bool
         chosen = [Point(b, p, s, c, probe=probe) for b, p, s, c in rows if b in backends]
         # Backend by backend (stable within a backend), as tools/compare runs them.
         return sorted(chosen, key=lambda pt: order.get(pt.backend, len(order)))
-    return Plan(pick(m["points"], False), pick(m["probes"], True) if probes else [], micro)
+    curve_rows = [(b, *curve) for b in curve_ab.curve_backends(backends)] if curve else []
+    return Plan(pick(m["points"], False), pick(m["probes"], True) if probes else [], micro,
+                pick(curve_rows, False))
 
 
 @dataclasses.dataclass
@@ -192,7 +209,7 @@ class Measurement:
         self.failures: list[str] = []
         self.commands: dict[str, dict] = {s: {} for s in SIDES}
         self.items = plan.items
-        self.total = 2 * sum(self.slots(i) for i in range(len(self.items)))
+        self.total = 2 * sum(self.slots(i) * self.runs_per_slot(i) for i in range(len(self.items)))
         self.done = 0
         self.runners: dict[str, Runner] = {}
         # (item index, round) -> side -> upcase-load's CPU µs per request
@@ -205,6 +222,11 @@ class Measurement:
     def slots(self, i: int) -> int:
         """How many samples item i gets per side: one per round it runs in."""
         return -(-self.s.rounds // self.items[i].every)
+
+    def runs_per_slot(self, i: int) -> int:
+        """Runs one sample of item i takes (a curve's is an estimate: its bisections stop
+        early)."""
+        return curve_ab.runs_estimate(len(self.s.slos)) if self.items[i].kind == "curve" else 1
 
     def _settings(self, side: str, probe: bool) -> RunSettings:
         s = self.s
@@ -324,6 +346,9 @@ class Measurement:
             self.done += 1
             self._micro(i, side, r, first)
             return
+        if item.kind == "curve":
+            self._curve(i, side, r, first)
+            return
         p = item.point
         assert p is not None
         runner = self.runners[side]
@@ -360,6 +385,43 @@ class Measurement:
         for family in ("cpu_us_per_req", "rps"):
             self._record(i, f"{family}/{p.backend}/{point_name(p)}", family,
                          f"{where} {FAMILIES[family]['label']}", side, r, m.get(family), first)
+
+    def _run_point(self, side: str, p: Point, r: int) -> dict | None:
+        """One run of a curve's point on one side: its record, or None (a failure recorded)."""
+        runner = self.runners[side]
+        runner.done = self.done
+        rec = runner.run(p, r, self._settings(side, False))
+        self.done = runner.done
+        if p.backend in runner.dead:
+            for other in self.runners.values():  # the pair is lost: skip it on both sides
+                other.dead.setdefault(p.backend, f"the {side}'s server did not start")
+            msg = f"{side}: backend {p.backend} did not start: {runner.dead[p.backend]}"
+            if msg not in self.failures:
+                self.failures.append(msg)
+            return None
+        if rec is not None and not rec["ok"]:
+            self.failures.append(f"{side}: {p.describe()} round {r + 1}: {rec['error']}")
+            return None
+        if rec is not None:
+            self.commands[side].setdefault("curve", rec.get("commands"))
+        return rec
+
+    def _curve(self, i: int, side: str, r: int, first: str):
+        """Item i's curve on one side: its knee and capacities as this round's samples."""
+        p = self.items[i].point
+        assert p is not None and self.s.curve is not None
+        if p.backend in self.runners[side].dead:
+            return
+        res = curve_ab.measure_curve(lambda q: self._run_point(side, q, r), p.backend,
+                                     self.s.curve, self.s.slos)
+        if res.noisy:
+            self.noisy.add((i, r))
+        if res.error:
+            self.log(f"tools/regress: {side} {p.backend} curve round {r + 1}: {res.error}")
+            return
+        for name, family, label, get in curve_ab.metric_names(p.backend, point_name(p),
+                                                              self.s.slos):
+            self._record(i, name, family, label, side, r, get(res), first)
 
     def micro_command(self, side: str, path: pathlib.Path) -> list[str]:
         cmd = [str(self.benches[side]), f"--benchmark_filter={MICRO_FILTER}",

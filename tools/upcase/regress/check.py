@@ -21,7 +21,7 @@ from ..build import BIN_DIR, ROOT, binary, build_release, discover_backends
 from ..counters import Tools
 from ..errors import HarnessError, ToolExit
 from ..processes import install_cleanup
-from . import ab
+from . import ab, curve_ab
 from . import base as rb
 from . import verdicts
 
@@ -201,7 +201,12 @@ def _settings_info(args: argparse.Namespace, backends: list[str], plan: ab.Plan,
         "server_cpu": settings.server_cpu, "load_cpu": settings.load_cpu,
         "server_args": args.server_arg, "load_from": args.load_from,
         "micro_filter": ab.MICRO_FILTER, "micro_repetitions": ab.MICRO_REPETITIONS,
-        "micro_min_time_s": ab.MICRO_MIN_TIME_S, "tools": vars(tools)}
+        "micro_min_time_s": ab.MICRO_MIN_TIME_S, "tools": vars(tools),
+        "curve": {"point": args.curve, "slos": [s.record() for s in args.slos],
+                  "backends": [p.backend for p in plan.curves],
+                  "fractions": list(curve_ab.CURVE_FRACTIONS),
+                  "knee_refinements": curve_ab.KNEE_REFINEMENTS,
+                  "slo_steps": curve_ab.SLO_STEPS} if plan.curves else None}
 
 
 def measure_ab(args: argparse.Namespace, out: pathlib.Path, tree: rb.BaseTree, info: dict,
@@ -226,11 +231,14 @@ def measure_ab(args: argparse.Namespace, out: pathlib.Path, tree: rb.BaseTree, i
     server_cpu, load_cpu, cpu_note = procfs.cpus_for_runs()
     if cpu_note:
         notes.append(cpu_note)
-    plan = ab.make_plan(args.matrix, backends, probes=bool(tools.perf_syscalls or tools.strace))
+    curve_point = getattr(args, "curve_point", None)
+    plan = ab.make_plan(args.matrix, backends, probes=bool(tools.perf_syscalls or tools.strace),
+                        curve=curve_point)
     # An upcase-load that prints a fingerprint also takes --server-pid/--server-cpus.
     settings = ab.Settings(rounds=args.rounds, server_cpu=server_cpu, load_cpu=load_cpu,
                            server_args=tuple(args.server_arg),
-                           server_placement=None not in info["env"].values())
+                           server_placement=None not in info["env"].values(),
+                           curve=curve_point, slos=tuple(getattr(args, "slos", ())))
     info["settings"] = _settings_info(args, backends, plan, settings, tools)
     for n in notes:
         if n not in info["notes"]:

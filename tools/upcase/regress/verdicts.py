@@ -67,7 +67,7 @@ def _median(values):
 def fmt_value(family: str, x: float | None) -> str:
     if x is None:
         return "-"
-    if family == "rps":
+    if family in ("rps", "knee_rps", "capacity_rps"):
         return fmt_count(x)
     if family == "gbps":
         return f"{x:.3g} GB/s"
