@@ -131,11 +131,14 @@ std::vector<CpuNoise> CpuNoiseBetween(const HostSample& before, const HostSample
   std::map<std::pair<pid_t, pid_t>, std::uint64_t> ticks_before;
   for (const TaskTicks& t : before.tasks) ticks_before[{t.pid, t.tid}] = t.ticks;
   std::map<int, std::uint64_t> own;
+  // Threads that ran and may move: the CPUs they may run on (empty: unknown, any CPU).
+  std::vector<const std::vector<int>*> movable;
   for (const TaskTicks& t : after.tasks) {
     const auto it = ticks_before.find({t.pid, t.tid});
     const std::uint64_t ticks = it == ticks_before.end() ? t.ticks : Delta(it->second, t.ticks);
     const int cpu = t.allowed.size() == 1 ? t.allowed[0] : t.last_cpu;
     own[cpu] += ticks;
+    if (ticks > 0 && t.allowed.size() != 1) movable.push_back(&t.allowed);
   }
   std::vector<CpuNoise> out;
   for (int cpu : cpus) {
@@ -154,6 +157,10 @@ std::vector<CpuNoise> CpuNoiseBetween(const HostSample& before, const HostSample
     n.irq_pct = Percent(Delta(a->irq, b->irq) + Delta(a->softirq, b->softirq), n.ticks);
     n.own_pct = Percent(mine, n.ticks);
     n.foreign_pct = Percent(busy - mine, n.ticks);
+    n.foreign_exact =
+        std::none_of(movable.begin(), movable.end(), [cpu](const std::vector<int>* a) {
+          return a->empty() || std::find(a->begin(), a->end(), cpu) != a->end();
+        });
     out.push_back(n);
   }
   return out;

@@ -8,7 +8,8 @@
 // a single CPU is exact: all its time goes to that CPU. Any other thread's time over an interval
 // goes to the CPU it last ran on (field 39 of its stat) at the interval's end, an approximation
 // that holds for threads that stay put and blurs for threads that migrate; the foreign share of a
-// CPU is clamped at 0 where such a thread's time overshoots it.
+// CPU is clamped at 0 where such a thread's time overshoots it, and a CPU such a thread may run on
+// is marked inexact (CpuNoise::foreign_exact), so that no verdict rests on a guess.
 //
 // Units: /proc/stat and /proc/PID/stat count clock ticks (USER_HZ, 100 per second), so a share
 // over one second resolves 1 %; the per-CPU counters are sampled at ticks while a thread's times
@@ -75,6 +76,10 @@ struct CpuNoise {
   double foreign_pct = 0;   // tasks other than the known processes' threads
   double own_pct = 0;       // the known processes' threads (see the attribution above)
   std::uint64_t ticks = 0;  // the CPU's ticks in the interval
+  // Every known thread that ran in the interval and may run on this CPU is pinned to one CPU, so
+  // own_pct and foreign_pct are exact; false when a thread free to move could have run here (its
+  // time went to the CPU it last ran on, which may be another one).
+  bool foreign_exact = true;
 };
 // The CPUs `cpus` (in that order; a CPU absent from either sample is left out) between two
 // samples, `before` taken first.

@@ -39,7 +39,7 @@ std::vector<std::string> HostFigures::NoiseReasons() const {
       reasons.push_back(absl::StrFormat("the host stole %.1f %% of CPU %d (%s)", c.noise.steal_pct,
                                         c.noise.cpu, c.role));
     }
-    if (c.noise.foreign_pct > kNoisyForeignPct) {
+    if (c.noise.foreign_exact && c.noise.foreign_pct > kNoisyForeignPct) {
       reasons.push_back(absl::StrFormat("other processes took %.1f %% of CPU %d (%s)",
                                         c.noise.foreign_pct, c.noise.cpu, c.role));
     }
@@ -74,6 +74,7 @@ nlohmann::json HostFigures::ToJson() const {
                         {"steal_pct", c.noise.steal_pct},
                         {"irq_pct", c.noise.irq_pct},
                         {"foreign_pct", c.noise.foreign_pct},
+                        {"foreign_exact", c.noise.foreign_exact},
                         {"own_pct", c.noise.own_pct}});
   }
   std::vector<std::string> reasons = NoiseReasons();
@@ -128,6 +129,10 @@ absl::StatusOr<HostFigures> HostFigures::FromJson(const nlohmann::json& j) {
         if (!c.contains(key)) continue;
         if (!c.at(key).is_number()) return bad(absl::StrCat("cpus[].", key));
         *target = c.at(key).get<double>();
+      }
+      if (c.contains("foreign_exact")) {  // absent in results older than the field: exact
+        if (!c.at("foreign_exact").is_boolean()) return bad("cpus[].foreign_exact");
+        cpu.noise.foreign_exact = c.at("foreign_exact").get<bool>();
       }
       h.cpus.push_back(cpu);
     }

@@ -23,7 +23,10 @@ namespace upcase::load {
 
 // Steal above this share of an involved CPU over the window.
 inline constexpr double kNoisyStealPct = 5.0;
-// Foreign CPU (tasks other than upcase-load's and the server's) above this share of a CPU.
+// Foreign CPU (tasks other than upcase-load's and the server's) above this share of a CPU, judged
+// only where it is exact (CpuNoise::foreign_exact: every own thread that may run there is pinned);
+// elsewhere an own thread's time may have been charged to the wrong CPU, and foreign is reported
+// but not judged.
 // Interrupt time (irq_pct) is reported but not judged: soft interrupts include the run's own
 // network processing (loopback's receive path runs as a softirq on the sending CPU).
 inline constexpr double kNoisyForeignPct = 10.0;

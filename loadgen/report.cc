@@ -502,9 +502,10 @@ void AppendHostLines(const Report& r, std::string* out) {
   if (!r.host.present) return;
   std::vector<std::string> cpus;
   for (const HostCpu& c : r.host.cpus) {
-    cpus.push_back(absl::StrFormat("cpu%d (%s) steal %.1f %% irq %.1f %% foreign %.1f %%",
+    cpus.push_back(absl::StrFormat("cpu%d (%s) steal %.1f %% irq %.1f %% foreign %.1f %%%s",
                                    c.noise.cpu, c.role, c.noise.steal_pct, c.noise.irq_pct,
-                                   c.noise.foreign_pct));
+                                   c.noise.foreign_pct,
+                                   c.noise.foreign_exact ? "" : " (approximate: not judged)"));
   }
   absl::StrAppendFormat(out, "host         %s; involuntary switches %d\n",
                         cpus.empty() ? "no CPU figures" : absl::StrJoin(cpus, ", "),

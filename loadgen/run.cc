@@ -322,7 +322,8 @@ class HostWatch {
         cpus.push_back({{"cpu", n.cpu},
                         {"steal_pct", n.steal_pct},
                         {"irq_pct", n.irq_pct},
-                        {"foreign_pct", n.foreign_pct}});
+                        {"foreign_pct", n.foreign_pct},
+                        {"foreign_exact", n.foreign_exact}});
       }
       intervals_.push_back(
           {{"start_s", from},

@@ -113,6 +113,26 @@ TEST(CpuNoiseTest, UnpinnedThreadsGoToTheirLastCpuAndForeignIsNeverNegative) {
   EXPECT_DOUBLE_EQ(n[0].foreign_pct, 100.0 * 10 / 90);  // 10 user ticks of 90
   EXPECT_DOUBLE_EQ(n[1].foreign_pct, 0.0);
   EXPECT_DOUBLE_EQ(n[1].own_pct, 50.0);
+  // It may have run on either CPU: neither CPU's foreign share is exact.
+  EXPECT_FALSE(n[0].foreign_exact);
+  EXPECT_FALSE(n[1].foreign_exact);
+}
+
+TEST(CpuNoiseTest, ForeignIsExactWhereOnlyPinnedThreadsMayRun) {
+  // Thread 11 may run on CPUs 0 and 2, thread 12 is pinned to CPU 1, thread 13 (unknown
+  // affinity) did not run in the interval: CPU 1 is exact, CPU 0 is not.
+  const HostSample a = Sample(
+      kStatBefore, {Task(10, 11, 0, 0, {0, 2}), Task(10, 12, 0, 1, {1}), Task(10, 13, 7, 1, {})});
+  const HostSample b = Sample(
+      kStatAfter, {Task(10, 11, 30, 0, {0, 2}), Task(10, 12, 20, 1, {1}), Task(10, 13, 7, 1, {})});
+  std::vector<CpuNoise> n = CpuNoiseBetween(a, b, {0, 1});
+  ASSERT_EQ(n.size(), 2u);
+  EXPECT_FALSE(n[0].foreign_exact);
+  EXPECT_TRUE(n[1].foreign_exact);
+  // A thread of unknown affinity that ran may have run anywhere.
+  const HostSample c = Sample(
+      kStatAfter, {Task(10, 11, 30, 0, {0, 2}), Task(10, 12, 20, 1, {1}), Task(10, 13, 9, 1, {})});
+  EXPECT_FALSE(CpuNoiseBetween(a, c, {1})[0].foreign_exact);
 }
 
 TEST(CpuNoiseTest, NewThreadsCountWholeAndMissingCpusAreLeftOut) {

@@ -54,6 +54,21 @@ TEST(HostVerdictTest, EachThresholdAloneMakesNoise) {
   }
 }
 
+TEST(HostVerdictTest, ForeignCpuIsJudgedOnlyWhereItIsExact) {
+  // An unpinned own thread's time is charged to the CPU it last ran on, so a CPU it may run on
+  // can show foreign time that was its own: reported, marked, not judged.
+  HostFigures h = Figures(0, 0, 42.25, 1'000'000);
+  h.cpus[0].noise.foreign_exact = false;
+  EXPECT_FALSE(h.noisy());
+  EXPECT_EQ(h.ToJson()["cpus"][0]["foreign_exact"], false);
+  absl::StatusOr<HostFigures> back = HostFigures::FromJson(h.ToJson());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_FALSE(back->cpus[0].noise.foreign_exact);
+  EXPECT_FALSE(back->noisy());
+  h.cpus[0].noise.steal_pct = kNoisyStealPct + 1;  // steal is exact wherever it is
+  EXPECT_TRUE(h.noisy());
+}
+
 TEST(HostVerdictTest, TheLineNamesTheWorstHiccupAsTheLatencyBound) {
   const HostFigures h = Figures(3.4, 0, 16, 3'100'000);
   EXPECT_EQ(h.VerdictLine(),

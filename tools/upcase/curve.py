@@ -113,6 +113,8 @@ def host_reasons(load: dict, p99_us: float | None, involved: Sequence[int] | Non
         if not isinstance(c, dict) or (involved and c.get("cpu") not in involved):
             continue
         for key, what in (("steal_pct", "steal"), ("foreign_pct", "foreign CPU")):
+            if key == "foreign_pct" and c.get("foreign_exact") is False:
+                continue  # an unpinned own thread's time may sit on the wrong CPU: not judged
             v = _num(c.get(key))
             if v is not None and v > HOST_NOISE_PCT_MAX:
                 reasons.append(f"{what} {v:.1f} % on CPU {c.get('cpu')} "
