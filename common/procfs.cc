@@ -158,8 +158,9 @@ std::vector<CpuNoise> CpuNoiseBetween(const HostSample& before, const HostSample
     n.own_pct = Percent(mine, n.ticks);
     n.foreign_pct = Percent(busy - mine, n.ticks);
     n.foreign_exact =
-        std::none_of(movable.begin(), movable.end(), [cpu](const std::vector<int>* a) {
-          return a->empty() || std::find(a->begin(), a->end(), cpu) != a->end();
+        std::none_of(movable.begin(), movable.end(), [cpu](const std::vector<int>* allowed) {
+          return allowed->empty() ||
+                 std::find(allowed->begin(), allowed->end(), cpu) != allowed->end();
         });
     out.push_back(n);
   }
