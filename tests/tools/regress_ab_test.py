@@ -229,9 +229,11 @@ class RealRunsTest(unittest.TestCase):
             cap = metrics["capacity_rps/epoll/tcp-64B-c16/p99:20ms"]
             knee = metrics["knee_rps/epoll/tcp-64B-c16"]
             self.assertEqual(cap.first, ["base"])
-            # A generous objective is met at half the own maximum on both sides.
-            self.assertTrue(all(v and v > 0 for v in cap.base + cap.candidate), cap)
-            self.assertEqual(len(knee.base), 1)
+            # Both sides measured (a figure is None when it does not exist in that round: on a
+            # machine busy with other tests even half the own maximum may miss the objective).
+            self.assertEqual((len(cap.base), len(cap.candidate), len(knee.base)), (1, 1, 1))
+            self.assertTrue(all(v is None or v > 0 for v in cap.base + cap.candidate), cap)
+            self.assertTrue(all(v is None or v > 0 for v in knee.base + knee.candidate), knee)
             runs = list((out / "candidate" / "runs").glob("*.json"))
             self.assertGreaterEqual(len(runs), curve_ab.CURVE_RUNS - curve_ab.KNEE_REFINEMENTS)
             self.assertIn("--rate", m.commands["candidate"]["curve"]["load"])
