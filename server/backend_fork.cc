@@ -23,8 +23,10 @@
 // the child gets a copy of their memory without them, locks held included. So the child touches
 // nothing another thread might hold: between fork() and its loop it makes only system calls, and
 // the loop (ServeBlockingConnection) uses the connection, its stack, the shared page and, on an
-// error path only, malloc, whose locks glibc's fork() takes and releases around the copy. It ends
-// with _exit(), running no destructor and flushing no inherited stdio buffer.
+// error path only, malloc (whose locks glibc's fork() takes and releases around the copy) and
+// stderr. It ends with _exit(), running no destructor and flushing no inherited stdio buffer.
+// (ThreadSanitizer stops checking the child of a multithreaded process; the loop the child runs is
+// the threads backend's, which it does check.)
 //
 // Kernel needs: fork, waitid, prctl(PR_SET_PDEATHSIG), close_range (Linux 5.9), BSD sockets.
 // Try it: upcase-server --backend=fork 5050, connect a few `nc 127.0.0.1 5050`, and
