@@ -1,6 +1,6 @@
 // poll: one thread, one poll(2) loop over every socket the server has.
 //
-// The model: the server keeps an array of pollfd, one per socket (the stop eventfd, the TCP
+// The model: the server keeps an array of pollfd, one per socket (the stop pipe, the TCP
 // listener, the UDP socket, the idle timer, every connection), and hands the whole array to the
 // kernel on every call. poll() sleeps until any of them is ready, marks the ready ones in place,
 // and the thread walks the array to find them, then serves each without blocking. How a ready
@@ -127,12 +127,7 @@ BackendInfo PollBackendInfo() {
           /*sharded=*/false,
           /*reactor=*/true,
           [] { return absl::OkStatus(); },
-          [](const ServerConfig& c) -> std::unique_ptr<Backend> {
-            ServerConfig one = c;  // one thread: --shards and --pin do not apply
-            one.shards = 1;
-            one.pin = false;
-            return std::make_unique<ShardedBackendOf<PollShard>>(one);
-          }};
+          &OneShardBackend<PollShard>};
 }
 
 }  // namespace upcase

@@ -131,12 +131,7 @@ BackendInfo SelectBackendInfo() {
           /*sharded=*/false,
           /*reactor=*/true,
           [] { return absl::OkStatus(); },
-          [](const ServerConfig& c) -> std::unique_ptr<Backend> {
-            ServerConfig one = c;  // one thread: --shards and --pin do not apply
-            one.shards = 1;
-            one.pin = false;
-            return std::make_unique<ShardedBackendOf<SelectShard>>(one);
-          }};
+          &OneShardBackend<SelectShard>};
 }
 
 }  // namespace upcase

@@ -105,7 +105,7 @@ constexpr absl::Duration kTeardownTimeout = absl::Seconds(1);
 // its requests have completed (Conn::ops == 0), so a mismatch would be a bug here; it is checked,
 // not relied on.
 enum class Op : std::uint8_t {
-  kStop = 1,      // poll on the stop eventfd fired
+  kStop = 1,      // poll on the stop pipe fired
   kAccept,        // multishot accept on the listener
   kAcceptResume,  // timeout before accepting again after EMFILE/ENFILE
   kGrace,         // timeout: the grace period after Stop() is over
@@ -131,7 +131,7 @@ constexpr std::uint64_t Encode(Op op, std::uint32_t gen = 0, std::uint32_t index
 // ---- The shard ----
 
 // One reactor: a thread's whole world. Everything here is touched by that thread only; Stop()
-// reaches it through the eventfd the backend owns.
+// reaches it through the pipe the backend owns.
 class Shard : public ReactorShard {
  public:
   using ReactorShard::ReactorShard;
@@ -313,7 +313,7 @@ class Shard : public ReactorShard {
 
   void HandleStop(const io_uring_cqe& cqe) {
     if (cqe.res < 0 && cqe.res != -ECANCELED) {
-      DieOnRingError(ErrnoError("poll on the stop eventfd", -cqe.res));  // -EBADF etc.: a bug
+      DieOnRingError(ErrnoError("poll on the stop pipe", -cqe.res));  // -EBADF etc.: a bug
     }
     if (cqe.res == -ECANCELED || stopping_) return;
     stopping_ = true;

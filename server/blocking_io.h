@@ -1,5 +1,6 @@
-// The blocking request loops shared by the two lab-style backends (iterative and threads): the
-// code a student writes first. A blocking backend decides only *who* runs these loops.
+// The blocking request loops shared by the lab-style backends (iterative, threads and fork): the
+// code a student writes first. A blocking backend decides only *who* runs these loops (a thread,
+// a process).
 //
 // Stopping a blocking server gracefully, by the policy every backend follows (server/shutdown.h).
 // A thread blocked in recv() only wakes for the socket, so Stop() wakes it with shutdown(SHUT_RD):
@@ -99,14 +100,15 @@ class GraceTimer {
   std::thread thread_;
 };
 
-// What the two blocking backends share: one blocking TCP listener and one UDP socket (no shards),
+// What the blocking backends share: one blocking TCP listener and one UDP socket (no shards),
 // a UDP thread running ServeBlockingUdp, the accept loop, and the stop with its grace period. A
 // blocking backend says only who serves each accepted connection (Serve).
 class BlockingBackend : public Backend {
  public:
   explicit BlockingBackend(const ServerConfig& config) : config_(config) {}
 
-  absl::StatusOr<Endpoints> Open() final;
+  // A backend that needs more before serving (fork: its shared memory) sets it up, then calls this.
+  absl::StatusOr<Endpoints> Open() override;
   // The UDP thread, and the accept loop on the calling thread, until Stop().
   absl::Status Run() final;
   // Raises the stop flag and wakes every blocked call with shutdown(SHUT_RD): accept and recvfrom

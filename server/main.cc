@@ -141,11 +141,12 @@ std::vector<std::string> ParseFlags(int argc, char** argv, Options& o) {
   flags.Bytes("conn-buffer", &o.conn_buffer,
               "cap on unsent output per connection (1K..1G); above it the server stops reading "
               "it");
-  flags.String("output-budget", &o.output_budget,
-               "epoll/uring/poll/select: unsent output of all of a shard's connections "
-               "(64K..1024G); over it those holding the most stop being read; auto = RAM/8/shards "
-               "within 32M..1G, "
-               "0 = none");
+  flags.String(
+      "output-budget", &o.output_budget,
+      "the reactors (epoll/uring/poll/select/sigio): unsent output of all of a shard's connections "
+      "(64K..1024G); over it those holding the most stop being read; auto = RAM/8/shards "
+      "within 32M..1G, "
+      "0 = none");
   flags.Duration("idle-timeout", &o.idle_timeout,
                  "close a TCP connection that neither sends nor reads for this long (at most "
                  "24h; 0 = never)");
@@ -287,7 +288,7 @@ int Main(int argc, char** argv) {
                    kProgram, std::string(info.name).c_str());
     }
     config.shards = 1;
-    // poll and select queue output too: their one shard gets the whole default budget.
+    // poll, select and sigio queue output too: their one shard gets the whole default budget.
     if (options.output_budget == kAuto) config.output_budget = DefaultOutputBudget(1);
   }
   config.backend = std::string(info.name);

@@ -442,7 +442,7 @@ absl::Status ReadinessShard::HandleIdleTick() {
 
 absl::Status ReadinessShard::HandleStop() {
   if (draining_) return absl::OkStatus();
-  // The stop eventfd stays readable (every shard watches it): stop watching it.
+  // The stop pipe stays readable (every shard watches it): stop watching it.
   if (absl::Status s = Unwatch(stop_fd_, /*closing=*/false); !s.ok()) return s;
   // Stop accepting. What is still in this listener's backlog is reset by the kernel.
   draining_ = true;

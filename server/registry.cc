@@ -9,8 +9,10 @@ namespace upcase {
 // Defined in each backend's file.
 BackendInfo IterativeBackendInfo();
 BackendInfo ThreadsBackendInfo();
+BackendInfo ForkBackendInfo();
 BackendInfo SelectBackendInfo();
 BackendInfo PollBackendInfo();
+BackendInfo SigioBackendInfo();
 BackendInfo EpollBackendInfo();
 #ifdef UPCASE_HAVE_URING
 BackendInfo UringBackendInfo();
@@ -31,8 +33,8 @@ BackendInfo UringBackendInfo() {
 
 const std::vector<BackendInfo>& Backends() {
   static const std::vector<BackendInfo> backends = {
-      IterativeBackendInfo(), ThreadsBackendInfo(), SelectBackendInfo(),
-      PollBackendInfo(),      EpollBackendInfo(),   UringBackendInfo(),
+      IterativeBackendInfo(), ThreadsBackendInfo(), ForkBackendInfo(),  SelectBackendInfo(),
+      PollBackendInfo(),      SigioBackendInfo(),   EpollBackendInfo(), UringBackendInfo(),
   };
   return backends;
 }

@@ -1,6 +1,6 @@
 #include "server/sharded_backend.h"
 
-#include <sys/eventfd.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,8 +76,10 @@ absl::Status RunShards(std::size_t count, const std::function<absl::Status(std::
 }  // namespace
 
 absl::StatusOr<Endpoints> ShardedBackend::Open() {
-  stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!stop_.valid()) return ErrnoError("eventfd", errno);
+  int stop_pipe[2];
+  if (::pipe2(stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0) return ErrnoError("pipe2 (stop)", errno);
+  stop_.reset(stop_pipe[0]);
+  stop_write_.reset(stop_pipe[1]);
   cpus_ = ShardCpus();
   const int count = std::max(config_.shards, 1);
   absl::StatusOr<Listeners> listeners = OpenListeners(config_, count, /*non_blocking=*/true);
@@ -110,12 +112,13 @@ absl::Status ShardedBackend::Run() {
 }
 
 void ShardedBackend::Stop() {
-  if (!stop_.valid()) return;
-  // One eventfd for all shards: nobody reads it, so it stays readable and every shard sees it.
-  const std::uint64_t one = 1;
-  // Cannot fail: the descriptor lives as long as the backend and the counter would need 2^64
-  // calls to overflow. A failure would leave the shards running forever, so do not go on.
-  if (::write(stop_.get(), &one, sizeof one) != sizeof one) std::abort();
+  if (!stop_write_.valid()) return;
+  // One pipe for all shards: nobody reads it, so it stays readable and every shard sees it.
+  const char byte = 1;
+  // Cannot fail: the descriptors live as long as the backend, and EAGAIN (a pipe full of earlier
+  // stops) leaves it readable all the same. A failure would leave the shards running forever, so
+  // do not go on.
+  if (::write(stop_write_.get(), &byte, 1) != 1 && errno != EAGAIN) std::abort();
 }
 
 std::vector<ShardStats> ShardedBackend::Stats() const {

@@ -6,7 +6,7 @@
 //   Open()   binds every shard's sockets and creates the shards (CreateShard);
 //   Run()    runs shard 0 on the calling thread and the others on threads of their own, each
 //            pinned to its CPU with --pin;
-//   Stop()   makes the one stop eventfd readable; every shard watches it and shuts down;
+//   Stop()   makes the one stop pipe readable; every shard watches it and shuts down;
 //   Stats()  one entry per shard.
 #ifndef UPCASE_SERVER_SHARDED_BACKEND_H_
 #define UPCASE_SERVER_SHARDED_BACKEND_H_
@@ -59,7 +59,7 @@ class ReactorShard {
 
   const ServerConfig& config_;
   const std::size_t max_conns_;   // this shard's share of --max-conns
-  const int stop_fd_;             // the backend's eventfd; readable once Stop() was called
+  const int stop_fd_;             // the stop pipe's read end; readable once Stop() was called
   ConnsPerAddress& per_address_;  // --max-conns-per-ip: shared by every shard (thread-safe)
   IdleClock idle_;                // --idle-timeout: advanced by the shard's own timer
   // Storage for the connections' output queues. A base member, so it outlives the connections.
@@ -100,9 +100,12 @@ class ShardedBackend : public Backend {
 
  private:
   const ServerConfig config_;
-  ConnsPerAddress per_address_;                        // shared by the shards; outlives them
-  Fd stop_;                                            // eventfd
-  std::vector<int> cpus_;                              // --pin: shard i runs on cpus_[i % size]
+  ConnsPerAddress per_address_;  // shared by the shards; outlives them
+  // A pipe rather than an eventfd: the same readiness to every poller, and a pipe can also raise
+  // a signal when written (O_ASYNC), which is how the sigio backend hears of the stop.
+  Fd stop_;                // read end: never read, so it stays readable and every shard sees it
+  Fd stop_write_;          // Stop() writes one byte here
+  std::vector<int> cpus_;  // --pin: shard i runs on cpus_[i % size]
   std::vector<std::unique_ptr<ReactorShard>> shards_;  // fixed once Open() returned
 };
 
@@ -121,6 +124,16 @@ class ShardedBackendOf final : public ShardedBackend {
     return shard;
   }
 };
+
+// The create() of a one-thread readiness backend (poll, select, sigio): one shard, whatever
+// --shards and --pin say.
+template <typename Shard>
+std::unique_ptr<Backend> OneShardBackend(const ServerConfig& config) {
+  ServerConfig one = config;
+  one.shards = 1;
+  one.pin = false;
+  return std::make_unique<ShardedBackendOf<Shard>>(one);
+}
 
 // The CPUs this process may run on (AllowedCpus, common/sys.h), in increasing order: what --pin
 // spreads the shards over, and how many shards run by default. Never empty.

@@ -11,6 +11,7 @@ ShardStats& ShardStats::operator+=(const ShardStats& o) {
   rejected += o.rejected;
   per_ip_refused += o.per_ip_refused;
   fd_setsize_refused += o.fd_setsize_refused;
+  sigio_sweeps += o.sigio_sweeps;
   idle_closed += o.idle_closed;
   accept_errors += o.accept_errors;
   bytes_in += o.bytes_in;
@@ -27,13 +28,13 @@ ShardStats& ShardStats::operator+=(const ShardStats& o) {
 std::string FormatShardStats(int shard, const ShardStats& s) {
   return absl::StrFormat(
       "shard %d: accepted=%d active=%d closed=%d rejected=%d per_ip_refused=%d "
-      "fd_setsize_refused=%d "
+      "fd_setsize_refused=%d sigio_sweeps=%d "
       "idle_closed=%d accept_errors=%d conn_resets=%d bytes_in=%d bytes_out=%d datagrams_in=%d "
       "datagrams_out=%d "
       "udp_drops=%d udp_refused=%d provided_buffer_bytes=%d",
       shard, s.accepted, s.active(), s.closed, s.rejected, s.per_ip_refused, s.fd_setsize_refused,
-      s.idle_closed, s.accept_errors, s.conn_resets, s.bytes_in, s.bytes_out, s.datagrams_in,
-      s.datagrams_out, s.udp_drops, s.udp_refused, s.provided_buffer_bytes);
+      s.sigio_sweeps, s.idle_closed, s.accept_errors, s.conn_resets, s.bytes_in, s.bytes_out,
+      s.datagrams_in, s.datagrams_out, s.udp_drops, s.udp_refused, s.provided_buffer_bytes);
 }
 
 namespace {
@@ -44,6 +45,7 @@ nlohmann::json ToJson(const ShardStats& s) {
           {"rejected", s.rejected},
           {"per_ip_refused", s.per_ip_refused},
           {"fd_setsize_refused", s.fd_setsize_refused},
+          {"sigio_sweeps", s.sigio_sweeps},
           {"idle_closed", s.idle_closed},
           {"accept_errors", s.accept_errors},
           {"conn_resets", s.conn_resets},

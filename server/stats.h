@@ -19,6 +19,9 @@ struct ShardStats {
   // select: an accepted descriptor at or above FD_SETSIZE, which select(2) cannot watch: closed
   // at once. 0 for the other backends.
   std::uint64_t fd_setsize_refused = 0;
+  // sigio: times the real-time signal queue overflowed (the kernel sent SIGIO instead) and the
+  // shard swept every socket with poll(2). 0 for the other backends.
+  std::uint64_t sigio_sweeps = 0;
   std::uint64_t idle_closed = 0;    // closed after --idle-timeout without progress
   std::uint64_t accept_errors = 0;  // accept failures other than EAGAIN (EMFILE, ENFILE, ...)
   std::uint64_t bytes_in = 0;       // TCP payload bytes read

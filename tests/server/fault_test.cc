@@ -103,8 +103,8 @@ void PrintTo(const Variant& v, std::ostream* os) { *os << v.backend << " shards=
 bool OneClientAtATime(const Variant& v) { return v.backend == "iterative"; }
 
 // What unsent output may cost the server per connection, beyond the kernel's socket buffers:
-// the reactors (epoll, uring, poll, select) hold at most --conn-buffer; a blocking backend holds
-// one 64 KiB read buffer (on the connection thread's stack, whose touched pages count too).
+// the reactors (epoll, uring, poll, select, sigio) hold at most --conn-buffer; a blocking backend
+// holds one 64 KiB read buffer (on the connection thread's stack, whose touched pages count too).
 std::uint64_t MemoryPerBlockedClient(const Variant& v, std::uint64_t conn_buffer) {
   return v.reactor ? conn_buffer + (16 << 10) : (64 << 10) + (32 << 10);
 }
@@ -604,6 +604,38 @@ TEST_P(FaultTest, SelectClosesConnectionsAboveFdSetsize) {
   const nlohmann::json stats = StopServer();
   EXPECT_EQ(stats["total"]["fd_setsize_refused"].get<int>(), refused) << stats.dump();
   EXPECT_EQ(stats["total"]["accepted"].get<int>(), served + 1) << stats.dump();
+}
+
+// sigio: with room for one queued real-time signal (RLIMIT_SIGPENDING), requests written to many
+// connections at once overflow the queue; the kernel then sends SIGIO, and the server must find
+// every ready socket with its poll() sweep instead: every request is answered, and the sweeps
+// are counted.
+TEST_P(FaultTest, SigioQueueOverflowFallsBackToAPollSweep) {
+  if (GetParam().backend != "sigio") GTEST_SKIP() << "sigio only: no signal queue elsewhere";
+  if (!InPath("prlimit")) GTEST_SKIP() << "prlimit (util-linux) not installed";
+  constexpr int kClients = 16;
+  constexpr int kRounds = 100;
+  ASSERT_NO_FATAL_FAILURE(
+      Start({"--bind=127.0.0.1", "--proto=tcp"}, {"prlimit", "--sigpending=1:1"}));
+  std::vector<Fd> clients;
+  for (int i = 0; i < kClients; ++i) clients.push_back(Tcp());
+  for (int round = 0; round < kRounds; ++round) {
+    std::vector<std::string> requests;
+    for (int i = 0; i < kClients; ++i) {  // all written before any reply is read
+      requests.push_back(absl::StrCat("round ", round, " client ", i, "\n"));
+      ASSERT_EQ(SendAll(clients[i].get(), requests[i].data(), requests[i].size()),
+                absl::OkStatus());
+    }
+    for (int i = 0; i < kClients; ++i) {
+      ASSERT_EQ(RecvWithin(clients[i].get(), requests[i].size(), kPrompt).value_or("(none)"),
+                Expected(requests[i]))
+          << "round " << round << ", client " << i;
+    }
+  }
+  clients.clear();
+  const nlohmann::json stats = StopServer();
+  EXPECT_GT(stats["total"]["sigio_sweeps"].get<int>(), 0) << stats.dump();
+  EXPECT_EQ(stats["total"]["bytes_in"], stats["total"]["bytes_out"]) << stats.dump();
 }
 
 TEST_P(FaultTest, FloodBeyondDescriptorLimitKeepsServingAndRecovers) {
@@ -1855,9 +1887,10 @@ TEST_P(FaultTest, SlowSteadyReaderIsNotIdle) {
 // with --idle-timeout=8s), so both are ready, in that order, when the shard next waits.
 TEST_P(FaultTest, StopAndIdleTickInOneBatch) {
   if (!GetParam().reactor || GetParam().backend == "uring") {
-    GTEST_SKIP() << "only the readiness reactors (epoll, poll, select) close a timer source in "
-                    "their stop handler (uring's tick is a timeout completion checked against "
-                    "its stopping flag; the blocking backends have no idle timer)";
+    GTEST_SKIP()
+        << "only the readiness reactors (epoll, poll, select, sigio) close a timer source in "
+           "their stop handler (uring's tick is a timeout completion checked against "
+           "its stopping flag; the blocking backends have no idle timer)";
   }
   if (!InPath("strace")) GTEST_SKIP() << "strace not installed";
   const std::string log = testing::StatsPathForCurrentTest("strace") + ".log";

@@ -172,7 +172,7 @@ COUNTERS = re.compile(r"^shard \d+: ((?:\w+=\S+ ?)+)$")
 READY = re.compile(r"^ready ((?:\w+=\S+ ?)+)$")
 LOAD_ROW = re.compile(r"^(window|requests|rate|errors|mismatches|unanswered|unfinished|unsent|"
                       r"client cpu|latency \(us\)|udp)\s")
-COST_ROW = re.compile(r"^(iterative|threads|epoll|uring)\s+(\d+)\s+(tcp|udp)\s+(\d+)\s+\d+\s+\d+\s+"
+COST_ROW = re.compile(r"^([a-z]+)\s+(\d+)\s+(tcp|udp)\s+(\d+)\s+\d+\s+\d+\s+"
                       r"([\d.]+|-)\s+([\d.]+|-)\s+")
 PER_REQUEST = re.compile(r"^\s*per request:(.*)$")
 CALL = re.compile(r"([a-z_0-9]+) ([\d.]+)")

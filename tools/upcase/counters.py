@@ -29,8 +29,8 @@ PROBE_SYSCALLS = (
     "recvmmsg", "sendmmsg", "epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl",
     "io_uring_enter", "poll", "ppoll", "select", "pselect6", "accept", "accept4", "close",
     "shutdown", "futex", "clone", "clone3", "mmap", "munmap", "mprotect", "madvise",
-    "rt_sigprocmask", "setsockopt", "getsockopt", "sched_yield", "nanosleep",
-    "clock_nanosleep", "eventfd2",
+    "rt_sigprocmask", "rt_sigtimedwait", "fcntl", "wait4", "waitid", "setsockopt", "getsockopt",
+    "sched_yield", "nanosleep", "clock_nanosleep", "eventfd2",
 )
 # Where the kernel lists its syscall tracepoints (tracefs, or debugfs on older setups).
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")

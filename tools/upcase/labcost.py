@@ -26,7 +26,8 @@ LAB_OUT = os.environ.get("LAB_OUT", "/tmp/upcase-lab")
 NAMED_SYSCALLS = ["accept4", "recvfrom", "sendto", "recvmmsg", "sendmmsg", "epoll_wait",
                   "epoll_ctl", "io_uring_enter", "futex", "read", "write", "close", "setsockopt",
                   "clone3", "mmap", "mprotect", "munmap", "madvise", "rt_sigprocmask",
-                  "set_robust_list", "rseq", "exit"]
+                  "set_robust_list", "rseq", "exit", "select", "poll", "rt_sigtimedwait", "fcntl",
+                  "clone", "waitid", "prctl", "close_range", "exit_group"]
 STRACE_ATTACH_TIMEOUT_S = 10
 STRACE_DETACH_TIMEOUT_S = 30
 

@@ -15,8 +15,8 @@ from .units import fmt_count, fmt_size
 PLOTS = ("throughput_vs_connections.png", "latency_spectrum.png", "latency_vs_load.png")
 SCALING_PLOT = "scaling.png"  # only with a --shards sweep
 # Fixed colours so a backend looks the same in every plot and every report.
-COLORS = {"iterative": "#7f7f7f", "threads": "#1f77b4", "select": "#9467bd", "poll": "#ff7f0e",
-          "epoll": "#2ca02c", "uring": "#d62728"}
+COLORS = {"iterative": "#7f7f7f", "threads": "#1f77b4", "fork": "#17becf", "select": "#9467bd",
+          "poll": "#ff7f0e", "sigio": "#bcbd22", "epoll": "#2ca02c", "uring": "#d62728"}
 
 
 def plot_scaling(summary: dict, path: pathlib.Path) -> bool:

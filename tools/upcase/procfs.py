@@ -92,9 +92,12 @@ def cpus_for_runs() -> tuple[int | None, int | None, str | None]:
 
 
 def parse_proc_stat(raw: str) -> dict:
-    """utime/stime (seconds) and thread count from the text of /proc/PID/stat."""
+    """utime/stime (seconds) and thread count from the text of /proc/PID/stat. The times include
+    the children the process has reaped (cutime/cstime): the fork backend's connections run in
+    child processes, whose CPU is the server's too (0 for the other backends)."""
     fields = raw[raw.rindex(")") + 2:].split()  # fields[0] is field 3 (state) of proc(5)
-    return {"utime_s": int(fields[11]) / CLK_TCK, "stime_s": int(fields[12]) / CLK_TCK,
+    return {"utime_s": (int(fields[11]) + int(fields[13])) / CLK_TCK,
+            "stime_s": (int(fields[12]) + int(fields[14])) / CLK_TCK,
             "threads": int(fields[17])}
 
 

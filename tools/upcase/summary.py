@@ -18,7 +18,7 @@ PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9), ("p9
 # The point whose figures headline the report and whose load the latency spectrum shows.
 HEADLINE_KEY = "tcp-64B-c64-closed"
 SPECTRUM_KEY = "tcp-64B-c64-open50"
-BACKEND_ORDER = ("iterative", "threads", "select", "poll", "epoll", "uring")
+BACKEND_ORDER = ("iterative", "threads", "fork", "select", "poll", "sigio", "epoll", "uring")
 
 # ---------------------------------------------------------------------------------------------
 # From runs to summary.
