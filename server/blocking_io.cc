@@ -61,12 +61,11 @@ bool ServeDatagram(int fd, std::uint16_t own_port, int flags, UdpBuffer& buf, Ud
     return true;
   }
   if (RefuseDatagram(peer.get(), own_port) ||
-      guards.reflections.IsReflection(peer.get(), buf.data(), static_cast<std::size_t>(n))) {
+      !guards.reflections.UppercaseUnlessReflection(peer.get(), buf.data(),
+                                                    static_cast<std::size_t>(n))) {
     ++stats.udp_refused;  // a well-known port, ourselves, or our own reply: a reply could loop
     return true;
   }
-  UppercaseInPlace(buf.data(), static_cast<std::size_t>(n));
-  guards.reflections.Replied(peer.get(), buf.data(), static_cast<std::size_t>(n));
   if (::sendto(fd, buf.data(), static_cast<std::size_t>(n), 0, peer.get(), peer.size()) < 0) {
     ++stats.udp_drops;
   } else {

@@ -359,14 +359,13 @@ absl::Status ReadinessShard::HandleUdp() {
       }
       const auto* peer = reinterpret_cast<const sockaddr*>(&udp_peers_[i]);
       char* data = static_cast<char*>(udp_iov_[i].iov_base);
+      // Uppercased in place: the reply.
       if (RefuseDatagram(peer, udp_port_) ||
-          udp_guards_.reflections.IsReflection(peer, data, udp_in_[i].msg_len)) {
+          !udp_guards_.reflections.UppercaseUnlessReflection(peer, data, udp_in_[i].msg_len)) {
         ++stats_.udp_refused;  // a well-known port, ourselves, or our own reply: it could loop
         continue;
       }
       udp_iov_[i].iov_len = udp_in_[i].msg_len;
-      UppercaseInPlace(data, udp_in_[i].msg_len);
-      udp_guards_.reflections.Replied(peer, data, udp_in_[i].msg_len);
       udp_out_[replies] = {};
       udp_out_[replies].msg_hdr.msg_name = &udp_peers_[i];
       udp_out_[replies].msg_hdr.msg_namelen = udp_in_[i].msg_hdr.msg_namelen;

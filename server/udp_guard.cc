@@ -4,18 +4,19 @@
 #include <netinet/in.h>
 #include <time.h>
 
+#include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
+#include <random>
 
 #include "absl/hash/hash.h"
 #include "absl/strings/string_view.h"
 #include "common/net.h"
+#include "common/uppercase.h"
 
 namespace upcase {
 namespace {
-
-// Every bit of the address: the guard tells peers apart exactly, ports included.
-constexpr PeerPrefix kWholeAddress{32, 128};
 
 // The window is coarse, so is the clock: CLOCK_MONOTONIC_COARSE is a plain read of the tick the
 // kernel keeps (a few ms), cheaper than the precise clock on the request path.
@@ -26,48 +27,69 @@ std::int64_t CoarseNanos() {
 }
 
 // absl::Hash is seeded per process, so a peer cannot choose bytes that collide with a reply.
-std::uint64_t HashOf(const void* data, std::size_t n) {
-  return absl::HashOf(absl::string_view(static_cast<const char*>(data), n));
+std::uint64_t HashOf(const char* data, std::size_t n) {
+  return absl::HashOf(absl::string_view(data, n));
+}
+
+std::uint64_t HeadOf(const char* data, std::size_t n) {
+  std::uint64_t head = 0;
+  std::memcpy(&head, data, std::min<std::size_t>(n, sizeof head));
+  return head;
 }
 
 }  // namespace
 
 ReflectionGuard::ReflectionGuard(bool enabled) {
-  if (enabled) slots_ = std::make_unique<Slot[]>(kSlots);
+  if (!enabled) return;
+  slots_ = std::make_unique<Slot[]>(kSlots);
+  std::random_device random;
+  seed_ = (std::uint64_t{random()} << 32) | random();
 }
 
-ReflectionGuard::Peer ReflectionGuard::PeerOf(const sockaddr* peer) {
-  std::uint16_t port = 0;
-  if (peer->sa_family == AF_INET) {
-    port = reinterpret_cast<const sockaddr_in*>(peer)->sin_port;
-  } else if (peer->sa_family == AF_INET6) {
-    port = reinterpret_cast<const sockaddr_in6*>(peer)->sin6_port;
+ReflectionGuard::Peer ReflectionGuard::PeerOf(const sockaddr* address) {
+  Peer p;
+  if (address->sa_family == AF_INET) {
+    const auto* v4 = reinterpret_cast<const sockaddr_in*>(address);
+    p.low = v4->sin_addr.s_addr;
+    p.port_and_family = v4->sin_port | std::uint32_t{AF_INET} << 16;
+  } else if (address->sa_family == AF_INET6) {
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(address);
+    std::memcpy(&p.high, &v6->sin6_addr, 8);
+    std::memcpy(&p.low, reinterpret_cast<const char*>(&v6->sin6_addr) + 8, 8);
+    p.port_and_family = v6->sin6_port | std::uint32_t{AF_INET6} << 16;
   }
-  return {PeerKeyOf(peer, kWholeAddress), port};
+  return p;
 }
 
-std::size_t ReflectionGuard::SlotOf(const Peer& peer) {
-  return absl::HashOf(peer.address, peer.port) & (kSlots - 1);
+std::size_t ReflectionGuard::SlotOf(const Peer& peer) const {
+  // Multiplicative hashing (the golden ratio's odd constant): the top bits pick the slot.
+  constexpr std::uint64_t kMix = 0x9E3779B97F4A7C15;
+  constexpr int kSlotBits = std::countr_zero(kSlots);
+  const std::uint64_t x = ((peer.high ^ seed_) * kMix + peer.low) * kMix + peer.port_and_family;
+  return static_cast<std::size_t>((x * kMix) >> (64 - kSlotBits));
 }
 
-bool ReflectionGuard::IsReflection(const sockaddr* peer, const void* data, std::size_t n) {
-  if (slots_ == nullptr) return false;
-  const Peer who = PeerOf(peer);
-  const Slot& slot = slots_[SlotOf(who)];
-  // Cheap tests first: most datagrams differ from the last reply in peer or length.
-  if (slot.sent_ns == 0 || slot.length != n || !(slot.peer == who)) return false;
-  if (CoarseNanos() - slot.sent_ns >= absl::ToInt64Nanoseconds(kReflectionWindow)) return false;
-  return slot.hash == HashOf(data, n);
-}
-
-void ReflectionGuard::Replied(const sockaddr* peer, const void* data, std::size_t n) {
-  if (slots_ == nullptr) return;
+bool ReflectionGuard::UppercaseUnlessReflection(const sockaddr* peer, char* data, std::size_t n) {
+  if (slots_ == nullptr) {
+    UppercaseInPlace(data, n);
+    return true;
+  }
   const Peer who = PeerOf(peer);
   Slot& slot = slots_[SlotOf(who)];
+  const std::uint64_t head = HeadOf(data, n);
+  // Cheap tests first: most requests differ from the last reply in peer, length or first bytes.
+  if (slot.sent_ns != 0 && slot.length == n && slot.head == head && slot.peer == who &&
+      CoarseNanos() - slot.sent_ns < absl::ToInt64Nanoseconds(kReflectionWindow) &&
+      slot.hash == HashOf(data, n)) {
+    return false;
+  }
+  UppercaseInPlace(data, n);
   slot.peer = who;
   slot.length = static_cast<std::uint32_t>(n);
+  slot.head = HeadOf(data, n);
   slot.hash = HashOf(data, n);
   slot.sent_ns = CoarseNanos();
+  return true;
 }
 
 void KernelDrops::Count(const msghdr& received, ShardStats& stats) {

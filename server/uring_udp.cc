@@ -2,7 +2,6 @@
 
 #include <utility>
 
-#include "common/uppercase.h"
 #include "server/blocking_io.h"
 #include "server/config.h"
 #include "server/limits.h"
@@ -78,12 +77,11 @@ void UringUdp::HandleRecv(const io_uring_cqe& cqe) {
       const auto* peer = static_cast<const sockaddr*>(io_uring_recvmsg_name(out));
       void* payload = io_uring_recvmsg_payload(out, &recv_msg_);
       const unsigned len = io_uring_recvmsg_payload_length(out, cqe.res, &recv_msg_);
-      if (RefuseDatagram(peer, own_port_) || guards_.reflections.IsReflection(peer, payload, len)) {
+      if (RefuseDatagram(peer, own_port_) ||
+          !guards_.reflections.UppercaseUnlessReflection(peer, static_cast<char*>(payload), len)) {
         ++stats_->udp_refused;  // a well-known port, ourselves, or our own reply: it could loop
         buffers_.Return(bid);
-      } else {
-        UppercaseInPlace(static_cast<char*>(payload), len);
-        guards_.reflections.Replied(peer, payload, len);
+      } else {  // uppercased in place: the reply
         AddSend(bid, io_uring_recvmsg_name(out), out->namelen, payload, len);
       }
     }

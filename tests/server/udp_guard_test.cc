@@ -61,50 +61,71 @@ sockaddr_in V4(const char* ip, std::uint16_t port) {
   return a;
 }
 
+sockaddr_in6 V6(const char* ip, std::uint16_t port) {
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_port = htons(port);
+  EXPECT_EQ(inet_pton(AF_INET6, ip, &a.sin6_addr), 1);
+  return a;
+}
+
 const sockaddr* Sa(const void* a) { return static_cast<const sockaddr*>(a); }
+
+// Feeds `request` to the guard as a datagram from `peer`: the reply, or "(refused)".
+std::string Serve(ReflectionGuard& guard, const void* peer, std::string request) {
+  if (!guard.UppercaseUnlessReflection(Sa(peer), request.data(), request.size())) {
+    return "(refused)";
+  }
+  return request;
+}
 
 TEST(ReflectionGuardTest, OnlyTheLastReplyToTheSamePeerIsAReflection) {
   ReflectionGuard guard(true);
   const sockaddr_in peer = V4("127.0.0.1", 40000);
-  const std::string reply = "PING PONG";
-  EXPECT_FALSE(guard.IsReflection(Sa(&peer), reply.data(), reply.size())) << "nothing sent yet";
-  guard.Replied(Sa(&peer), reply.data(), reply.size());
-  EXPECT_TRUE(guard.IsReflection(Sa(&peer), reply.data(), reply.size()));
-  const std::string other = "PING PONh";  // same length, other bytes
-  EXPECT_FALSE(guard.IsReflection(Sa(&peer), other.data(), other.size()));
-  EXPECT_FALSE(guard.IsReflection(Sa(&peer), reply.data(), reply.size() - 1));
+  EXPECT_EQ(Serve(guard, &peer, "ping pong"), "PING PONG");
+  EXPECT_EQ(Serve(guard, &peer, "PING PONG"), "(refused)") << "the reply came back";
+  EXPECT_EQ(Serve(guard, &peer, "PING PONh"), "PING PONH") << "same length, other bytes";
+  EXPECT_EQ(Serve(guard, &peer, "PING PONH"), "(refused)");
+  EXPECT_EQ(Serve(guard, &peer, "PING PO"), "PING PO") << "shorter";
   const sockaddr_in other_port = V4("127.0.0.1", 40001);
   const sockaddr_in other_host = V4("127.0.0.2", 40000);
-  EXPECT_FALSE(guard.IsReflection(Sa(&other_port), reply.data(), reply.size()));
-  EXPECT_FALSE(guard.IsReflection(Sa(&other_host), reply.data(), reply.size()));
-  // A newer reply to the peer replaces the older one.
-  guard.Replied(Sa(&peer), other.data(), other.size());
-  EXPECT_FALSE(guard.IsReflection(Sa(&peer), reply.data(), reply.size()));
-  EXPECT_TRUE(guard.IsReflection(Sa(&peer), other.data(), other.size()));
+  EXPECT_EQ(Serve(guard, &other_port, "PING PO"), "PING PO");
+  EXPECT_EQ(Serve(guard, &other_host, "PING PO"), "PING PO");
+  // A newer reply to the peer replaces the older one; the first 8 bytes alike, the rest not.
+  EXPECT_EQ(Serve(guard, &peer, "0123456789 abc"), "0123456789 ABC");
+  EXPECT_EQ(Serve(guard, &peer, "0123456789 ABD"), "0123456789 ABD");
+  EXPECT_EQ(Serve(guard, &peer, "0123456789 ABC"), "0123456789 ABC");
+  EXPECT_EQ(Serve(guard, &peer, "0123456789 ABC"), "(refused)");
+  // IPv6 peers, by address and port.
+  const sockaddr_in6 v6 = V6("::1", 40000);
+  const sockaddr_in6 v6_other = V6("::2", 40000);
+  EXPECT_EQ(Serve(guard, &v6, "x"), "X");
+  EXPECT_EQ(Serve(guard, &v6_other, "X"), "X");
+  EXPECT_EQ(Serve(guard, &v6, "X"), "(refused)");
 }
 
 TEST(ReflectionGuardTest, EmptyRepliesAndManyPeers) {
   ReflectionGuard guard(true);
   const sockaddr_in a = V4("10.0.0.1", 5000);
-  guard.Replied(Sa(&a), "", 0);
-  EXPECT_TRUE(guard.IsReflection(Sa(&a), "", 0)) << "an empty datagram loops as well";
+  EXPECT_EQ(Serve(guard, &a, ""), "");
+  EXPECT_EQ(Serve(guard, &a, ""), "(refused)") << "an empty datagram loops as well";
   // Peers beyond the table's slots: each is remembered until another takes its slot, and no
   // peer is ever mistaken for another.
   for (std::uint16_t port = 2000; port < 2000 + 4 * ReflectionGuard::kSlots; ++port) {
     const sockaddr_in p = V4("10.0.0.2", port);
     const std::string reply = absl::StrCat("R", port);
-    guard.Replied(Sa(&p), reply.data(), reply.size());
-    ASSERT_TRUE(guard.IsReflection(Sa(&p), reply.data(), reply.size())) << port;
+    ASSERT_EQ(Serve(guard, &p, reply), reply);
+    ASSERT_EQ(Serve(guard, &p, reply), "(refused)") << port;
     const sockaddr_in q = V4("10.0.0.3", port);
-    ASSERT_FALSE(guard.IsReflection(Sa(&q), reply.data(), reply.size())) << port;
+    ASSERT_EQ(Serve(guard, &q, reply), reply) << port;
   }
 }
 
 TEST(ReflectionGuardTest, OffRefusesNothing) {
   ReflectionGuard guard(false);
   const sockaddr_in peer = V4("127.0.0.1", 40000);
-  guard.Replied(Sa(&peer), "X", 1);
-  EXPECT_FALSE(guard.IsReflection(Sa(&peer), "X", 1));
+  EXPECT_EQ(Serve(guard, &peer, "x"), "X");
+  EXPECT_EQ(Serve(guard, &peer, "X"), "X");
 }
 
 // A received datagram's control data carrying the socket's cumulative drop count `total`.
