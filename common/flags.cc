@@ -29,9 +29,9 @@ const FlagSet::Flag* FlagSet::Find(absl::string_view name) const {
 void FlagSet::Bool(std::string name, bool* target, std::string help) {
   Add({name, std::move(help), *target ? "true" : "false", true,
        [name, target](absl::string_view v) -> absl::Status {
-         if (v == "true" || v == "1" || v == "yes") {
+         if (v == "true" || v == "1" || v == "yes" || v == "on") {
            *target = true;
-         } else if (v == "false" || v == "0" || v == "no") {
+         } else if (v == "false" || v == "0" || v == "no" || v == "off") {
            *target = false;
          } else {
            return absl::InvalidArgumentError(

@@ -5,7 +5,8 @@
 // and exits 1. Values are still parsed with abseil (durations like "10s", numbers), so the syntax
 // matches what abseil users know.
 //
-// Accepted forms: --name=value, --name value, and for booleans --name, --name=false, --no-name.
+// Accepted forms: --name=value, --name value, and for booleans --name, --name=false (or 0, no,
+// off), --no-name.
 // --help / -h prints the usage and exits 0; a bad flag prints one line and exits 2.
 #ifndef UPCASE_COMMON_FLAGS_H_
 #define UPCASE_COMMON_FLAGS_H_

@@ -27,6 +27,8 @@ namespace upcase {
 struct Endpoints {
   std::optional<SocketAddress> tcp;  // absent when TCP is not served
   std::optional<SocketAddress> udp;
+  // The receive buffer the kernel granted each UDP socket (SetUdpReceiveBuffer); 0 without UDP.
+  std::size_t udp_rcvbuf = 0;
 };
 
 class Backend {

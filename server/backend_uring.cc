@@ -643,7 +643,10 @@ class Shard : public ReactorShard {
   BufferRing tcp_buffers_;
   UringAcceptor acceptor_{
       &ring_, &stats_, {Encode(Op::kAccept), Encode(Op::kAcceptResume), Encode(Op::kCancel)}};
-  UringUdp udp_{&ring_, &stats_, {Encode(Op::kUdpRecv), Encode(Op::kUdpSend), Encode(Op::kCancel)}};
+  UringUdp udp_{&ring_,
+                &stats_,
+                {Encode(Op::kUdpRecv), Encode(Op::kUdpSend), Encode(Op::kCancel)},
+                config_.udp_reflection_guard};
 
   ConnSlots conns_{&output_pool_};
   std::vector<std::uint32_t> touched_;  // slots with completions in this batch, see Touch

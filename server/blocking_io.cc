@@ -37,23 +37,35 @@ constexpr int kUdpAnswersAtStop = 128;
 // Reads one datagram with `flags` and answers it. False when there was none: EAGAIN with
 // MSG_DONTWAIT, or a blocked read woken by Stop's shutdown(SHUT_RD), which returns 0 bytes from
 // no address (a real empty datagram has its sender's).
-bool ServeDatagram(int fd, std::uint16_t own_port, int flags, UdpBuffer& buf, ShardStats& stats) {
+bool ServeDatagram(int fd, std::uint16_t own_port, int flags, UdpBuffer& buf, UdpGuards& guards,
+                   ShardStats& stats) {
   SocketAddress peer;
-  const ssize_t n = ::recvfrom(fd, buf.data(), buf.size(), flags | MSG_TRUNC, peer.mutable_get(),
-                               peer.mutable_size());
+  iovec iov{buf.data(), buf.size()};
+  alignas(cmsghdr) char control[kDropsControlBytes];
+  msghdr msg{};
+  msg.msg_name = peer.mutable_get();
+  msg.msg_namelen = *peer.mutable_size();
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  const ssize_t n = ::recvmsg(fd, &msg, flags | MSG_TRUNC);
   // EINTR, or an ICMP error queued for an earlier reply: nothing read, but keep serving.
   if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK;
+  *peer.mutable_size() = msg.msg_namelen;
   if (n == 0 && peer.size() == 0) return false;
   ++stats.datagrams_in;
+  guards.drops.Count(msg, stats);
   if (static_cast<std::size_t>(n) > kMaxDatagram) {
     ++stats.udp_drops;  // larger than any reply we may send back
     return true;
   }
-  if (RefuseDatagram(peer.get(), own_port)) {
-    ++stats.udp_refused;  // a well-known port or ourselves: a reply could loop
+  if (RefuseDatagram(peer.get(), own_port) ||
+      !guards.reflections.UppercaseUnlessReflection(peer.get(), buf.data(),
+                                                    static_cast<std::size_t>(n))) {
+    ++stats.udp_refused;  // a well-known port, ourselves, or our own reply: a reply could loop
     return true;
   }
-  UppercaseInPlace(buf.data(), static_cast<std::size_t>(n));
   if (::sendto(fd, buf.data(), static_cast<std::size_t>(n), 0, peer.get(), peer.size()) < 0) {
     ++stats.udp_drops;
   } else {
@@ -171,23 +183,26 @@ void ServeBlockingConnection(int fd, const StopFlag& stop, absl::Duration idle_t
   FinishAtStop(fd, stop, buf, stats);
 }
 
-void ServeBlockingUdp(int fd, const StopFlag& stop, ShardStats& stats) {
+void ServeBlockingUdp(int fd, const StopFlag& stop, bool reflection_guard, ShardStats& stats) {
+  UdpGuards guards(reflection_guard);
   {
     const std::uint16_t own_port = OwnPort(fd);
     UdpBuffer buf;
     while (!stop.raised())
-      ServeDatagram(fd, own_port, 0, buf, stats);  // Stop's shutdown() wakes it
+      ServeDatagram(fd, own_port, 0, buf, guards, stats);  // Stop's shutdown() wakes it
   }
   // What the socket had received when Stop() came is answered, as the reactors do.
-  AnswerQueuedDatagrams(fd, stats);
+  AnswerQueuedDatagrams(fd, guards, stats);
 }
 
-void AnswerQueuedDatagrams(int fd, ShardStats& stats) {
+void AnswerQueuedDatagrams(int fd, UdpGuards& guards, ShardStats& stats) {
   auto buf = std::make_unique<UdpBuffer>();
   const std::uint16_t own_port = OwnPort(fd);
-  for (int i = 0; i < kUdpAnswersAtStop && ServeDatagram(fd, own_port, MSG_DONTWAIT, *buf, stats);
+  for (int i = 0;
+       i < kUdpAnswersAtStop && ServeDatagram(fd, own_port, MSG_DONTWAIT, *buf, guards, stats);
        ++i) {
   }
+  guards.drops.Settle(fd, stats);
 }
 
 void ShutdownForStop(int fd, int how, const char* what) {
@@ -206,8 +221,9 @@ absl::StatusOr<Endpoints> BlockingBackend::Open() {
 absl::Status BlockingBackend::Run() {
   std::thread udp_thread;
   if (!listeners_.udp.empty()) {
-    udp_thread =
-        std::thread([this] { ServeBlockingUdp(listeners_.udp[0].get(), stop_, udp_stats_); });
+    udp_thread = std::thread([this] {
+      ServeBlockingUdp(listeners_.udp[0].get(), stop_, config_.udp_reflection_guard, udp_stats_);
+    });
   }
   absl::Status status = listeners_.tcp.empty() ? absl::OkStatus() : AcceptLoop();
   if (!status.ok()) Stop();  // the listener failed: wind the connections down as for a signal

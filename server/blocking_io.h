@@ -38,6 +38,7 @@
 #include "server/limits.h"
 #include "server/listeners.h"
 #include "server/stats.h"
+#include "server/udp_guard.h"
 
 namespace upcase {
 
@@ -66,15 +67,17 @@ class StopFlag {
 void ServeBlockingConnection(int fd, const StopFlag& stop, absl::Duration idle_timeout,
                              ShardStats& stats);
 
-// The lab's datagram loop on a blocking UDP socket: recvfrom, uppercase, sendto the source.
+// The lab's datagram loop on a blocking UDP socket: receive (recvmsg: recvfrom plus the kernel's
+// drop count), uppercase, sendto the source.
+// Refuses what limits.h and udp_guard.h refuse (`reflection_guard`: --udp-reflection-guard).
 // Returns once `stop` is raised and the socket has been shut down (which wakes recvfrom).
-void ServeBlockingUdp(int fd, const StopFlag& stop, ShardStats& stats);
+void ServeBlockingUdp(int fd, const StopFlag& stop, bool reflection_guard, ShardStats& stats);
 
 // Answers, without waiting, the datagrams the socket already holds, at most 128 (as epoll does at
 // shutdown: four recvmmsg batches of 32), so that a flood cannot hold a shutdown up. The shutdown
 // path of ServeBlockingUdp, and of the uring backend, whose cancelled multishot recvmsg would
-// otherwise leave them unanswered.
-void AnswerQueuedDatagrams(int fd, ShardStats& stats);
+// otherwise leave them unanswered. `guards` are the socket's; their drop count is settled.
+void AnswerQueuedDatagrams(int fd, UdpGuards& guards, ShardStats& stats);
 
 // shutdown(fd, how) for Stop(): ENOTCONN (a client already gone, or an unconnected UDP socket,
 // which the call still wakes) is expected; any other failure leaves a thread blocked until the

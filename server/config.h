@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "common/net.h"
 #include "server/limits.h"
+#include "server/udp_guard.h"
 
 namespace upcase {
 
@@ -46,6 +47,8 @@ struct ServerConfig {
   std::size_t output_budget = 0;
   absl::Duration grace = kDefaultGrace;  // how long shutdown may spend delivering output
   bool sqpoll = false;                   // io_uring only: kernel-side submission polling
+  bool udp_reflection_guard = true;      // refuse reflections of our own replies (udp_guard.h)
+  std::size_t udp_rcvbuf = kDefaultUdpRcvbuf;  // each UDP socket's SO_RCVBUF; 0: the kernel's
 };
 
 }  // namespace upcase

@@ -4,7 +4,8 @@
 //   - UDP: datagrams from a source port below 1024 (echo, chargen, daytime... and port 0) or
 //     from the server's own port are dropped, never answered. Uppercasing is idempotent, so a
 //     reply to another uppercase server (one forged datagram from A's address to B's) or to an
-//     echo service would bounce between the two forever; a reply to itself likewise.
+//     echo service would bounce between the two forever; a reply to itself likewise. Loops
+//     between ordinary ports are stopped by the reflection guard (server/udp_guard.h).
 //   - TCP: --max-conns-per-ip, counted server-wide in one table all shards share, touched only
 //     when a connection is taken into service and when it closes.
 //   - TCP: --idle-timeout, on a coarse clock of ticks that a shard advances from a timer, so the

@@ -3,6 +3,7 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
+#include "server/udp_guard.h"
 
 namespace upcase {
 namespace {
@@ -33,6 +34,11 @@ absl::StatusOr<Listeners> OpenOnPort(const ServerConfig& config, SocketAddress a
       absl::StatusOr<Fd> fd =
           transport == Transport::kTcp ? ListenTcp(addr, options) : BindUdp(addr, options);
       if (!fd.ok()) return fd.status();
+      if (transport == Transport::kUdp) {
+        absl::StatusOr<std::size_t> rcvbuf = SetUdpReceiveBuffer(fd->get(), config.udp_rcvbuf);
+        if (!rcvbuf.ok()) return rcvbuf.status();
+        out.endpoints.udp_rcvbuf = *rcvbuf;
+      }
       if (addr.port() == 0) {  // the kernel chose; the rest of the group must use the same port
         absl::StatusOr<SocketAddress> bound = LocalAddress(fd->get());
         if (!bound.ok()) return bound.status();

@@ -1,7 +1,7 @@
 // Opening the sockets a backend serves on: `count` TCP listeners and `count` UDP sockets, all on
 // one port. With count > 1 they form SO_REUSEPORT groups, so the kernel spreads connections and
 // datagrams across shards. With port 0 the first TCP bind picks the port and everything else
-// binds the same one.
+// binds the same one. Each UDP socket gets --udp-rcvbuf and SO_RXQ_OVFL (server/udp_guard.h).
 #ifndef UPCASE_SERVER_LISTENERS_H_
 #define UPCASE_SERVER_LISTENERS_H_
 

@@ -46,6 +46,8 @@ constexpr std::uint64_t kMinConnBuffer = 1024;
 constexpr std::uint64_t kMaxConnBuffer = std::uint64_t{1} << 30;
 constexpr std::uint64_t kMinOutputBudget = 64 << 10;
 constexpr std::uint64_t kMaxOutputBudget = std::uint64_t{1} << 40;
+constexpr std::uint64_t kMinUdpRcvbuf = 1024;  // the kernel raises it to its own minimum (4.5K)
+constexpr std::uint64_t kMaxUdpRcvbuf = std::uint64_t{1} << 30;
 constexpr absl::Duration kMaxGrace = absl::Hours(1);
 constexpr absl::Duration kMaxIdleTimeout = absl::Hours(24);
 // The value of --max-conns-per-ip and --output-budget that asks for the default.
@@ -85,6 +87,8 @@ struct Options {
   absl::Duration grace = kDefaultGrace;
   bool sqpoll = false;
   bool hiccups = false;
+  bool udp_reflection_guard = true;
+  std::uint64_t udp_rcvbuf = kDefaultUdpRcvbuf;
 };
 
 // A bad command line: one line on stderr, exit status 2.
@@ -153,6 +157,14 @@ std::vector<std::string> ParseFlags(int argc, char** argv, Options& o) {
   flags.String("stats-json", &o.stats_json, "write the per-shard counters to FILE at exit");
   flags.Duration("grace", &o.grace,
                  "at shutdown, how long to spend delivering pending output (at most 1h)");
+  flags.Bool("udp-reflection-guard", &o.udp_reflection_guard,
+             "UDP: refuse a datagram that is the very reply sent to its source (address and port) "
+             "within the last second, which only a loop (a forged datagram between two "
+             "uppercase or echo services) or a client echoing replies back sends; off: answer it");
+  flags.Bytes("udp-rcvbuf", &o.udp_rcvbuf,
+              "UDP: each socket's receive buffer (1K..1G), room for bursts; without root at most "
+              "net.core.rmem_max; 0 = the kernel's default; the size obtained is in --stats-json "
+              "(udp_rcvbuf)");
   flags.Bool("sqpoll", &o.sqpoll, "uring: let a kernel thread poll the submission queue");
   flags.Bool("hiccups", &o.hiccups,
              "run a hiccup recorder on each CPU the server uses (a thread sleeping 1 ms, recording "
@@ -172,6 +184,7 @@ ServerConfig BuildConfig(const Options& o, const std::vector<std::string>& args)
   absl::StatusOr<SocketAddress> bind = ParseIpAddress(o.bind, *port);
   if (!bind.ok()) CommandLineError(bind.status().message());
   CheckBytes("conn-buffer", o.conn_buffer, kMinConnBuffer, kMaxConnBuffer);
+  if (o.udp_rcvbuf != 0) CheckBytes("udp-rcvbuf", o.udp_rcvbuf, kMinUdpRcvbuf, kMaxUdpRcvbuf);
   CheckDuration("grace", o.grace, kMaxGrace);
   CheckDuration("idle-timeout", o.idle_timeout, kMaxIdleTimeout);
   ServerConfig config;
@@ -186,6 +199,8 @@ ServerConfig BuildConfig(const Options& o, const std::vector<std::string>& args)
   config.sqpoll = o.sqpoll;
   config.shards = o.shards > 0 ? static_cast<int>(o.shards) : static_cast<int>(ShardCpus().size());
   config.idle_timeout = o.idle_timeout;
+  config.udp_reflection_guard = o.udp_reflection_guard;
+  config.udp_rcvbuf = o.udp_rcvbuf;
 
   if (o.max_conns_per_ip == kAuto) {
     config.max_conns_per_ip = DefaultConnsPerIp(config.max_conns);
@@ -313,6 +328,13 @@ int Main(int argc, char** argv) {
   DieIfError(kProgram, endpoints.status());
   ServerHiccups hiccups;
   if (options.hiccups) DieIfError(kProgram, hiccups.Start(HiccupCpus(config)));
+  if (endpoints->udp && config.udp_rcvbuf > 0 && endpoints->udp_rcvbuf < config.udp_rcvbuf) {
+    std::fprintf(stderr,
+                 "%s: note: --udp-rcvbuf=%s: the kernel granted %s (net.core.rmem_max; root may "
+                 "exceed it)\n",
+                 kProgram, FormatBytes(config.udp_rcvbuf).c_str(),
+                 FormatBytes(endpoints->udp_rcvbuf).c_str());
+  }
   std::printf("%s\n", ReadyLine(info, config.shards, *endpoints).c_str());
   std::fflush(stdout);
 
@@ -342,6 +364,7 @@ int Main(int argc, char** argv) {
   if (!options.stats_json.empty()) {
     std::ofstream out(options.stats_json);
     nlohmann::json j = StatsToJson(config.backend, stats);
+    if (endpoints->udp) j["udp_rcvbuf"] = endpoints->udp_rcvbuf;
     if (options.hiccups) j["hiccup_us"] = hiccups.ToJson();
     out << j.dump(2) << "\n";
     if (!out) {

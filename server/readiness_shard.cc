@@ -332,6 +332,8 @@ absl::Status ReadinessShard::HandleUdp() {
       udp_in_[i].msg_hdr.msg_namelen = sizeof udp_peers_[i];
       udp_in_[i].msg_hdr.msg_iov = &udp_iov_[i];
       udp_in_[i].msg_hdr.msg_iovlen = 1;
+      udp_in_[i].msg_hdr.msg_control = udp_control_[i].bytes;
+      udp_in_[i].msg_hdr.msg_controllen = sizeof udp_control_[i].bytes;
     }
     const int n = ::recvmmsg(udp_.get(), udp_in_.data(), kUdpBatch, MSG_DONTWAIT, nullptr);
     if (n < 0) {
@@ -350,16 +352,20 @@ absl::Status ReadinessShard::HandleUdp() {
     int replies = 0;
     for (int i = 0; i < n; ++i) {
       ++stats_.datagrams_in;
+      udp_guards_.drops.Count(udp_in_[i].msg_hdr, stats_);
       if (udp_in_[i].msg_hdr.msg_flags & MSG_TRUNC) {
         ++stats_.udp_drops;  // larger than any reply we may send (IPv6 allows 65527 bytes)
         continue;
       }
-      if (RefuseDatagram(reinterpret_cast<const sockaddr*>(&udp_peers_[i]), udp_port_)) {
-        ++stats_.udp_refused;  // a well-known port or ourselves: a reply could loop
+      const auto* peer = reinterpret_cast<const sockaddr*>(&udp_peers_[i]);
+      char* data = static_cast<char*>(udp_iov_[i].iov_base);
+      // Uppercased in place: the reply.
+      if (RefuseDatagram(peer, udp_port_) ||
+          !udp_guards_.reflections.UppercaseUnlessReflection(peer, data, udp_in_[i].msg_len)) {
+        ++stats_.udp_refused;  // a well-known port, ourselves, or our own reply: it could loop
         continue;
       }
       udp_iov_[i].iov_len = udp_in_[i].msg_len;
-      UppercaseInPlace(static_cast<char*>(udp_iov_[i].iov_base), udp_in_[i].msg_len);
       udp_out_[replies] = {};
       udp_out_[replies].msg_hdr.msg_name = &udp_peers_[i];
       udp_out_[replies].msg_hdr.msg_namelen = udp_in_[i].msg_hdr.msg_namelen;
@@ -452,6 +458,7 @@ absl::Status ReadinessShard::HandleStop() {
   spare_.reset();  // never watched
   if (udp_.valid()) {
     absl::Status s = HandleUdp();  // answer what is already queued, then stop
+    udp_guards_.drops.Settle(udp_.get(), stats_);
     CloseOwn(udp_);
     if (!s.ok()) return s;
   }

@@ -28,6 +28,7 @@
 #include "server/limits.h"
 #include "server/output_queue.h"
 #include "server/sharded_backend.h"
+#include "server/udp_guard.h"
 
 namespace upcase {
 
@@ -152,6 +153,11 @@ class ReadinessShard : public ReactorShard {
   std::array<sockaddr_storage, kUdpBatch> udp_peers_;
   std::array<mmsghdr, kUdpBatch> udp_in_;
   std::array<mmsghdr, kUdpBatch> udp_out_;
+  struct UdpControl {
+    alignas(cmsghdr) char bytes[kDropsControlBytes];
+  };
+  std::array<UdpControl, kUdpBatch> udp_control_;  // each datagram's SO_RXQ_OVFL count
+  UdpGuards udp_guards_{config_.udp_reflection_guard};
 
   bool accept_paused_ = false;  // the listener is unwatched until accept_resume_ns_
   std::int64_t accept_resume_ns_ = 0;

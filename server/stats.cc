@@ -20,6 +20,7 @@ ShardStats& ShardStats::operator+=(const ShardStats& o) {
   datagrams_out += o.datagrams_out;
   udp_drops += o.udp_drops;
   udp_refused += o.udp_refused;
+  udp_kernel_drops += o.udp_kernel_drops;
   conn_resets += o.conn_resets;
   provided_buffer_bytes += o.provided_buffer_bytes;
   return *this;
@@ -31,10 +32,11 @@ std::string FormatShardStats(int shard, const ShardStats& s) {
       "fd_setsize_refused=%d sigio_sweeps=%d "
       "idle_closed=%d accept_errors=%d conn_resets=%d bytes_in=%d bytes_out=%d datagrams_in=%d "
       "datagrams_out=%d "
-      "udp_drops=%d udp_refused=%d provided_buffer_bytes=%d",
+      "udp_drops=%d udp_refused=%d udp_kernel_drops=%d provided_buffer_bytes=%d",
       shard, s.accepted, s.active(), s.closed, s.rejected, s.per_ip_refused, s.fd_setsize_refused,
       s.sigio_sweeps, s.idle_closed, s.accept_errors, s.conn_resets, s.bytes_in, s.bytes_out,
-      s.datagrams_in, s.datagrams_out, s.udp_drops, s.udp_refused, s.provided_buffer_bytes);
+      s.datagrams_in, s.datagrams_out, s.udp_drops, s.udp_refused, s.udp_kernel_drops,
+      s.provided_buffer_bytes);
 }
 
 namespace {
@@ -55,6 +57,7 @@ nlohmann::json ToJson(const ShardStats& s) {
           {"datagrams_out", s.datagrams_out},
           {"udp_drops", s.udp_drops},
           {"udp_refused", s.udp_refused},
+          {"udp_kernel_drops", s.udp_kernel_drops},
           {"provided_buffer_bytes", s.provided_buffer_bytes}};
 }
 }  // namespace

@@ -30,8 +30,12 @@ struct ShardStats {
   std::uint64_t datagrams_out = 0;
   std::uint64_t udp_drops = 0;  // replies not sent (socket buffer full or send error)
   // Datagrams not answered by policy (server/limits.h): from a source port below 1024 or from
-  // the server's own port. datagrams_in == datagrams_out + udp_drops + udp_refused.
+  // the server's own port, or a reflection of the server's own reply (server/udp_guard.h).
+  // datagrams_in == datagrams_out + udp_drops + udp_refused.
   std::uint64_t udp_refused = 0;
+  // Datagrams the kernel dropped before the server could read them, its socket's receive buffer
+  // being full (SO_RXQ_OVFL): datagrams_in + udp_kernel_drops is what arrived.
+  std::uint64_t udp_kernel_drops = 0;
   std::uint64_t conn_resets = 0;  // connections ended by ECONNRESET / EPIPE
   // Memory the shard shares among its connections as buffers handed to the kernel: uring's
   // provided buffers (the ring grows on ENOBUFS, so at exit this is its peak); 0 for the other

@@ -2,7 +2,6 @@
 
 #include <utility>
 
-#include "common/uppercase.h"
 #include "server/blocking_io.h"
 #include "server/config.h"
 #include "server/limits.h"
@@ -10,8 +9,9 @@
 namespace upcase {
 namespace {
 
-constexpr std::uint32_t kBufferSize =
-    (sizeof(io_uring_recvmsg_out) + sizeof(sockaddr_storage) + kMaxDatagram + 4095) & ~4095u;
+constexpr std::uint32_t kBufferSize = (sizeof(io_uring_recvmsg_out) + sizeof(sockaddr_storage) +
+                                       kDropsControlBytes + kMaxDatagram + 4095) &
+                                      ~4095u;
 
 }  // namespace
 
@@ -27,6 +27,8 @@ absl::Status UringUdp::Init(Fd socket, std::uint16_t group) {
   }
   replies_.resize(kBuffers);
   recv_msg_.msg_namelen = sizeof(sockaddr_storage);
+  // Room for the SO_RXQ_OVFL count, which the kernel writes after the address.
+  recv_msg_.msg_controllen = kDropsControlBytes;
   group_ = group;
   return absl::OkStatus();
 }
@@ -65,26 +67,37 @@ void UringUdp::HandleRecv(const io_uring_cqe& cqe) {
     char* buf = buffers_.Buffer(bid);
     io_uring_recvmsg_out* out = io_uring_recvmsg_validate(buf, cqe.res, &recv_msg_);
     ++stats_->datagrams_in;
+    if (out != nullptr) CountDrops(*out);
     if (out == nullptr || out->namelen > recv_msg_.msg_namelen || (out->flags & MSG_TRUNC) ||
         out->payloadlen > kMaxDatagram) {
       // Larger than any reply we may send (IPv6 allows 65527 bytes; the buffer has room).
       ++stats_->udp_drops;
       buffers_.Return(bid);
-    } else if (RefuseDatagram(static_cast<const sockaddr*>(io_uring_recvmsg_name(out)),
-                              own_port_)) {
-      ++stats_->udp_refused;  // a well-known port or ourselves: a reply could loop
-      buffers_.Return(bid);
     } else {
+      const auto* peer = static_cast<const sockaddr*>(io_uring_recvmsg_name(out));
       void* payload = io_uring_recvmsg_payload(out, &recv_msg_);
       const unsigned len = io_uring_recvmsg_payload_length(out, cqe.res, &recv_msg_);
-      UppercaseInPlace(static_cast<char*>(payload), len);
-      AddSend(bid, io_uring_recvmsg_name(out), out->namelen, payload, len);
+      if (RefuseDatagram(peer, own_port_) ||
+          !guards_.reflections.UppercaseUnlessReflection(peer, static_cast<char*>(payload), len)) {
+        ++stats_->udp_refused;  // a well-known port, ourselves, or our own reply: it could loop
+        buffers_.Return(bid);
+      } else {  // uppercased in place: the reply
+        AddSend(bid, io_uring_recvmsg_name(out), out->namelen, payload, len);
+      }
     }
   } else if (cqe.res < 0) {
     // ENOBUFS: every buffer holds a reply in flight; re-armed when one comes back. ECANCELED:
     // shutdown. Anything else (an ICMP error for an earlier reply) ends the multishot only.
   }
   MaybeRearm();
+}
+
+// The control data sits after the address in the buffer, as a msghdr's would: view it as one.
+void UringUdp::CountDrops(io_uring_recvmsg_out& out) {
+  msghdr control{};
+  control.msg_control = io_uring_recvmsg_cmsg_firsthdr(&out, &recv_msg_);
+  control.msg_controllen = control.msg_control == nullptr ? 0 : out.controllen;
+  guards_.drops.Count(control, *stats_);
 }
 
 void UringUdp::HandleSend(const io_uring_cqe& cqe, std::uint16_t bid) {
@@ -106,7 +119,7 @@ void UringUdp::MaybeRearm() {
 void UringUdp::Stop() {
   stopped_ = true;
   // Answered now, as epoll does: the cancel would strand them.
-  if (fd_.valid()) AnswerQueuedDatagrams(fd_.get(), *stats_);
+  if (fd_.valid()) AnswerQueuedDatagrams(fd_.get(), guards_, *stats_);
   if (recv_armed_) ring_->AddCancel(tags_.recv, tags_.cancel);
 }
 

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "common/net.h"
 #include "server/stats.h"
+#include "server/udp_guard.h"
 #include "server/uring_ring.h"
 
 namespace upcase {
@@ -33,7 +34,9 @@ class UringUdp {
   // a payload of up to kMaxDatagram bytes.
   static constexpr std::uint32_t kBuffers = 64;
 
-  UringUdp(Ring* ring, ShardStats* stats, Tags tags) : ring_(ring), stats_(stats), tags_(tags) {}
+  // `reflection_guard`: --udp-reflection-guard (server/udp_guard.h).
+  UringUdp(Ring* ring, ShardStats* stats, Tags tags, bool reflection_guard)
+      : ring_(ring), stats_(stats), tags_(tags), guards_(reflection_guard) {}
 
   // Takes the shard's UDP socket (invalid: UDP is not served) and registers its buffers as
   // `group`.
@@ -62,6 +65,7 @@ class UringUdp {
   void AddRecv();
   void AddSend(std::uint16_t bid, void* peer, socklen_t peer_len, void* payload, std::size_t len);
   void MaybeRearm();
+  void CountDrops(io_uring_recvmsg_out& out);
 
   Ring* const ring_;
   ShardStats* const stats_;
@@ -69,7 +73,8 @@ class UringUdp {
   Fd fd_;
   std::uint16_t group_ = 0;
   BufferRing buffers_;
-  msghdr recv_msg_{};           // layout template for multishot recvmsg: name, no control
+  UdpGuards guards_;
+  msghdr recv_msg_{};           // layout template for multishot recvmsg: name, the drop count
   std::vector<Reply> replies_;  // indexed by buffer id
   std::uint32_t sends_ = 0;     // replies in flight, each holding its buffer
   std::uint16_t own_port_ = 0;  // the socket's port: datagrams from it are refused (limits.h)

@@ -44,6 +44,20 @@ TEST(FlagSetTest, ParsesEveryKindAndBothSyntaxes) {
   EXPECT_EQ(duration, absl::Milliseconds(250));
 }
 
+TEST(FlagSetTest, BooleansTakeOnAndOff) {
+  bool guard = true;
+  FlagSet flags("prog", "usage");
+  flags.Bool("guard", &guard, "");
+  Args off({"--guard=off"});
+  ASSERT_TRUE(flags.Parse(off.argc(), off.argv.data()).ok());
+  EXPECT_FALSE(guard);
+  Args on({"--guard=on"});
+  ASSERT_TRUE(flags.Parse(on.argc(), on.argv.data()).ok());
+  EXPECT_TRUE(guard);
+  Args bad({"--guard=maybe"});
+  EXPECT_FALSE(flags.Parse(bad.argc(), bad.argv.data()).ok());
+}
+
 TEST(FlagSetTest, RejectsBadInputWithTheFlagName) {
   std::int64_t shards = 0;
   std::string proto = "both";
