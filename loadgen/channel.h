@@ -72,10 +72,9 @@ struct LoopContext {
     if (now < measure_end) {
       ++stats->counters.requests;
       stats->counters.bytes_received += size;
-    } else if (config->open_loop()) {
-      ++stats->counters.drain_replies;
     } else {
-      return;  // closed loop measures what completes inside the window
+      ++stats->counters.drain_replies;
+      if (!config->open_loop()) return;  // closed loop measures what completes inside the window
     }
     stats->latency.Record(now - intended);
     stats->latency_uncorrected.Record(now - sent);
@@ -98,6 +97,19 @@ struct LoopContext {
     const std::int64_t age = now - intended;
     stats->latency.Record(age);
     c.unanswered_min_age_ns = std::min(c.unanswered_min_age_ns, age);
+  }
+  // The request intended at `intended` was written (at least its first byte) on a connection
+  // that has just failed: its reply will never come. Open loop records its age as a lower bound,
+  // in the corrected histogram only, as for an unanswered request: a connection reset must not
+  // take the slowest requests out of the tail.
+  void RecordFailed(std::int64_t intended) {
+    if (intended == 0 || !InWindow(intended)) return;
+    Counters& c = stats->counters;
+    ++c.failed;
+    if (!config->open_loop()) return;
+    const std::int64_t age = now - intended;
+    stats->latency.Record(age);
+    c.failed_min_age_ns = std::min(c.failed_min_age_ns, age);
   }
   void NoteError(ErrorKind kind, const absl::Status& cause);
   // The same, building the cause only when it will be kept (the first error): for errors that

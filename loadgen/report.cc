@@ -143,13 +143,13 @@ absl::Status CheckNumbers(const nlohmann::json& j) {
   }
   if (absl::Status s =
           CheckCounts(j, {"requests", "scheduled", "sent", "unfinished", "drain_replies",
-                          "unanswered", "unsent", "reconnects", "mismatches"});
+                          "unanswered", "unsent", "failed", "reconnects", "mismatches"});
       !s.ok()) {
     return s;
   }
-  if (j.contains("unanswered_min_age_us") && !j.at("unanswered_min_age_us").is_null()) {
-    if (absl::Status s = CheckRange(j, {"unanswered_min_age_us"}, 0, kMaxFigure); !s.ok()) {
-      return s;
+  for (const char* age : {"unanswered_min_age_us", "failed_min_age_us"}) {
+    if (j.contains(age) && !j.at(age).is_null()) {
+      if (absl::Status s = CheckRange(j, {age}, 0, kMaxFigure); !s.ok()) return s;
     }
   }
   return CheckRange(
@@ -172,6 +172,10 @@ absl::StatusOr<Counters> CountersFromJson(const nlohmann::json& j) {
   c.unsent = j.value("unsent", std::uint64_t{0});
   if (const auto age = j.find("unanswered_min_age_us"); age != j.end() && !age->is_null()) {
     c.unanswered_min_age_ns = static_cast<std::int64_t>(age->get<double>() * 1000.0);
+  }
+  c.failed = j.value("failed", std::uint64_t{0});
+  if (const auto age = j.find("failed_min_age_us"); age != j.end() && !age->is_null()) {
+    c.failed_min_age_ns = static_cast<std::int64_t>(age->get<double>() * 1000.0);
   }
   c.connects = j.at("reconnects").get<std::uint64_t>();
   c.mismatches = j.at("mismatches").get<std::uint64_t>();
@@ -258,6 +262,10 @@ nlohmann::json Report::ToJson() const {
       {"unanswered_min_age_us", counters.unanswered_min_age_ns == INT64_MAX
                                     ? nlohmann::json(nullptr)
                                     : nlohmann::json(Micros(counters.unanswered_min_age_ns))},
+      {"failed", counters.failed},
+      {"failed_min_age_us", counters.failed_min_age_ns == INT64_MAX
+                                ? nlohmann::json(nullptr)
+                                : nlohmann::json(Micros(counters.failed_min_age_ns))},
       {"reconnects", counters.connects},
       {"latency_us", LatencyJson(latency)},
       {"latency_uncorrected_us", LatencyJson(latency_uncorrected)},
@@ -471,11 +479,12 @@ void AppendRunLines(const Report& r, std::string* out) {
 // The latency spectrum: corrected, uncorrected, and in open loop the send lag.
 void AppendLatencyRows(const Report& r, std::string* out) {
   // Wider columns when some figures carry a ">=".
-  const int width = r.counters.unanswered_min_age_ns == INT64_MAX ? 10 : 12;
+  const int width = r.counters.lower_bounds_from() == INT64_MAX ? 10 : 12;
   absl::StrAppendFormat(out, "%-14s", "latency (us)");
   for (const Percentile& p : kSpectrum) absl::StrAppendFormat(out, "%*s", width, p.label);
   absl::StrAppendFormat(out, "%*s%*s\n", width, "max", width, "mean");
-  // Figures at or above `lower_bounds_from` may be an unanswered request's age: marked ">=".
+  // Figures at or above `lower_bounds_from` may be the age of an unanswered or failed request:
+  // marked ">=".
   auto row = [&](const char* name, const Histogram& h, std::int64_t lower_bounds_from) {
     auto cell = [&](std::int64_t ns) {
       return ns >= lower_bounds_from ? absl::StrFormat(">=%.1f", Micros(ns))
@@ -489,7 +498,7 @@ void AppendLatencyRows(const Report& r, std::string* out) {
         absl::StrFormat("%s%.1f", lower_bounds_from == INT64_MAX ? "" : ">=", h.mean() / 1000.0);
     absl::StrAppendFormat(out, "%*s%*s\n", width, cell(h.max()), width, mean);
   };
-  row("corrected", r.latency, r.counters.unanswered_min_age_ns);
+  row("corrected", r.latency, r.counters.lower_bounds_from());
   row("uncorrected", r.latency_uncorrected, INT64_MAX);
   // Open loop: how much of the corrected latency the client itself added by sending late.
   if (r.open_loop) row("send lag", r.send_lag, INT64_MAX);
@@ -550,7 +559,7 @@ void AppendOutcomeLines(const Report& r, std::string* out) {
                           r.counters.udp_late);
   }
   const double drain_s = c.value("drain_s", 0.0);
-  if (r.counters.drain_replies > 0) {
+  if (r.counters.drain_replies > 0 && r.open_loop) {
     absl::StrAppendFormat(out,
                           "drain        %d replies came after the window: in the latency, not in "
                           "the rate\n",
@@ -562,6 +571,18 @@ void AppendOutcomeLines(const Report& r, std::string* out) {
                           r.counters.unanswered, drain_s);
     if (r.counters.unsent > 0) absl::StrAppendFormat(out, " (%d never sent)", r.counters.unsent);
     if (r.counters.unanswered_min_age_ns != INT64_MAX) {
+      absl::StrAppendFormat(out,
+                            ";\n             their age then is in the corrected latency: figures "
+                            "marked >= are lower bounds");
+    }
+    *out += "\n";
+  }
+  if (r.counters.failed > 0) {
+    absl::StrAppendFormat(out,
+                          "failed       %d requests of the window were lost with their connection "
+                          "(sent, never answered)",
+                          r.counters.failed);
+    if (r.counters.failed_min_age_ns != INT64_MAX) {
       absl::StrAppendFormat(out,
                             ";\n             their age then is in the corrected latency: figures "
                             "marked >= are lower bounds");

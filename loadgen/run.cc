@@ -156,6 +156,7 @@ void PrintProgress(const Config& c, double start, double end, const Stats& s,
       absl::StrFormat("upcase-load: [%6.1fs] %10.1f req/s  p50 %8.1f us  p99 %8.1f us  errors %d",
                       end, rate, s.latency.ValueAtPercentile(50) / 1000.0,
                       s.latency.ValueAtPercentile(99) / 1000.0, s.counters.errors_total());
+  if (s.counters.failed > 0) absl::StrAppend(&line, "  failed ", s.counters.failed);
   if (s.counters.mismatches > 0) absl::StrAppend(&line, "  MISMATCHES ", s.counters.mismatches);
   if (c.proto == Transport::kUdp) absl::StrAppend(&line, "  lost ", s.counters.udp_lost);
   if (c.open_loop()) absl::StrAppendFormat(&line, "  (requested %.1f req/s)", c.rate);

@@ -45,6 +45,7 @@ void Counters::ForEachCount(Self& self, const Counters& o, Fn fn) {
   fn(self.unanswered, o.unanswered);
   fn(self.unfinished, o.unfinished);
   fn(self.unsent, o.unsent);
+  fn(self.failed, o.failed);
   fn(self.mismatches, o.mismatches);
   fn(self.connects, o.connects);
   for (int i = 0; i < kErrorKinds; ++i) fn(self.errors[i], o.errors[i]);
@@ -59,6 +60,7 @@ void Counters::ForEachCount(Self& self, const Counters& o, Fn fn) {
 void Counters::Add(const Counters& o) {
   ForEachCount(*this, o, [](std::uint64_t& mine, std::uint64_t theirs) { mine += theirs; });
   unanswered_min_age_ns = std::min(unanswered_min_age_ns, o.unanswered_min_age_ns);
+  failed_min_age_ns = std::min(failed_min_age_ns, o.failed_min_age_ns);
 }
 
 bool Counters::AddWouldOverflow(const Counters& o) const {

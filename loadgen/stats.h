@@ -7,9 +7,11 @@
 // reply arrives before the measurement end. In open loop every window request is also accounted
 // for after that: a reply that arrives during the drain is recorded in the histograms and counted
 // in `drain_replies`; a request still unanswered when the drain ends is counted in `unanswered`
-// and recorded in the corrected histogram at its age then, a lower bound. Closed loop records
-// only replies inside the window. Errors and mismatches count over the whole run, warmup and
-// drain included: a wrong byte is wrong whenever it comes.
+// and recorded in the corrected histogram at its age then, a lower bound; a request lost with its
+// connection is counted in `failed` and recorded the same way at its age when the connection
+// failed. Closed loop records only replies inside the window (and counts the rest), so that in
+// both loops sent = requests + drain_replies + unfinished + failed. Errors and mismatches count
+// over the whole run, warmup and drain included: a wrong byte is wrong whenever it comes.
 #ifndef UPCASE_LOADGEN_STATS_H_
 #define UPCASE_LOADGEN_STATS_H_
 
@@ -39,7 +41,8 @@ struct Counters {
   std::uint64_t bytes_received = 0;  // reply bytes of those requests
   std::uint64_t scheduled = 0;       // open loop: requests due inside the window
   std::uint64_t sent = 0;            // window requests whose first byte went out
-  std::uint64_t drain_replies = 0;   // open loop: window requests answered during the drain
+  // Window requests answered during the drain (open loop: recorded too; closed loop: counted only)
+  std::uint64_t drain_replies = 0;
   // Window requests with no reply when the drain ended (UDP: nor declared lost), and of those the
   // ones sent (`unfinished`) and the ones still queued in the client (`unsent`).
   std::uint64_t unanswered = 0;
@@ -48,6 +51,11 @@ struct Counters {
   // Open loop: the youngest unanswered request's age when the drain ended, in ns. Corrected
   // latency figures at or above it may include unanswered requests: they are lower bounds.
   std::int64_t unanswered_min_age_ns = INT64_MAX;
+  // Window requests written (even partly) on a connection that then failed: their replies can
+  // never come. Open loop records each at its age when the failure was seen, a lower bound, and
+  // keeps the youngest such age here.
+  std::uint64_t failed = 0;
+  std::int64_t failed_min_age_ns = INT64_MAX;
   std::uint64_t mismatches = 0;  // replies that differed from uppercase(request)
   std::uint64_t connects = 0;    // successful connects after the first (reconnects)
   std::array<std::uint64_t, kErrorKinds> errors{};
@@ -60,6 +68,10 @@ struct Counters {
   std::uint64_t udp_late = 0;        // reply to a request already lost, or too old to remember
 
   void Count(ErrorKind kind) { ++errors[static_cast<int>(kind)]; }
+  // Corrected latency figures at or above this may be lower bounds (INT64_MAX: none are).
+  std::int64_t lower_bounds_from() const {
+    return unanswered_min_age_ns < failed_min_age_ns ? unanswered_min_age_ns : failed_min_age_ns;
+  }
   std::uint64_t errors_total() const;
   void Add(const Counters& other);
   // True when Add(other) would wrap a counter around (only crafted result files get there).

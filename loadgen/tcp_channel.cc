@@ -128,8 +128,10 @@ void TcpChannel::Fail(ErrorKind kind, const absl::Status& cause) {
   // Requests written (even partly) are lost with the connection; the server may have seen part of
   // them, so they cannot be resent.
   const std::uint64_t aborted_end = send_ + (send_written_ > 0 ? 1 : 0);
-  for (std::uint64_t i = head_; i < aborted_end; ++i)
+  for (std::uint64_t i = head_; i < aborted_end; ++i) {
     ctx_->stats->counters.Count(ErrorKind::kAborted);
+    ctx_->RecordFailed(at(i).intended);
+  }
   head_ = send_ = aborted_end;
   send_written_ = head_received_ = 0;
   head_bad_ = false;

@@ -35,7 +35,8 @@ class TcpChannel final : public Channel {
 
   void StartConnect();
   void OnConnected();
-  // Drops the connection: counts `kind`, aborts the requests in flight, retries later.
+  // Drops the connection: counts `kind`, aborts the requests in flight (`failed`, their ages
+  // recorded as lower bounds), retries later.
   void Fail(ErrorKind kind, const absl::Status& cause);
   void Close();
   IoStatus ReadAvailable();

@@ -7,6 +7,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "common/procfs.h"
 
 namespace upcase {
 
@@ -111,6 +116,24 @@ OutputWatch::Verdict OutputWatch::Look(int fd, std::uint32_t patience) {
     return Verdict::kReading;
   }
   return ++looks_ < patience ? Verdict::kLookNext : Verdict::kIdle;
+}
+
+int SendBufferCap(std::size_t output_budget, std::size_t tcp_wmem_max) {
+  constexpr std::size_t kKernelDefaultMax = 4 << 20;
+  if (output_budget == 0) return 0;
+  const std::size_t cap = std::max(kMinSendBufferCap, output_budget / kSendBuffersPerBudget);
+  if (cap >= (tcp_wmem_max != 0 ? tcp_wmem_max : kKernelDefaultMax)) return 0;
+  return static_cast<int>(cap);  // below tcp_wmem's maximum, an int
+}
+
+std::size_t TcpWmemMax() {
+  const std::optional<std::string> text = ReadProcFile("", "/proc/sys/net/ipv4/tcp_wmem");
+  if (!text.has_value()) return 0;
+  const std::vector<absl::string_view> fields =
+      absl::StrSplit(*text, absl::ByAnyChar(" \t\n"), absl::SkipEmpty());
+  std::size_t max = 0;
+  if (fields.size() != 3 || !absl::SimpleAtoi(fields[2], &max)) return 0;
+  return max;
 }
 
 }  // namespace upcase

@@ -127,6 +127,20 @@ class OutputWatch {
 // shards, at least 32 MiB and at most 1 GiB.
 std::size_t DefaultOutputBudget(int shards);
 
+// The kernel's send buffers are memory the output budget does not see: by default each TCP
+// socket's grows (autotuning) up to tcp_wmem's maximum, 4 MiB, so a shard's clients that stop
+// reading could hold that much each in the kernel besides their share of the budget. When the
+// budget is small beside that, the reactors' listeners get SO_SNDBUF = budget / 64 (at least
+// 64 KiB), which every accepted socket inherits: the kernel doubles it for its bookkeeping and
+// clamps it at net.core.wmem_max, so 32 stalled clients hold at most one budget more in the
+// kernel. 0: leave the kernel's autotuning (no budget, or the cap would not be below its maximum,
+// `tcp_wmem_max`; 0 there means "unknown": 4 MiB, the kernel's default, is assumed).
+inline constexpr std::size_t kSendBuffersPerBudget = 64;
+inline constexpr std::size_t kMinSendBufferCap = 64 << 10;
+int SendBufferCap(std::size_t output_budget, std::size_t tcp_wmem_max);
+// tcp_wmem's maximum from /proc/sys/net/ipv4/tcp_wmem, or 0 when it cannot be read.
+std::size_t TcpWmemMax();
+
 }  // namespace upcase
 
 #endif  // UPCASE_SERVER_LIMITS_H_

@@ -1,6 +1,7 @@
 #include "server/sharded_backend.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -84,6 +85,14 @@ absl::StatusOr<Endpoints> ShardedBackend::Open() {
   const int count = std::max(config_.shards, 1);
   absl::StatusOr<Listeners> listeners = OpenListeners(config_, count, /*non_blocking=*/true);
   if (!listeners.ok()) return listeners.status();
+  // Accepted sockets inherit the listener's send buffer size (see SendBufferCap).
+  if (const int sndbuf = SendBufferCap(config_.output_budget, TcpWmemMax()); sndbuf != 0) {
+    for (const Fd& fd : listeners->tcp) {
+      if (::setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) != 0) {
+        return ErrnoError("setsockopt SO_SNDBUF", errno);
+      }
+    }
+  }
   for (int i = 0; i < count; ++i) {
     ShardSetup setup;
     setup.index = i;

@@ -65,7 +65,17 @@ void FakeTcpServer::Serve(Fd conn, std::uint32_t seed) {
   std::mt19937 rng(seed);
   std::string buf(options_.read_chunk, '\0');
   std::uint64_t answered_here = 0;
+  bool resets = false;            // this is the connection to reset
+  std::int64_t silent_since = 0;  // when it stopped answering
   while (!stop_) {
+    if (resets && silent_since != 0 &&
+        MonotonicNanos() - silent_since >= absl::ToInt64Nanoseconds(options_.reset_after)) {
+      // Linger 0: the close (conn's destructor) sends RST and discards what is unread. Should
+      // setsockopt fail, the close is a FIN: the connection still fails with requests in flight.
+      const linger reset{1, 0};
+      ::setsockopt(conn.get(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+      return;
+    }
     if (!Readable(conn.get())) continue;
     const ssize_t got = ::recv(conn.get(), buf.data(), buf.size(), 0);
     if (got <= 0) return;
@@ -80,9 +90,15 @@ void FakeTcpServer::Serve(Fd conn, std::uint32_t seed) {
     }
     // The stall is the behaviour under test, not synchronisation: this server is "slow".
     while (MonotonicNanos() < stall_until_ns_ && !stop_) absl::SleepFor(absl::Milliseconds(1));
-    const std::uint64_t answer = options_.answer_bytes_per_connection;
+    if (!resets && answered_here + reply.size() > options_.reset_first_at_byte &&
+        !reset_taken_.exchange(true)) {
+      resets = true;
+    }
+    const std::uint64_t answer =
+        resets ? options_.reset_first_at_byte : options_.answer_bytes_per_connection;
     if (answered_here + reply.size() > answer) {
       reply.resize(answer > answered_here ? answer - answered_here : 0);
+      if (silent_since == 0) silent_since = MonotonicNanos();
     }
     answered_here += reply.size();
     std::size_t sent = 0;

@@ -1,8 +1,8 @@
 // Misbehaving uppercase servers for upcase-load's tests, run as threads of the test process on
 // 127.0.0.1 and an ephemeral port: one that stalls once for a known time, one that corrupts one
 // byte, one that cuts its replies into tiny writes, one that stops answering after a number of
-// bytes, and a UDP one that drops, duplicates or reorders datagrams, or stops answering. Each
-// stops (and joins its threads) in its destructor.
+// bytes, one that resets a connection it stopped answering, and a UDP one that drops, duplicates or
+// reorders datagrams, or stops answering. Each stops (and joins its threads) in its destructor.
 #ifndef UPCASE_TESTS_LOADGEN_FAKE_SERVERS_H_
 #define UPCASE_TESTS_LOADGEN_FAKE_SERVERS_H_
 
@@ -32,6 +32,11 @@ struct FakeTcpOptions {
   // Each connection's reply stream ends after this many bytes: the server keeps reading, and
   // never answers the rest.
   std::uint64_t answer_bytes_per_connection = UINT64_MAX;
+  // The first connection whose reply stream reaches this many bytes stops answering there, as
+  // above, and is reset (RST) `reset_after` later, with what it was sent unanswered; every other
+  // connection is answered in full. A server that fails one connection mid-stream.
+  std::uint64_t reset_first_at_byte = UINT64_MAX;
+  absl::Duration reset_after = absl::ZeroDuration();
 };
 
 class FakeTcpServer {
@@ -51,6 +56,7 @@ class FakeTcpServer {
   std::atomic<bool> stop_{false};
   std::atomic<std::uint64_t> reply_bytes_{0};
   std::atomic<std::int64_t> stall_until_ns_{0};
+  std::atomic<bool> reset_taken_{false};  // a connection has reached reset_first_at_byte
   std::thread acceptor_;
   std::mutex mu_;
   std::vector<std::thread> connections_;

@@ -230,6 +230,10 @@ TEST(ReportMergeTest, MergingJsonResultsEqualsOneRunOverTheUnion) {
   }
   one.counters.Count(ErrorKind::kClosed);
   two.counters.udp_lost = 4;
+  one.counters.failed = 3;
+  one.counters.failed_min_age_ns = 7'000;
+  two.counters.failed = 5;
+  two.counters.failed_min_age_ns = 5'000;
   one.throughput_rps = static_cast<double>(one.counters.requests);
   two.throughput_rps = static_cast<double>(two.counters.requests);
 
@@ -243,6 +247,9 @@ TEST(ReportMergeTest, MergingJsonResultsEqualsOneRunOverTheUnion) {
   EXPECT_EQ(a->counters.requests, all.counters.requests);
   EXPECT_EQ(a->counters.errors_total(), 1u);
   EXPECT_EQ(a->counters.udp_lost, 4u);
+  EXPECT_EQ(a->counters.failed, 8u);
+  EXPECT_EQ(a->counters.failed_min_age_ns, 5'000);
+  EXPECT_EQ(a->ToJson()["failed"], 8);
   EXPECT_EQ(a->instances, 2);
   EXPECT_DOUBLE_EQ(a->requested_rps, 2000);
   EXPECT_DOUBLE_EQ(a->throughput_rps, 30'000);
@@ -290,6 +297,8 @@ TEST(ReportMergeTest, CraftedNumbersAreRejectedBeforeCastingOrSumming) {
            {"requests", -1},
            {"unanswered", -2},
            {"unanswered_min_age_us", -3.0},
+           {"failed", -4},
+           {"failed_min_age_us", -5.0},
        }) {
     nlohmann::json j = base;
     j[key] = value;

@@ -373,6 +373,78 @@ TEST(LoadDrainTest, RequestsNeverAnsweredAreCountedWithTheirAgeAsALowerBound) {
   EXPECT_TRUE(absl::StrContains(r.out, ">=")) << r.out;
 }
 
+// Requests lost with their connection are accounted for: sent = answered + drained +
+// unfinished + failed, and in open loop their ages are in the corrected tail as lower bounds.
+// They used to be counted only as `aborted` errors, so a reset took the slowest requests out of
+// the tail.
+TEST(LoadDrainTest, RequestsLostWithAResetConnectionStayInTheTail) {
+  // 1000 requests/s on one connection, 100 ms of warmup and a 1 s window. The server answers the
+  // first 600 requests (100 of warmup, 500 of the window), then nothing, and resets the
+  // connection 200 ms later: about 200 window requests are in flight then, the oldest 200 ms old.
+  // upcase-load reconnects 10 ms later and the rest are answered.
+  constexpr std::int64_t kSilenceUs = 200'000;
+  FakeTcpOptions options;
+  options.reset_first_at_byte = 64 * 600;
+  options.reset_after = absl::Microseconds(kSilenceUs);
+  absl::StatusOr<std::unique_ptr<FakeTcpServer>> server = FakeTcpServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  LoadRun r = RunLoad((*server)->port(),
+                      {"--rate=1000", "--connections=1", "--duration=1s", "--warmup=100ms"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  const nlohmann::json& j = r.json;
+  ASSERT_TRUE(j.contains("failed")) << Describe(r);
+  const auto failed = j["failed"].get<std::uint64_t>();
+  EXPECT_GE(failed, 150u) << Describe(r);
+  EXPECT_LE(failed, 300u) << Describe(r);
+  EXPECT_EQ(j["errors"]["aborted"], failed);  // every request aborted was of the window
+  const auto requests = j["requests"].get<std::uint64_t>();
+  const auto drained = j["drain_replies"].get<std::uint64_t>();
+  EXPECT_EQ(j["sent"].get<std::uint64_t>(),
+            requests + drained + j["unfinished"].get<std::uint64_t>() + failed)
+      << Describe(r);
+  EXPECT_EQ(j["scheduled"], 1000);
+  EXPECT_EQ(j["scheduled"].get<std::uint64_t>(),
+            requests + drained + j["unanswered"].get<std::uint64_t>() + failed)
+      << Describe(r);
+  // Every window request is in the corrected histogram; the failed ones not in the uncorrected.
+  EXPECT_EQ(j["histograms"]["latency"]["count"], 1000) << Describe(r);
+  EXPECT_EQ(j["histograms"]["latency_uncorrected"]["count"].get<std::uint64_t>(),
+            1000 - failed - j["unanswered"].get<std::uint64_t>());
+  // The tail: the oldest failed request had waited the whole silence, and about a fifth of the
+  // window's requests at most 200 ms, so the top tenth is at least ~100 ms. Without them, the
+  // slowest request is one that waited for the reconnect, about 10 ms.
+  EXPECT_GE(Us(j, "latency_us", "max"), 0.95 * kSilenceUs) << Describe(r);
+  EXPECT_GE(Us(j, "latency_us", "p90"), 0.3 * kSilenceUs) << Describe(r);
+  EXPECT_LT(Us(j, "latency_uncorrected_us", "max"), 0.95 * kSilenceUs) << Describe(r);
+  ASSERT_FALSE(j["failed_min_age_us"].is_null()) << Describe(r);
+  EXPECT_LE(j["failed_min_age_us"].get<double>(), Us(j, "latency_us", "max"));
+  EXPECT_TRUE(absl::StrContains(r.out, absl::StrCat("failed       ", failed, " requests")))
+      << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "lower bounds")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, ">=")) << r.out;
+}
+
+TEST(LoadDrainTest, ClosedLoopCountsFailedAndDrainedRequestsToo) {
+  // Closed loop, 4 requests in flight: the server answers 2000, goes silent and resets 100 ms
+  // later. The 4 in flight fail; latency is of completed requests only, but the count adds up.
+  FakeTcpOptions options;
+  options.reset_first_at_byte = 64 * 2000;
+  options.reset_after = absl::Milliseconds(100);
+  absl::StatusOr<std::unique_ptr<FakeTcpServer>> server = FakeTcpServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  LoadRun r = RunLoad((*server)->port(),
+                      {"--connections=1", "--pipeline=4", "--duration=1s", "--warmup=0s"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  const nlohmann::json& j = r.json;
+  EXPECT_EQ(j["failed"], 4) << Describe(r);
+  EXPECT_EQ(j["sent"].get<std::uint64_t>(),
+            j["requests"].get<std::uint64_t>() + j["drain_replies"].get<std::uint64_t>() +
+                j["unfinished"].get<std::uint64_t>() + j["failed"].get<std::uint64_t>())
+      << Describe(r);
+  EXPECT_EQ(j["histograms"]["latency"]["count"], j["requests"]) << Describe(r);
+  EXPECT_TRUE(j["failed_min_age_us"].is_null()) << Describe(r);  // closed loop records no ages
+}
+
 TEST(LoadDrainTest, UdpRequestsPastTheTimeoutAreLostTheOthersUnanswered) {
   // As above over UDP (the first datagram is upcase-load's probe). A request with no reply within
   // --timeout is lost, not unanswered; one still inside it when the drain ends is unanswered.

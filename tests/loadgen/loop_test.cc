@@ -139,7 +139,7 @@ struct ContextFixture {
   LoopContext ctx;
 };
 
-TEST(LoopContextTest, RepliesAfterTheWindowCountInOpenLoopOnly) {
+TEST(LoopContextTest, RepliesAfterTheWindowAreRecordedInOpenLoopOnly) {
   for (bool open_loop : {true, false}) {
     SCOPED_TRACE(open_loop ? "open loop" : "closed loop");
     ContextFixture f(open_loop);
@@ -150,10 +150,36 @@ TEST(LoopContextTest, RepliesAfterTheWindowCountInOpenLoopOnly) {
     f.ctx.RecordReply(1'900 * kUs, 1'910 * kUs, 64);
     EXPECT_EQ(f.stats.counters.requests, 1u);
     EXPECT_EQ(f.stats.counters.bytes_received, 64u);
-    EXPECT_EQ(f.stats.counters.drain_replies, open_loop ? 1u : 0u);
+    // Counted in both loops (sent = requests + drain_replies + unfinished + failed), recorded in
+    // open loop only.
+    EXPECT_EQ(f.stats.counters.drain_replies, 1u);
     EXPECT_EQ(f.stats.latency.total_count(), open_loop ? 2u : 1u);
     EXPECT_EQ(f.stats.latency.max(), open_loop ? 400 * kUs : 100 * kUs);
     EXPECT_EQ(f.stats.latency_uncorrected.max(), open_loop ? 390 * kUs : 90 * kUs);
+  }
+}
+
+TEST(LoopContextTest, FailedRequestsAreLowerBoundsInOpenLoop) {
+  for (bool open_loop : {true, false}) {
+    SCOPED_TRACE(open_loop ? "open loop" : "closed loop");
+    ContextFixture f(open_loop);
+    f.ctx.now = 1'800 * kUs;  // the connection failed
+    f.ctx.RecordFailed(1'500 * kUs);
+    f.ctx.RecordFailed(1'700 * kUs);
+    f.ctx.RecordFailed(900 * kUs);  // warmup
+    const Counters& c = f.stats.counters;
+    EXPECT_EQ(c.failed, 2u);
+    EXPECT_EQ(c.unanswered, 0u);
+    if (open_loop) {
+      EXPECT_EQ(f.stats.latency.total_count(), 2u);
+      EXPECT_EQ(f.stats.latency.max(), 300 * kUs);
+      EXPECT_EQ(c.failed_min_age_ns, 100 * kUs);
+      EXPECT_EQ(c.lower_bounds_from(), 100 * kUs);
+    } else {
+      EXPECT_EQ(f.stats.latency.total_count(), 0u);
+      EXPECT_EQ(c.failed_min_age_ns, INT64_MAX);
+    }
+    EXPECT_EQ(f.stats.latency_uncorrected.total_count(), 0u);
   }
 }
 

@@ -1786,7 +1786,7 @@ TEST_P(FaultTest, OutputBudgetBoundsManyNeverReadingClientsWithLargeBuffers) {
   const std::uint64_t shared = ProvidedBufferBytes(stats);
   // Blocking backends queue nothing (the budget does not apply). The reactors' queues stay
   // within about twice the budget per shard, plus per-connection bookkeeping and the pool's
-  // spare buffer (OutputPool: at most 4 MiB of spares, or one buffer, per shard).
+  // spare chunks (OutputPool: at most 4 MiB of spares per shard).
   const std::uint64_t shards = static_cast<std::uint64_t>(GetParam().shards);
   const std::uint64_t queues =
       GetParam().reactor ? shards * (2 * kBudget + std::max<std::uint64_t>(4 << 20, kConnBuffer)) +

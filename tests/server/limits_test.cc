@@ -204,6 +204,19 @@ TEST(DefaultOutputBudgetTest, AnEighthOfMemoryPerShardWithinBounds) {
   EXPECT_GE(DefaultOutputBudget(1), DefaultOutputBudget(64));
 }
 
+// The kernel's send buffers: capped at budget / 64 (at least 64 KiB) when that is below what the
+// kernel's autotuning would allow, else left alone.
+TEST(SendBufferCapTest, SmallBudgetsCapTheKernelsSendBuffers) {
+  constexpr std::size_t kWmemMax = 4 << 20;
+  EXPECT_EQ(SendBufferCap(0, kWmemMax), 0) << "no budget, no cap";
+  EXPECT_EQ(SendBufferCap(64 << 20, kWmemMax), 1 << 20);
+  EXPECT_EQ(SendBufferCap(64 << 10, kWmemMax), 64 << 10) << "never below 64 KiB";
+  EXPECT_EQ(SendBufferCap(std::size_t{1} << 30, kWmemMax), 0) << "16 MiB: not below 4 MiB";
+  EXPECT_EQ(SendBufferCap(64 << 20, 512 << 10), 0) << "the kernel's own maximum is smaller";
+  EXPECT_EQ(SendBufferCap(64 << 20, 0), 1 << 20) << "unknown maximum: the kernel's default";
+  EXPECT_GT(TcpWmemMax(), 0u) << "/proc/sys/net/ipv4/tcp_wmem is readable here";
+}
+
 TEST(AcceptErrorsTest, PerConnectionErrorsAreRetried) {
   for (int err : {EINTR, ECONNABORTED, EPERM, ENETDOWN, EPROTO, ENOPROTOOPT, EHOSTDOWN, ENONET,
                   EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH, ETIMEDOUT}) {

@@ -1,5 +1,6 @@
-// OutputQueue and OutputPool on their own: the cap, partial consumption, order across the ring's
-// wrap and the overflow, storage handed back and reused, and the shard's --output-budget.
+// OutputQueue and OutputPool on their own: the cap, partial consumption, order across chunk
+// boundaries and beyond the cap, storage handed back and reused, memory that follows what a queue
+// holds (not its cap), and the shard's --output-budget.
 #include "server/output_queue.h"
 
 #include <string>
@@ -69,7 +70,7 @@ TEST(OutputQueueTest, OrderHoldsAcrossTheWrap) {
   q.Consume(800);                // head at 800, 100 left
   q.Append(b.data(), b.size());  // 124 bytes up to the end, then 376 from offset 0
   EXPECT_EQ(q.size(), 600u);
-  EXPECT_EQ(q.front_size(), 224u) << "the first run ends at the end of the storage";
+  EXPECT_EQ(q.front_size(), 224u) << "the first run ends at the end of its chunk";
   EXPECT_EQ(Drain(q, 1024), a.substr(800) + b);
 }
 
@@ -132,11 +133,56 @@ TEST(OutputQueueTest, DestroyingAQueueGivesItsStorageBack) {
   EXPECT_EQ(pool.spares(), 1u);
 }
 
+// A slow reader whose queue stays non-empty while data streams through it: the chunks it holds
+// follow what it holds, never its cap. (A ring of the cap's size that rewinds only when empty
+// had its write position travel the whole ring.)
+TEST(OutputQueueTest, StreamingThroughANonEmptyQueueHoldsOnlyWhatItHolds) {
+  constexpr std::size_t kCap = std::size_t{1} << 30;
+  constexpr std::size_t kHeld = 3 << 20;  // what the queue keeps while the stream goes through
+  OutputPool pool(kCap);
+  OutputQueue q(&pool);
+  const std::string block = RandomBytes(64 << 10, 6);
+  std::string expected_head;
+  std::size_t streamed = 0;
+  std::size_t most_chunks = 0;
+  while (streamed < (64u << 20)) {  // 64 MiB through, never emptied
+    q.AppendUppercased(block.data(), block.size());
+    while (q.size() > kHeld) {
+      const std::size_t n = std::min<std::size_t>(q.front_size(), 10'000);
+      if (streamed == 0) expected_head.assign(q.front(), std::min<std::size_t>(n, 16));
+      q.Consume(n);
+      streamed += n;
+    }
+    most_chunks = std::max(most_chunks, pool.chunks_held());
+  }
+  EXPECT_FALSE(q.empty());
+  EXPECT_EQ(expected_head, Expected(block.substr(0, 16)));
+  // What it holds, plus the unused ends of its first and last chunk.
+  EXPECT_LE(most_chunks * pool.chunk_size(), kHeld + block.size() + 2 * pool.chunk_size());
+  EXPECT_LE(pool.spares(), pool.max_spares());
+  q.Clear();
+  EXPECT_EQ(pool.chunks_held(), 0u);
+  EXPECT_EQ(pool.holders(), 0u);
+}
+
+TEST(OutputQueueTest, OrderHoldsAcrossManyChunks) {
+  OutputPool pool(std::size_t{1} << 20);  // chunks of 256 KiB
+  OutputQueue q(&pool);
+  const std::string data = RandomBytes(1'000'003, 7);
+  q.Append(data.data(), 300'001);
+  q.AppendUppercased(data.data() + 300'001, data.size() - 300'001);
+  EXPECT_EQ(pool.chunks_held(), 4u);
+  EXPECT_EQ(q.front_size(), OutputPool::kMaxChunk);
+  EXPECT_EQ(Drain(q, 77'777), data.substr(0, 300'001) + Expected(data.substr(300'001)));
+  EXPECT_EQ(pool.chunks_held(), 0u);
+}
+
 TEST(OutputPoolTest, SparesAreBoundedInBytes) {
   OutputPool small(256 << 10);
   EXPECT_EQ(small.max_spares(), OutputPool::kMaxSpareBytes / (256 << 10));
   OutputPool large(64 << 20);
-  EXPECT_EQ(large.max_spares(), 1u) << "one spare even when it is larger than the bound";
+  EXPECT_EQ(large.chunk_size(), OutputPool::kMaxChunk) << "a large cap is stored in chunks";
+  EXPECT_EQ(large.max_spares(), OutputPool::kMaxSpareBytes / OutputPool::kMaxChunk);
 
   std::vector<std::unique_ptr<OutputQueue>> queues;
   for (std::size_t i = 0; i < small.max_spares() + 5; ++i) {

@@ -7,6 +7,8 @@
 //   - connections spread over every shard (per-shard stats);
 //   - clients that send and never read cost at most --conn-buffer each, and others still get
 //     answers;
+//   - clients that stream through while reading slowly cost what the output budget allows, not
+//     --conn-buffer each;
 //   - SIGTERM under load: exit 0, every byte the server read is answered.
 // The cases every backend shares (one client sending forever, descriptor exhaustion, oversized
 // datagrams, UDP flood) live in fault_test.cc, which runs the sharded backends with 2 shards.
@@ -18,6 +20,8 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -229,6 +233,112 @@ TEST_P(ReactorFaultTest, ClientsThatNeverReadCostAtMostTheBufferCap) {
         << "RSS grew by " << (peak - *baseline) << " bytes (bound " << bound << ", of which "
         << shared << " provided buffers) while " << kClients << " clients sent " << total_sent
         << " bytes and read none";
+  }
+}
+
+// Four clients stream data through while reading slowly, so each one's output queue stays
+// non-empty, at its share of the budget, while hundreds of MiB pass through it. With a
+// --conn-buffer-sized ring that rewinds only when empty, the write position travelled the whole
+// ring and touched every page: RSS grew by about what streamed through (up to --conn-buffer per
+// client), not by the budget's worth. Chunks handed back as they drain keep it at what is queued.
+TEST_P(ReactorFaultTest, SlowReadersStreamingThroughCostTheBudgetNotTheirBuffers) {
+  constexpr int kClients = 4;
+  constexpr std::size_t kBudget = 64 << 20;
+  // Per client: enough that a ring would touch far more than the bound below (each ring ~ what
+  // streamed through it plus its share); under a sanitizer RSS is not judged, so less.
+  constexpr std::uint64_t kPerClient = kSanitized ? (16 << 20) : (96 << 20);
+  constexpr std::size_t kSendStep = 1 << 20;
+  constexpr std::size_t kReadStep = 64 << 10;
+  // Each client reads at most this fast, and sends as fast as the server reads: the server's
+  // queues fill up to their share of the budget and stay there while the stream goes through.
+  // (The pace is the behaviour under test, a slow reader, not synchronisation.)
+  constexpr double kReadBytesPerSecond = 32e6;
+  // Above the baseline: the unsent output (at most twice the budget, in practice about one
+  // budget: four fair shares), the unused ends of each queue's chunks, the pool's spare chunks
+  // (4 MiB), uring's shared receive buffers, and 16 MiB of allocator and thread overhead.
+  constexpr std::uint64_t kSlack = 16 << 20;
+  const absl::Time deadline = absl::Now() + absl::Seconds(kSanitized ? 120 : 90);
+  ASSERT_NO_FATAL_FAILURE(Start({"--shards=1", "--bind=127.0.0.1", "--proto=tcp",
+                                 "--conn-buffer=1G", absl::StrCat("--output-budget=", kBudget)}));
+  const pid_t pid = server_->process.pid();
+
+  const std::string block = RandomBytes(1 << 20, 9);
+  const std::string expected = Expected(block);
+  std::vector<Fd> clients;
+  for (int i = 0; i < kClients; ++i) {
+    absl::StatusOr<Fd> fd = ConnectTcp(server_->tcp_port);
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    SetReceiveBuffer(fd->get(), 64 << 10);  // replies back up in the server, not in the client
+    ASSERT_EQ(RoundTrip(fd->get(), "warm up").value_or(""), "WARM UP");
+    ASSERT_EQ(SetNonBlocking(fd->get()), absl::OkStatus());
+    clients.push_back(*std::move(fd));
+  }
+  absl::StatusOr<std::uint64_t> baseline = RssBytes(pid);
+  ASSERT_TRUE(baseline.ok()) << baseline.status();
+  std::uint64_t peak = *baseline;
+
+  std::vector<std::uint64_t> sent(kClients, 0), received(kClients, 0);
+  std::vector<char> buf(kReadStep);
+  std::uint64_t done = 0;
+  const absl::Time start = absl::Now();
+  for (std::uint64_t round = 0; done < kClients; ++round) {
+    const absl::Time now = absl::Now();
+    ASSERT_LT(now, deadline) << "streamed only " << received[0] << " bytes to client 0";
+    const auto may_read = static_cast<std::uint64_t>(
+        kReadBytesPerSecond * absl::ToDoubleSeconds(now - start) + kReadStep);
+    std::vector<pollfd> fds;
+    for (int i = 0; i < kClients; ++i) {
+      short want = 0;
+      if (sent[i] < kPerClient) want |= POLLOUT;
+      if (received[i] < kPerClient && received[i] < may_read) want |= POLLIN;
+      fds.push_back(pollfd{clients[i].get(), want, 0});
+    }
+    ASSERT_GE(::poll(fds.data(), fds.size(), 1), 0) << std::strerror(errno);
+    done = 0;
+    for (int i = 0; i < kClients; ++i) {
+      const int fd = clients[i].get();
+      if ((fds[i].revents & POLLOUT) && sent[i] < kPerClient) {
+        const std::size_t at = sent[i] % block.size();
+        const std::size_t n =
+            std::min<std::uint64_t>({kSendStep, block.size() - at, kPerClient - sent[i]});
+        const ssize_t wrote = ::send(fd, block.data() + at, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (wrote < 0) {
+          ASSERT_TRUE(errno == EAGAIN || errno == EINTR) << std::strerror(errno);
+        }
+        if (wrote > 0) sent[i] += static_cast<std::uint64_t>(wrote);
+      }
+      if ((fds[i].revents & (POLLIN | POLLHUP | POLLERR)) && received[i] < kPerClient &&
+          received[i] < may_read) {
+        const std::size_t at = received[i] % expected.size();
+        const std::size_t n = std::min(buf.size(), expected.size() - at);
+        const ssize_t got = ::recv(fd, buf.data(), n, MSG_DONTWAIT);
+        if (got < 0) {
+          ASSERT_TRUE(errno == EAGAIN || errno == EINTR) << std::strerror(errno);
+        }
+        ASSERT_NE(got, 0) << "client " << i << ": EOF after " << received[i] << " bytes";
+        if (got > 0) {
+          ASSERT_EQ(std::memcmp(buf.data(), expected.data() + at, static_cast<std::size_t>(got)), 0)
+              << "client " << i << ": reply differs at byte " << received[i];
+          received[i] += static_cast<std::uint64_t>(got);
+        }
+      }
+      if (received[i] == kPerClient) ++done;
+    }
+    if (round % 256 == 0) peak = std::max(peak, RssBytes(pid).value_or(0));
+  }
+  peak = std::max(peak, RssBytes(pid).value_or(0));
+  clients.clear();
+  nlohmann::json stats = StopServer();
+  const std::uint64_t shared = ProvidedBufferBytes(stats);
+  const std::uint64_t bound = 2 * kBudget + shared + kSlack;
+  std::printf("RSS grew by %.1f MiB while %d clients streamed %.0f MiB each (bound %.1f MiB)\n",
+              static_cast<double>(peak - *baseline) / (1 << 20), kClients,
+              static_cast<double>(kPerClient) / (1 << 20), static_cast<double>(bound) / (1 << 20));
+  if (!kSanitized) {
+    EXPECT_LT(peak - *baseline, bound)
+        << "RSS grew by " << (peak - *baseline) << " bytes (bound " << bound << ", of which "
+        << shared << " provided buffers) while " << kClients << " clients streamed " << kPerClient
+        << " bytes each through --conn-buffer=1G --output-budget=" << kBudget;
   }
 }
 

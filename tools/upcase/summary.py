@@ -58,10 +58,11 @@ def run_metrics(rec: dict) -> dict:
     for name, _ in PERCENTILES + (("max", None), ("mean", None)):
         m[name] = lat.get(name)
     m["p99_uncorrected"] = load.get("latency_uncorrected_us", {}).get("p99")
-    if point["rate"]:  # open loop: how late upcase-load sent, and what the drain left unanswered
+    if point["rate"]:  # open loop: how late upcase-load sent, and what was never answered
         m["send_lag_p50"] = load.get("send_lag_us", {}).get("p50")
         m["send_lag_p99"] = load.get("send_lag_us", {}).get("p99")
         m["unanswered"] = load.get("unanswered")
+        m["failed"] = load.get("failed", 0)  # lost with their connection (absent before it existed)
     if load.get("client_cpu_s") is not None and load.get("duration_s"):
         # Spinning for send times (--spin) is waiting done on the CPU, not load.
         busy = load["client_cpu_s"] - load.get("client_spin_s", 0.0)
