@@ -45,8 +45,10 @@ EXTRA_CONNS = 64
 # Descriptors the server needs beyond its connections (listeners, stdio, files).
 SPARE_FDS = 128
 HOLDER = pathlib.Path(__file__).resolve().with_name("idle.py")
-# The holder's handshakes may take this long, plus a second per thousand connections.
-CONNECT_BASE_S = 10.0
+# The holder's handshakes may take this long, plus a second per CONNECT_PER_S connections (a
+# server that accepts slowly fills its backlog, and SYNs then retry after 1, 3, 7 s ...).
+CONNECT_PER_S = 200
+CONNECT_BASE_S = 30.0
 # How long the server may take to accept what the holder opened (beyond a second per 2000).
 ACCEPT_BASE_S = 5.0
 ACCEPT_POLL_S = 0.02
@@ -104,7 +106,7 @@ class Holder:
     """idle.py holding n connections to the server on port, on the load CPUs."""
 
     def __init__(self, n: int, port: int, addr: str, cpus: list[int] | None, lifetime: float):
-        self.connect_s = CONNECT_BASE_S + n / 1000
+        self.connect_s = CONNECT_BASE_S + n / CONNECT_PER_S
         cmd = [sys.executable, str(HOLDER), f"--connections={n}",
                f"--connect-timeout={self.connect_s:g}", f"--lifetime={lifetime:.0f}", addr,
                str(port)]
@@ -228,8 +230,8 @@ class IdlePointRun(PointRun):
         """Opens the idle connections and waits until the server has accepted them; sets
         idle["reason"] when it could not hold them all."""
         n, s = self.point.idle, self.settings  # type: ignore[attr-defined]
-        lifetime = (CONNECT_BASE_S + n / 1000 + ACCEPT_BASE_S + n / 2000 + s.warmup + s.duration
-                    + 120)
+        lifetime = (CONNECT_BASE_S + n / CONNECT_PER_S + ACCEPT_BASE_S + n / 2000 + s.warmup
+                    + s.duration + 120)
         holder = Holder(n, self.server.port or 0, s.connect_addr(), s.load_cpu_list(), lifetime)
         self.record.setdefault("commands", {})["idle_holder"] = " ".join(
             "tools/upcase/idle.py" if c == str(HOLDER) else c for c in holder.command)
