@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from . import compare, procfs, report
+from .counters import PROBE_SYSCALLS
 from .errors import HarnessError, ToolExit
 from .plan import parse_list
 from .points import Point, RunSettings
@@ -53,6 +54,8 @@ CONNECT_BASE_S = 30.0
 ACCEPT_BASE_S = 5.0
 ACCEPT_POLL_S = 0.02
 LINE_TIMEOUT_S = 10.0
+# The share of the descriptor limit a syscall probe's perf may take (one per event and thread).
+PERF_FD_SHARE = 0.8
 # Flags of the matrix that do not apply to the idle experiment's fixed load.
 NOT_WITH_IDLE = ("full", "sizes", "connections", "protos", "curve", "slo", "server_host",
                  "load_hosts", "remote_bin", "copy_bins")
@@ -202,6 +205,8 @@ class IdlePointRun(PointRun):
             if idle.get("reason") is None:
                 idle["kernel_held"] = kernel_memory()
                 idle["server_memory_held"] = procfs.tree_memory(self.server.pid)
+                if point.probe:
+                    self._probe_budget(idle)
                 try:
                     self._measure()
                 except HarnessError as e:
@@ -225,6 +230,26 @@ class IdlePointRun(PointRun):
         self._classify(idle, stats, load_error)
         self.record["ok"] = True
         return self.record
+
+    def _probe_budget(self, idle: dict) -> None:
+        """perf opens a descriptor per counted event and thread of the server: with many
+        threads (a thread per connection) count only the total, or nothing when even that
+        would not fit the descriptor limit perf inherits (idle["syscalls_counted"])."""
+        threads = procfs.proc_stat(self.server.pid)["threads"]
+        budget = resource.getrlimit(resource.RLIMIT_NOFILE)[0] * PERF_FD_SHARE
+        if threads * (len(PROBE_SYSCALLS) + 2) <= budget:
+            idle["syscalls_counted"] = "by name"
+        elif threads * 2 <= budget:
+            self.settings = dataclasses.replace(self.settings, syscall_names=False)
+            idle["syscalls_counted"] = "total only"
+        else:
+            self.skip_count = True
+            idle["syscalls_counted"] = (f"none: perf would need {threads * 2} descriptors for "
+                                        f"{threads} server threads")
+
+    def _start_counter(self) -> None:
+        if not getattr(self, "skip_count", False):
+            super()._start_counter()
 
     def _hold(self, idle: dict) -> Holder:
         """Opens the idle connections and waits until the server has accepted them; sets
@@ -359,7 +384,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                          f"serve the {ACTIVE_CONNS}-connection load, idle connections or not")
     if not backends:
         raise ToolExit("--idle needs a backend other than iterative")
-    note = raise_descriptor_limit(max(counts) * 2 + ACTIVE_CONNS + SPARE_FDS)
+    note = raise_descriptor_limit(max(counts) + ACTIVE_CONNS + EXTRA_CONNS + SPARE_FDS)
     if note:
         env.notes.append(note)
     place = env.place

@@ -111,6 +111,7 @@ def point_entry(n: int, recs: list[dict], probe: dict | None) -> dict:
     out["connect_s"] = _median([r["idle"].get("connect_s") for r in held])
     pm = run_metrics(probe) if probe and probe["idle"]["held"] else {}
     out["syscalls_per_req"] = pm.get("syscalls_per_req")
+    out["syscalls_counted"] = probe["idle"].get("syscalls_counted") if probe else None
     out["syscalls_by_name_per_req"] = dict(list(
         (pm.get("syscalls_by_name_per_req") or {}).items())[:6])
     return out
