@@ -514,7 +514,10 @@ def idle_how_to_read(idle: dict) -> list[str]:
         "A readiness call that scans every descriptor (select, poll) pays for each idle one on "
         "every call, so b is about the kernel's cost of polling one socket divided by the "
         "requests served per call; *grows with N* when the interval lies above 0, *flat within "
-        "noise* when it contains 0. *a*: the fitted CPU per request with no idle connection.",
+        "noise* when it contains 0. *a*: the fitted CPU per request with no idle connection. "
+        "Once a scan takes long enough for requests to queue behind it, each call serves "
+        "several (*sys/req* falls), so the cost grows less than linearly and b averages the "
+        "steep start and the flatter end: read the per-count table too.",
         "- *cannot hold N*: the holder could not open N, the server closed some (select past "
         "FD_SETSIZE, a limit), its counters show refusals, or the load failed while they did; "
         "larger counts of that backend are not tried. Not a failure: that is the model's limit.",
