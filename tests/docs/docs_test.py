@@ -479,7 +479,8 @@ LOAD_LABEL = re.compile(r"^(upcase-load|window|requests|rate|latency \(us\)|  co
                         r"client cpu|THE |UPCASE-LOAD )")
 CLIENT = re.compile(r"^(Local address:|Foreign address:|Please enter the statement:|"
                     r"Return text from the server:)")
-PROGRESS = re.compile(r"^\[\d+/\d+\] (\w+) (tcp|udp) \d+(?:B|KiB|MiB) c=\d+ (?:closed|open \d+%)[^:]*: "
+PROGRESS = re.compile(r"^\[\d+/\d+\] (\w+) (tcp|udp) \d+(?:B|KiB|MiB) c=\d+ "
+                      r"(?:closed|open \d+%|open [\d.]+[kM]?/s \+\d+ idle)[^:]*: "
                       r"\S+ req/s, p99 \S+ µs, server \S+ µs CPU/req")
 REGRESS_REPORT = "## tools/regress: candidate vs base"
 

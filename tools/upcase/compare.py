@@ -36,8 +36,8 @@ REMOTE_OVERHEAD_S = 0.7
 PROBE_DURATION_S = 1.0
 # Bisection measurements assumed per objective and backend, for the estimate.
 SLO_STEPS_ESTIMATE = 5
-GENERATED = (("summary.json", "report.md", "meta.json", report.SCALING_PLOT, report.CURVE_PLOT)
-             + report.PLOTS)
+GENERATED = (("summary.json", "report.md", "meta.json", report.SCALING_PLOT, report.CURVE_PLOT,
+              report.IDLE_PLOT) + report.PLOTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,6 +433,12 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         return replot(args.replot)
     if args.check_env:
         return check_env()
+    if getattr(args, "idle", None) or getattr(args, "idle_rate", None):
+        from . import idle_experiment  # imports this module
+        if not args.idle:
+            raise ToolExit("--idle-rate needs --idle=LIST")
+        install_cleanup()
+        return idle_experiment.run(args, argv)
     choice = choose_matrix(args)
     install_cleanup()
     env = environment(args)

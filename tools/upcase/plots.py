@@ -1,5 +1,6 @@
 """The comparison's plots (matplotlib, Agg): throughput vs connections, the latency spectrum,
-latency vs offered load and, with a --shards sweep, scaling."""
+latency vs offered load, with a --shards sweep scaling, and the idle experiment's CPU per request
+against idle connections."""
 from __future__ import annotations
 
 import pathlib
@@ -306,6 +307,56 @@ def plot_curves(summary: dict, path: pathlib.Path) -> bool:
     ax2.set_xlabel("achieved requests/s")
     ax2.set_ylabel("server CPU µs/request")
     ax2.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+IDLE_PLOT = "cpu_vs_idle_connections.png"  # tools/compare --idle
+
+
+def plot_idle(summary: dict, path: pathlib.Path) -> bool:
+    """The idle experiment: server CPU per request (every run a dot, the medians joined, the
+    least-squares line dashed) and p99 against the idle connections held, one line per backend."""
+    res = summary.get("results") or {}
+    if not any(p["held"] for r in res.values() for p in r["points"]):
+        return False
+    plt = _plt()
+    fig, (ax_cpu, ax_p99) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for b in backend_order(res):
+        held = [p for p in res[b]["points"] if p["held"]]
+        if not held:
+            continue
+        xs = [p["idle"] for p in held]
+        fit = res[b]["fit"]
+        label = b if fit.get("b_ns") is None else f"{b} (b = {fit['b_ns']:.3g} ns)"
+        ax_cpu.plot(xs, [p["cpu_us_per_req"] for p in held], marker="o", color=_color(b),
+                    label=label)
+        for p in held:
+            ax_cpu.scatter([p["idle"]] * len(p["cpu_us_per_req_runs"]), p["cpu_us_per_req_runs"],
+                           s=9, alpha=0.5, color=_color(b))
+        if fit.get("b_ns") is not None:
+            ax_cpu.plot([min(xs), max(xs)], [fit["a_us"] + fit["b_ns"] / 1e3 * x
+                                             for x in (min(xs), max(xs))],
+                        ls="--", lw=1, color=_color(b))
+        ax_p99.plot(xs, [p["p99"] for p in held], marker="s", color=_color(b), label=b)
+    idle = summary.get("idle") or {}
+    for ax in (ax_cpu, ax_p99):
+        ax.set_xlabel("idle TCP connections held open")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        _count_axis(ax.xaxis)
+    ax_cpu.set_ylim(bottom=0)
+    ax_cpu.set_ylabel("server CPU µs per request")
+    ax_cpu.set_title("Server CPU per request (dots: runs; dashed: a + b·N)", fontsize=10)
+    ax_p99.set_yscale("log")
+    _count_axis(ax_p99.yaxis)
+    ax_p99.set_ylabel("p99 latency µs")
+    ax_p99.set_title("p99 latency (median of runs)", fontsize=10)
+    fig.suptitle(f"Idle connections beside a fixed load: TCP {idle.get('size', 64)} B on "
+                 f"{idle.get('connections', 64)} connections, "
+                 f"{fmt_count(idle.get('rate_rps'))} req/s open loop")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

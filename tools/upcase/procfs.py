@@ -8,6 +8,8 @@ same way as this machine's; the readers beside them read this machine's files.
 - /proc/stat: busy seconds of a set of CPUs (everything but idle and iowait), and per-CPU busy
   shares between two samples (tools/quiet waits on those, QuietWatch);
 - /proc/cpuinfo, /proc/meminfo, /proc/loadavg: what the machine is and how loaded;
+- /proc/net/sockstat, /proc/net/tcp{,6}, /proc/PID/smaps_rollup: kernel socket memory, a
+  listener's accept queue, and the memory of a process and its children (the idle experiment);
 - CPU lists as taskset and upcase-load --cpus take them ("0-3,8").
 """
 from __future__ import annotations
@@ -277,6 +279,79 @@ def machine_info() -> dict:
             "kernel": os.uname().release, "cpu_model": cpu_model(),
             "memory": parse_mem_total(_read("/proc/meminfo")),
             "os": m.group(1).strip() if m else "?"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sockets and memory (tools/compare --idle).
+
+
+def parse_sockstat(text: str) -> dict[str, int]:
+    """/proc/net/sockstat's TCP line: inuse, orphan, tw, alloc and mem (pages) as tcp_*."""
+    m = re.search(r"^TCP:(.*)$", text, re.M)
+    words = m.group(1).split() if m else []
+    return {f"tcp_{k}": int(v) for k, v in zip(words[::2], words[1::2]) if v.isdigit()}
+
+
+def sockstat() -> dict[str, int]:
+    return parse_sockstat(_read("/proc/net/sockstat"))
+
+
+def parse_meminfo_kib(text: str, key: str) -> int | None:
+    """One /proc/meminfo line's kB, e.g. key "Slab"; None when absent."""
+    m = re.search(rf"^{re.escape(key)}:\s+(\d+)", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def slab_kib() -> int | None:
+    """The kernel's slab memory (sockets, their inodes, files, ...), in KiB."""
+    return parse_meminfo_kib(_read("/proc/meminfo"), "Slab")
+
+
+def parse_listen_queue(text: str, port: int) -> int | None:
+    """The accept queue of the listening sockets on `port` in /proc/net/tcp (or tcp6) text: a
+    LISTEN socket's rx_queue is its count of connections waiting for accept(); None when none
+    listens there."""
+    total = None
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if len(f) > 4 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+            total = (total or 0) + int(f[4].split(":")[1], 16)
+    return total
+
+
+def listen_queue(port: int) -> int | None:
+    """Connections waiting in the accept queues of every listener on `port` (IPv4 and IPv6)."""
+    got = [parse_listen_queue(_read(f"/proc/net/{t}"), port) for t in ("tcp", "tcp6")]
+    return None if got == [None, None] else sum(g or 0 for g in got)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants (by the parent PID of every /proc/N/stat)."""
+    parent: dict[int, list[int]] = {}
+    for d in pathlib.Path("/proc").iterdir():
+        if d.name.isdigit():
+            stat = _read(f"/proc/{d.name}/stat")
+            if stat:
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                parent.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parent.get(p, [])
+    return out
+
+
+def tree_memory(pid: int) -> dict[str, int]:
+    """RSS and PSS (shared pages split among their users, so a forked child's shared memory is
+    not counted twice) of pid and its descendants, in KiB, and how many processes."""
+    rss = pss = n = 0
+    for p in process_tree(pid):
+        text = _read(f"/proc/{p}/smaps_rollup")
+        r, s = parse_meminfo_kib(text, "Rss"), parse_meminfo_kib(text, "Pss")
+        if r is not None and s is not None:
+            rss, pss, n = rss + r, pss + s, n + 1
+    return {"rss_kib": rss, "pss_kib": pss, "processes": n}
 
 
 # ---------------------------------------------------------------------------------------------

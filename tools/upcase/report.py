@@ -9,6 +9,9 @@ terminal tables. Reads only saved JSON, so `tools/compare --replot DIR` can redo
     DIR/*.png            throughput_vs_connections, latency_spectrum, latency_vs_load, and
                          scaling (with a --shards sweep)
 
+A folder of the idle-connection experiment (meta.json's `experiment` is "idle", tools/compare
+--idle) gets idle_summary.py's summary, its own report.md and cpu_vs_idle_connections.png.
+
 With a shard sweep, summary.json's `points` hold each sharded backend at its largest shard count
 (the configuration the other backends are compared with) and `scaling` holds every shard count.
 The summary is summary.py's, the plots plots.py's; this module writes report.md and the terminal
@@ -20,8 +23,9 @@ import json
 import pathlib
 
 from .curve import ACHIEVED_MIN, KNEE_P99_OVER_P50, LOAD_BUSY_MAX, SLO_TOLERANCE
-from .plots import (CURVE_PLOT, PLOTS, SCALING_PLOT, plot_curves, plot_latency_vs_load,
-                    plot_scaling, plot_spectrum, plot_throughput)
+from .idle_summary import summarize_idle
+from .plots import (CURVE_PLOT, IDLE_PLOT, PLOTS, SCALING_PLOT, plot_curves, plot_idle,
+                    plot_latency_vs_load, plot_scaling, plot_spectrum, plot_throughput)
 from .summary import (BASELINE, HEADLINE_KEY, SPECTRUM_KEY, backend_order, load_dir,
                       scaling_key, scaling_reference, summarize)
 from .procfs import fmt_cpu_list
@@ -418,6 +422,8 @@ def build(d: pathlib.Path, out=print) -> dict:
     meta, runs = load_dir(d)
     if not runs:
         raise FileNotFoundError(f"no runs/*.json in {d}")
+    if meta.get("experiment") == "idle":
+        return build_idle(d, meta, runs, out)
     summary = summarize(meta, runs)
     (d / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plots = []
@@ -432,4 +438,137 @@ def build(d: pathlib.Path, out=print) -> dict:
         plots.append(CURVE_PLOT)
     write_report(d, summary, plots)
     print_tables(summary, out)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The idle-connection experiment (tools/compare --idle).
+
+IDLE_FIT_COLUMNS = ("backend", "b: ns CPU/req per idle conn [95 % CI]", "a: µs CPU/req at N=0",
+                    "held up to", "runs", "reading")
+IDLE_COLUMNS = ("backend", "idle N", "CPU µs/req [runs]", "p50 µs", "p99 µs", "req/s",
+                "sys/req", "cs/req", "RSS MiB", "PSS MiB", "TCP mem pages", "slab Δ MiB")
+
+
+def _mib(kib) -> str:
+    return "-" if kib is None else f"{kib / 1024:.3g}"
+
+
+def idle_fit_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for b, r in summary["results"].items():
+        f = r["fit"]
+        ci = f.get("b_ci95_ns")
+        readings = {True: "grows with N", False: "flat within noise"}
+        reading = readings.get(f.get("grows"), f.get("reason") or "-")
+        rows.append([b, "-" if f.get("b_ns") is None else
+                     f"{f['b_ns']:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""),
+                     _f(f.get("a_us")), fmt_count(f.get("held_max")), str(f.get("runs", 0)),
+                     reading])
+    for b, why in (summary.get("idle", {}).get("not_run") or {}).items():
+        rows.append([b, "-", "-", "not run", "0", f"cannot hold idle connections: {why}"])
+    return rows
+
+
+def idle_rows(summary: dict) -> list[list[str]]:
+    rows = []
+    for b, r in summary["results"].items():
+        for p in r["points"]:
+            if not p["held"]:
+                rows.append([b, fmt_count(p["idle"]), f"cannot hold {p['idle']}: {p['reason']}"]
+                            + ["-"] * (len(IDLE_COLUMNS) - 3))
+                continue
+            runs = p.get("cpu_us_per_req_runs") or []
+            spread = f" [{_f(min(runs))}-{_f(max(runs))}]" if len(runs) > 1 else ""
+            rows.append([b, fmt_count(p["idle"]), _f(p["cpu_us_per_req"]) + spread, _f(p["p50"]),
+                         _f(p["p99"]), fmt_count(p["rps"]), _f(p.get("syscalls_per_req")),
+                         _f(p.get("ctx_per_req")), _mib(p.get("rss_kib")),
+                         _mib(p.get("pss_kib")), _f(p.get("tcp_mem_pages")),
+                         _mib(p.get("slab_delta_kib"))])
+    return rows
+
+
+def print_idle_tables(summary: dict, out=print) -> None:
+    out("\n== idle connections: server CPU per request = a + b x N (least squares over runs)")
+    out(text_table(IDLE_FIT_COLUMNS, idle_fit_rows(summary)))
+    out("\n== per backend and idle count N (medians of the runs)")
+    out(text_table(IDLE_COLUMNS, idle_rows(summary)))
+    foreign = summary.get("foreign_cpu_share")
+    if foreign is not None and foreign > NOISY_SHARE:
+        out(f"\nwarning: other processes used {foreign * 100:.0f} % of the CPUs in use during "
+            "the runs; the figures are noisy")
+
+
+def idle_how_to_read(idle: dict) -> list[str]:
+    return [
+        "## How to read it", "",
+        f"Every run holds N idle TCP connections open (opened from 127.0.0.2 and up before the "
+        f"measurement, nothing ever sent on them) while upcase-load offers TCP "
+        f"{idle.get('size', 64)} B requests on {idle.get('connections', 64)} other connections at "
+        f"{fmt_count(idle.get('rate_rps'))} req/s, open loop, the same for every backend and N. "
+        f"The server runs with `{idle.get('server_flags', '')}`, so no limit and no idle "
+        "timeout closes them; the holder checks before and after the load that all N are "
+        "still open.",
+        "- *b*: the server CPU each idle connection adds to every request, in ns: the slope of "
+        "CPU µs/request against N by least squares over every run, with its 95 % t-interval. "
+        "A readiness call that scans every descriptor (select, poll) pays for each idle one on "
+        "every call, so b is about the kernel's cost of polling one socket divided by the "
+        "requests served per call; *grows with N* when the interval lies above 0, *flat within "
+        "noise* when it contains 0. *a*: the fitted CPU per request with no idle connection. "
+        "Once a scan takes long enough for requests to queue behind it, each call serves "
+        "several (*sys/req* falls), so the cost grows less than linearly and b averages the "
+        "steep start and the flatter end: read the per-count table too.",
+        "- *cannot hold N*: the holder could not open N, the server closed some (select past "
+        "FD_SETSIZE, a limit), its counters show refusals, or the load failed while they did; "
+        "larger counts of that backend are not tried. Not a failure: that is the model's limit.",
+        "- *CPU µs/req*: server user+system CPU (`/proc/PID/stat`) over the run divided by the "
+        "requests it served [min-max over runs]; *sys/req* from a separate probe run with perf; "
+        "*cs/req*: context switches per request.",
+        "- *RSS*, *PSS*: the server and its child processes at the end of the load, all N still "
+        "open (PSS splits shared pages among the processes that share them). *TCP mem pages*: "
+        "`/proc/net/sockstat` TCP `mem` with the N held, before the load (buffer pages of every "
+        "TCP socket on the host: idle sockets hold almost none). *slab Δ*: the kernel's slab "
+        "memory with the N held minus before they were opened: the socket structures of both "
+        "ends (the holder's are on this host too), and whatever else the host allocated "
+        "meanwhile.", ""]
+
+
+def write_idle_report(d: pathlib.Path, summary: dict, plotted: bool) -> None:
+    meta = summary["meta"]
+    machine, s = meta.get("machine", {}), meta.get("settings", {})
+    idle = summary.get("idle") or {}
+    lines = ["# upcase: the idle-connection experiment", "",
+             f"Command: `{meta.get('command', 'tools/compare --idle')}`  ",
+             f"Date: {meta.get('date', '?')}, git {meta.get('git', '?')}  ",
+             f"Machine: {machine.get('cpu_model', '?')}, nproc={machine.get('nproc', '?')}, "
+             f"kernel {machine.get('kernel', '?')}, {machine.get('memory', '?')}  ",
+             f"Runs: {s.get('duration_s', '?')} s measured after {s.get('warmup_s', '?')} s "
+             f"warm-up, {s.get('repeat', '?')} repeats per point; {placement_text(s)}.", ""]
+    foreign = summary.get("foreign_cpu_share")
+    if foreign is not None:
+        lines += [f"Other processes used {foreign * 100:.1f} % of the CPUs in use during the "
+                  "runs (median)" + (": **a busy machine, so these figures are noisy**."
+                                     if foreign > NOISY_SHARE else "."), ""]
+    lines += ["## Cost of an idle connection", "",
+              md_table(IDLE_FIT_COLUMNS, idle_fit_rows(summary)), ""]
+    if plotted:
+        lines += [f"![CPU per request against idle connections]({IDLE_PLOT})", ""]
+    lines += ["## Per backend and idle count", "", md_table(IDLE_COLUMNS, idle_rows(summary)), ""]
+    lines += idle_how_to_read(idle)
+    notes = list(meta.get("notes", []))
+    notes += [f"failed run {f['point'].get('backend')} {f['point'].get('key')}: {f.get('error')}"
+              for f in summary["failed_runs"]]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["Every run's raw JSON is in `runs/` (`idle`: what the holder opened and saw, the "
+              "server's memory and the kernel's sockets); `summary.json` holds the medians and "
+              f"the fits. Regenerate with `tools/compare --replot {meta.get('out', 'DIR')}`.", ""]
+    (d / "report.md").write_text("\n".join(lines))
+
+
+def build_idle(d: pathlib.Path, meta: dict, runs: list[dict], out=print) -> dict:
+    summary = summarize_idle(meta, runs)
+    (d / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_idle_report(d, summary, plot_idle(summary, d / IDLE_PLOT))
+    print_idle_tables(summary, out)
     return summary

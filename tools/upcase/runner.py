@@ -285,6 +285,9 @@ def run_point(point: Point, settings: RunSettings, tools: Tools, workroot: pathl
 # A sequence of runs with progress lines, each saved as DIR/runs/NNN-....json.
 
 class Runner:
+    # What runs one point (the idle experiment's runner swaps in its own).
+    point_run: type[PointRun] = PointRun
+
     def __init__(self, out: pathlib.Path, settings: RunSettings, tools: Tools, total: int,
                  log: Callable[[str], None] = print):
         self.out, self.settings, self.tools, self.total, self.log = out, settings, tools, total, log
@@ -305,7 +308,8 @@ class Runner:
         retried = None
         while True:
             try:
-                rec = run_point(point, settings or self.settings, self.tools, self.work)
+                rec = self.point_run(point, settings or self.settings, self.tools,
+                                     self.work).run()
             except ServerStartError as e:
                 self.dead[point.backend] = str(e)
                 self.log(f"{tag}: SKIPPED backend {point.backend}: {e}")
