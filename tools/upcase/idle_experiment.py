@@ -83,6 +83,13 @@ def parse_counts(text: str) -> list[int]:
     return sorted(parse_list(text, "--idle", count))
 
 
+def parse_rate(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--idle-rate={text}: not a number of requests/s such as 2000") from None
+
+
 def server_flags(n: int) -> tuple[str, ...]:
     """What lets the server hold n idle connections beside the load, for the whole run."""
     return (f"--max-conns={n + ACTIVE_CONNS + EXTRA_CONNS}", "--max-conns-per-ip=0",
@@ -346,7 +353,7 @@ def check_flags(args: argparse.Namespace) -> tuple[list[int], float, float, floa
     duration, warmup, repeat = SHAPES["quick" if args.quick else "default"]
     try:
         counts = parse_counts(args.idle)
-        rate = float(args.idle_rate) if args.idle_rate is not None else DEFAULT_RATE
+        rate = parse_rate(args.idle_rate) if args.idle_rate is not None else DEFAULT_RATE
         duration = parse_seconds(args.duration) if args.duration else duration
         warmup = parse_seconds(args.warmup) if args.warmup is not None else warmup
     except ValueError as e:
