@@ -36,33 +36,25 @@ constexpr int kUdpAnswersAtStop = 128;
 
 // Reads one datagram with `flags` and answers it. False when there was none: EAGAIN with
 // MSG_DONTWAIT, or a blocked read woken by Stop's shutdown(SHUT_RD), which returns 0 bytes from
-// no address (a real empty datagram has its sender's).
-bool ServeDatagram(int fd, std::uint16_t own_port, int flags, UdpBuffer& buf, UdpGuards& guards,
-                   ShardStats& stats) {
+// no address (a real empty datagram has its sender's). The lab's recvfrom: the kernel's drops
+// (udp_kernel_drops) are read when serving ends (UdpGuards' KernelDrops::Settle), not from each
+// datagram, which would take recvmsg and its control data.
+bool ServeDatagram(int fd, std::uint16_t own_port, int flags, UdpBuffer& buf,
+                   ReflectionGuard& reflections, ShardStats& stats) {
   SocketAddress peer;
-  iovec iov{buf.data(), buf.size()};
-  alignas(cmsghdr) char control[kDropsControlBytes];
-  msghdr msg{};
-  msg.msg_name = peer.mutable_get();
-  msg.msg_namelen = *peer.mutable_size();
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  const ssize_t n = ::recvmsg(fd, &msg, flags | MSG_TRUNC);
+  const ssize_t n = ::recvfrom(fd, buf.data(), buf.size(), flags | MSG_TRUNC, peer.mutable_get(),
+                               peer.mutable_size());
   // EINTR, or an ICMP error queued for an earlier reply: nothing read, but keep serving.
   if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK;
-  *peer.mutable_size() = msg.msg_namelen;
   if (n == 0 && peer.size() == 0) return false;
   ++stats.datagrams_in;
-  guards.drops.Count(msg, stats);
   if (static_cast<std::size_t>(n) > kMaxDatagram) {
     ++stats.udp_drops;  // larger than any reply we may send back
     return true;
   }
+  // Uppercased in place: the reply.
   if (RefuseDatagram(peer.get(), own_port) ||
-      !guards.reflections.UppercaseUnlessReflection(peer.get(), buf.data(),
-                                                    static_cast<std::size_t>(n))) {
+      !reflections.UppercaseUnlessReflection(peer.get(), buf.data(), static_cast<std::size_t>(n))) {
     ++stats.udp_refused;  // a well-known port, ourselves, or our own reply: a reply could loop
     return true;
   }
@@ -189,7 +181,7 @@ void ServeBlockingUdp(int fd, const StopFlag& stop, bool reflection_guard, Shard
     const std::uint16_t own_port = OwnPort(fd);
     UdpBuffer buf;
     while (!stop.raised())
-      ServeDatagram(fd, own_port, 0, buf, guards, stats);  // Stop's shutdown() wakes it
+      ServeDatagram(fd, own_port, 0, buf, guards.reflections, stats);  // Stop's shutdown() wakes it
   }
   // What the socket had received when Stop() came is answered, as the reactors do.
   AnswerQueuedDatagrams(fd, guards, stats);
@@ -198,8 +190,8 @@ void ServeBlockingUdp(int fd, const StopFlag& stop, bool reflection_guard, Shard
 void AnswerQueuedDatagrams(int fd, UdpGuards& guards, ShardStats& stats) {
   auto buf = std::make_unique<UdpBuffer>();
   const std::uint16_t own_port = OwnPort(fd);
-  for (int i = 0;
-       i < kUdpAnswersAtStop && ServeDatagram(fd, own_port, MSG_DONTWAIT, *buf, guards, stats);
+  for (int i = 0; i < kUdpAnswersAtStop &&
+                  ServeDatagram(fd, own_port, MSG_DONTWAIT, *buf, guards.reflections, stats);
        ++i) {
   }
   guards.drops.Settle(fd, stats);

@@ -67,8 +67,8 @@ class StopFlag {
 void ServeBlockingConnection(int fd, const StopFlag& stop, absl::Duration idle_timeout,
                              ShardStats& stats);
 
-// The lab's datagram loop on a blocking UDP socket: receive (recvmsg: recvfrom plus the kernel's
-// drop count), uppercase, sendto the source.
+// The lab's datagram loop on a blocking UDP socket: recvfrom, uppercase, sendto the source. The
+// kernel's drops are counted when it returns (SO_MEMINFO), so recvfrom stays the lab's call.
 // Refuses what limits.h and udp_guard.h refuse (`reflection_guard`: --udp-reflection-guard).
 // Returns once `stop` is raised and the socket has been shut down (which wakes recvfrom).
 void ServeBlockingUdp(int fd, const StopFlag& stop, bool reflection_guard, ShardStats& stats);

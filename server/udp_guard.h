@@ -27,7 +27,8 @@
 // the server sees it (four 65,507-byte datagrams overflow Linux's default 208 KiB). The socket's
 // buffer is --udp-rcvbuf (SetUdpReceiveBuffer), and SO_RXQ_OVFL makes the kernel attach to each
 // datagram the socket's running count of drops; KernelDrops turns that into udp_kernel_drops, so
-// that datagrams_in + udp_kernel_drops is what arrived.
+// that datagrams_in + udp_kernel_drops is what arrived. (The blocking path keeps the lab's
+// recvfrom, which carries no control data: it takes the count from the socket when it stops.)
 #ifndef UPCASE_SERVER_UDP_GUARD_H_
 #define UPCASE_SERVER_UDP_GUARD_H_
 
