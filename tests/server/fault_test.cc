@@ -66,6 +66,7 @@ using ::upcase::testing::OpenFdCount;
 using ::upcase::testing::ProvidedBufferBytes;
 using ::upcase::testing::RandomBytes;
 using ::upcase::testing::RssBytes;
+using ::upcase::testing::SendForged;
 using ::upcase::testing::ServerProcess;
 using ::upcase::testing::StartServer;
 
@@ -1548,41 +1549,6 @@ TEST_P(FaultTest, SigtermWhileClientsSendAnswersEveryByteSentBeforeTheStopWasSee
 }
 
 // ---- abuse: UDP loops, idle connections, one address taking every slot, memory ----
-
-// Sends one UDP datagram with a forged source address and port, through a raw IPv4 socket
-// (IPPROTO_RAW: the IP header is ours). Root only. The UDP checksum is 0, "none" over IPv4; the
-// kernel fills in the IP header's.
-absl::Status SendForged(const std::string& src_ip, std::uint16_t src_port,
-                        const std::string& dst_ip, std::uint16_t dst_port,
-                        const std::string& payload) {
-  Fd raw(::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
-  if (!raw.valid()) return ErrnoError("socket(AF_INET, SOCK_RAW, IPPROTO_RAW)", errno);
-  iphdr ip{};
-  ip.version = 4;
-  ip.ihl = sizeof ip / 4;
-  ip.ttl = 64;
-  ip.protocol = IPPROTO_UDP;
-  ip.tot_len = htons(static_cast<std::uint16_t>(sizeof(iphdr) + sizeof(udphdr) + payload.size()));
-  if (::inet_pton(AF_INET, src_ip.c_str(), &ip.saddr) != 1 ||
-      ::inet_pton(AF_INET, dst_ip.c_str(), &ip.daddr) != 1) {
-    return absl::InvalidArgumentError("not an IPv4 address");
-  }
-  udphdr udp{};
-  udp.source = htons(src_port);
-  udp.dest = htons(dst_port);
-  udp.len = htons(static_cast<std::uint16_t>(sizeof(udphdr) + payload.size()));
-  std::string packet(reinterpret_cast<const char*>(&ip), sizeof ip);
-  packet.append(reinterpret_cast<const char*>(&udp), sizeof udp);
-  packet.append(payload);
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_addr.s_addr = ip.daddr;
-  if (::sendto(raw.get(), packet.data(), packet.size(), 0, reinterpret_cast<sockaddr*>(&to),
-               sizeof to) != static_cast<ssize_t>(packet.size())) {
-    return ErrnoError("sendto (raw)", errno);
-  }
-  return absl::OkStatus();
-}
 
 // How long a loop gets to show: datagrams bouncing between two servers on loopback go round
 // thousands of times in this window; without one, the servers answer nothing more.

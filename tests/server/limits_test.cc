@@ -14,27 +14,14 @@
 #include "gtest/gtest.h"
 #include "server/accept_errors.h"
 #include "server/config.h"
+#include "tests/support/test_util.h"
 
 namespace upcase {
 namespace {
 
-sockaddr_in V4(const char* ip, std::uint16_t port) {
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  EXPECT_EQ(inet_pton(AF_INET, ip, &a.sin_addr), 1);
-  return a;
-}
-
-sockaddr_in6 V6(const char* ip, std::uint16_t port) {
-  sockaddr_in6 a{};
-  a.sin6_family = AF_INET6;
-  a.sin6_port = htons(port);
-  EXPECT_EQ(inet_pton(AF_INET6, ip, &a.sin6_addr), 1);
-  return a;
-}
-
-const sockaddr* Sa(const void* a) { return static_cast<const sockaddr*>(a); }
+using ::upcase::testing::Sa;
+using ::upcase::testing::V4;
+using ::upcase::testing::V6;
 
 TEST(RefuseDatagramTest, WellKnownPortsAndTheServersOwnPortAreRefused) {
   constexpr std::uint16_t kOwn = 5050;

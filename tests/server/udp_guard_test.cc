@@ -49,27 +49,13 @@ namespace {
 using ::upcase::testing::ConnectUdp;
 using ::upcase::testing::Expected;
 using ::upcase::testing::RandomBytes;
+using ::upcase::testing::Sa;
+using ::upcase::testing::SendForged;
 using ::upcase::testing::ServerProcess;
+using ::upcase::testing::V4;
+using ::upcase::testing::V6;
 
 // ---- ReflectionGuard and KernelDrops on their own ----
-
-sockaddr_in V4(const char* ip, std::uint16_t port) {
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  EXPECT_EQ(inet_pton(AF_INET, ip, &a.sin_addr), 1);
-  return a;
-}
-
-sockaddr_in6 V6(const char* ip, std::uint16_t port) {
-  sockaddr_in6 a{};
-  a.sin6_family = AF_INET6;
-  a.sin6_port = htons(port);
-  EXPECT_EQ(inet_pton(AF_INET6, ip, &a.sin6_addr), 1);
-  return a;
-}
-
-const sockaddr* Sa(const void* a) { return static_cast<const sockaddr*>(a); }
 
 // Feeds `request` to the guard as a datagram from `peer`: the reply, or "(refused)".
 std::string Serve(ReflectionGuard& guard, const void* peer, std::string request) {
@@ -272,37 +258,6 @@ absl::StatusOr<Fd> SniffUdpTo(std::uint16_t port_a, std::uint16_t port_b) {
   return fd;
 }
 
-// Sends one UDP datagram with a forged source, through a raw IPv4 socket (root only). The UDP
-// checksum is 0, "none" over IPv4; the kernel fills in the IP header's.
-absl::Status SendForged(std::uint16_t src_port, std::uint16_t dst_port,
-                        const std::string& payload) {
-  Fd raw(::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
-  if (!raw.valid()) return ErrnoError("socket(AF_INET, SOCK_RAW, IPPROTO_RAW)", errno);
-  iphdr ip{};
-  ip.version = 4;
-  ip.ihl = sizeof ip / 4;
-  ip.ttl = 64;
-  ip.protocol = IPPROTO_UDP;
-  ip.tot_len = htons(static_cast<std::uint16_t>(sizeof(iphdr) + sizeof(udphdr) + payload.size()));
-  ip.saddr = htonl(INADDR_LOOPBACK);
-  ip.daddr = htonl(INADDR_LOOPBACK);
-  udphdr udp{};
-  udp.source = htons(src_port);
-  udp.dest = htons(dst_port);
-  udp.len = htons(static_cast<std::uint16_t>(sizeof(udphdr) + payload.size()));
-  std::string packet(reinterpret_cast<const char*>(&ip), sizeof ip);
-  packet.append(reinterpret_cast<const char*>(&udp), sizeof udp);
-  packet.append(payload);
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_addr.s_addr = ip.daddr;
-  if (::sendto(raw.get(), packet.data(), packet.size(), 0, reinterpret_cast<sockaddr*>(&to),
-               sizeof to) != static_cast<ssize_t>(packet.size())) {
-    return ErrnoError("sendto (raw)", errno);
-  }
-  return absl::OkStatus();
-}
-
 class UdpGuardTest : public ::testing::TestWithParam<Variant> {
  protected:
   struct Server {
@@ -362,7 +317,9 @@ class UdpGuardTest : public ::testing::TestWithParam<Variant> {
     ASSERT_NE(a.process().udp_port, b.process().udp_port);
     absl::StatusOr<Fd> sniffer = SniffUdpTo(a.process().udp_port, b.process().udp_port);
     ASSERT_TRUE(sniffer.ok()) << sniffer.status();
-    ASSERT_TRUE(SendForged(a.process().udp_port, b.process().udp_port, "ping pong").ok());
+    ASSERT_TRUE(SendForged("127.0.0.1", a.process().udp_port, "127.0.0.1", b.process().udp_port,
+                           "ping pong")
+                    .ok());
     *traffic = Watch(sniffer->get(), /*echo=*/false, stop_at, absl::Now() + deadline);
     *b_stats = Stop(b);
     *a_stats = Stop(a);

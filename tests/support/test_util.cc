@@ -1,7 +1,10 @@
 #include "tests/support/test_util.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <netinet/ip.h>
+#include <netinet/udp.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -410,6 +413,54 @@ nlohmann::json FinishWithStats(ServerProcess& server, const std::string& stats_p
   EXPECT_FALSE(stats.is_discarded()) << "no stats in " << stats_path;
   ::unlink(stats_path.c_str());
   return stats.is_discarded() ? nlohmann::json::object() : stats;
+}
+
+sockaddr_in V4(const char* ip, std::uint16_t port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  EXPECT_EQ(inet_pton(AF_INET, ip, &a.sin_addr), 1);
+  return a;
+}
+
+sockaddr_in6 V6(const char* ip, std::uint16_t port) {
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_port = htons(port);
+  EXPECT_EQ(inet_pton(AF_INET6, ip, &a.sin6_addr), 1);
+  return a;
+}
+
+absl::Status SendForged(const std::string& src_ip, std::uint16_t src_port,
+                        const std::string& dst_ip, std::uint16_t dst_port,
+                        const std::string& payload) {
+  Fd raw(::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  if (!raw.valid()) return ErrnoError("socket(AF_INET, SOCK_RAW, IPPROTO_RAW)", errno);
+  iphdr ip{};
+  ip.version = 4;
+  ip.ihl = sizeof ip / 4;
+  ip.ttl = 64;
+  ip.protocol = IPPROTO_UDP;
+  ip.tot_len = htons(static_cast<std::uint16_t>(sizeof(iphdr) + sizeof(udphdr) + payload.size()));
+  if (::inet_pton(AF_INET, src_ip.c_str(), &ip.saddr) != 1 ||
+      ::inet_pton(AF_INET, dst_ip.c_str(), &ip.daddr) != 1) {
+    return absl::InvalidArgumentError("not an IPv4 address");
+  }
+  udphdr udp{};
+  udp.source = htons(src_port);
+  udp.dest = htons(dst_port);
+  udp.len = htons(static_cast<std::uint16_t>(sizeof(udphdr) + payload.size()));
+  std::string packet(reinterpret_cast<const char*>(&ip), sizeof ip);
+  packet.append(reinterpret_cast<const char*>(&udp), sizeof udp);
+  packet.append(payload);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_addr.s_addr = ip.daddr;
+  if (::sendto(raw.get(), packet.data(), packet.size(), 0, reinterpret_cast<sockaddr*>(&to),
+               sizeof to) != static_cast<ssize_t>(packet.size())) {
+    return ErrnoError("sendto (raw)", errno);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace upcase::testing

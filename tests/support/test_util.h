@@ -3,6 +3,8 @@
 #ifndef UPCASE_TESTS_SUPPORT_TEST_UTIL_H_
 #define UPCASE_TESTS_SUPPORT_TEST_UTIL_H_
 
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -149,6 +151,19 @@ inline constexpr bool kSanitized = true;
 #else
 inline constexpr bool kSanitized = false;
 #endif
+
+// Socket addresses for tests: V4("127.0.0.1", 5050), V6("::1", 5050); Sa() views either as a
+// sockaddr. A bad literal fails the calling test.
+sockaddr_in V4(const char* ip, std::uint16_t port);
+sockaddr_in6 V6(const char* ip, std::uint16_t port);
+inline const sockaddr* Sa(const void* a) { return static_cast<const sockaddr*>(a); }
+
+// Sends one UDP datagram with a forged source address and port, through a raw IPv4 socket
+// (IPPROTO_RAW: the IP header is ours). Root only. The UDP checksum is 0, "none" over IPv4; the
+// kernel fills in the IP header's.
+absl::Status SendForged(const std::string& src_ip, std::uint16_t src_port,
+                        const std::string& dst_ip, std::uint16_t dst_port,
+                        const std::string& payload);
 
 }  // namespace upcase::testing
 
