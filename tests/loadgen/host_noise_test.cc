@@ -154,8 +154,11 @@ TEST(HostNoiseTest, AHogOnTheLoadCpuIsForeignCpuHiccupsAndHostNoise) {
   const nlohmann::json& hog_hiccups = hog.result["host"]["hiccup_us"];
   const nlohmann::json& quiet_hiccups = quiet.result["host"]["hiccup_us"];
   EXPECT_GT(hog_hiccups["count"].get<int>(), 1000);  // ~1 per ms over 3 s
+  // The hog shows in the worst wakeup, not reliably at p99: the scheduler lets a waking sleeper
+  // preempt a CPU hog at once most of the time, so only some wakeups wait out a whole slice (a
+  // run under ASan measured hiccup p99 85 us with the hog and 93 us without).
   EXPECT_GE(hog_hiccups["max"].get<double>(), kHogSliceUs) << hog.table;
-  EXPECT_GT(hog_hiccups["p99"].get<double>(), quiet_hiccups["p99"].get<double>())
+  EXPECT_GT(hog_hiccups["max"].get<double>(), quiet_hiccups["p99"].get<double>())
       << hog.table << quiet.table;
 
   // The verdict.
