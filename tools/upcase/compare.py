@@ -304,17 +304,18 @@ def own_maxima(rp: RunPlan, closed_recs: list[dict]) -> dict[str, float]:
 
 
 def curve_measure(runner: Runner, rp: RunPlan, backend: str, own: float, repeat: int,
-                  records: list, role: list[str]) -> Callable[[float], curves.Sample]:
-    """measure(rate): `repeat` open-loop runs of the curve's point at that rate, as a Sample."""
+                  records: list) -> Callable[[float, str], curves.Sample]:
+    """measure(rate, role): `repeat` open-loop runs of the curve's point at that rate, as a
+    Sample."""
     main_shards = rp.shards[-1] if rp.shards else None
     assert rp.base_point is not None
     proto, size, conns = rp.base_point
 
-    def measure(rate: float) -> curves.Sample:
+    def measure(rate: float, role: str) -> curves.Sample:
         rate = round(rate)
         n = main_shards if backend in SHARDED_BACKENDS else None
         point = Point(backend, proto, size, conns, rate=rate,
-                      label=curves.fraction_label(rate / own), shards=n, role=role[0])
+                      label=curves.fraction_label(rate / own), shards=n, role=role)
         runs = []
         for r in range(repeat):
             rec = runner.run(point, r)
@@ -323,7 +324,7 @@ def curve_measure(runner: Runner, rp: RunPlan, backend: str, own: float, repeat:
                 m = run_metrics(rec)
                 m["valid"], m["reasons"] = curves.run_validity(rec, m)
                 runs.append(m)
-        return curves.Sample(rate, runs, role[0])
+        return curves.Sample(rate, runs, role)
     return measure
 
 
@@ -331,19 +332,10 @@ def run_curve(runner: Runner, rp: RunPlan, choice: MatrixChoice, backend: str, o
               records: list) -> None:
     """One backend's curve: the log-spaced sweep, the knee's refinement, each objective's
     bisection."""
-    role = ["sweep"]
-    measure = curve_measure(runner, rp, backend, own, choice.repeat, records, role)
+    measure = curve_measure(runner, rp, backend, own, choice.repeat, records)
     n_sweep, lo, hi, n_refine = choice.shape
-    samples = [measure(own * f) for f in curves.sweep_fractions(n_sweep, lo, hi)]
-    role[0] = "knee"
-    for _ in range(n_refine):
-        rate = curves.knee_probe(samples)
-        if rate is None:
-            break
-        samples.append(measure(rate))
-    role[0] = "slo"
-    for slo in choice.slos:
-        curves.search_capacity(samples, slo, measure)
+    curves.trace(measure, [own * f for f in curves.sweep_fractions(n_sweep, lo, hi)], n_refine,
+                 choice.slos)
 
 
 def run_open(runner: Runner, rp: RunPlan, choice: MatrixChoice, closed_recs: list[dict],

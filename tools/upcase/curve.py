@@ -281,6 +281,22 @@ def search_capacity(samples: list[Sample], slo: Slo, measure: Callable[[float], 
         steps += 1
 
 
+def trace(measure: Callable[[float, str], Sample], rates: Sequence[float], refinements: int,
+          slos: Sequence[Slo], max_steps: int = SLO_MAX_STEPS) -> list[Sample]:
+    """One curve in the order both tools measure it: the sweep at `rates`, up to `refinements`
+    bisections of the knee, then each objective's bisection. measure(rate, role) runs one offered
+    rate; role is sweep, knee or slo."""
+    samples = [measure(r, "sweep") for r in rates]
+    for _ in range(refinements):
+        rate = knee_probe(samples)
+        if rate is None:
+            break
+        samples.append(measure(rate, "knee"))
+    for slo in slos:
+        search_capacity(samples, slo, lambda r: measure(r, "slo"), max_steps=max_steps)
+    return samples
+
+
 def add_vs_threads(capacities: dict[str, list[dict]], baseline: str = "threads") -> None:
     """Each capacity's ratio to the baseline's at the same objective (None without both)."""
     base = {c["slo"]: c["rps"] for c in capacities.get(baseline, [])}

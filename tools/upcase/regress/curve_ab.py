@@ -70,31 +70,21 @@ def measure_curve(run: Callable[[Point], dict | None], backend: str,
     own = (closed or {}).get("load", {}).get("throughput_rps")
     if not own:
         return CurveResult(None, None, {}, noisy[0], "no closed-loop maximum")
-    role = ["sweep"]
 
-    def measure(rate: float) -> curves.Sample:
+    def measure(rate: float, role: str) -> curves.Sample:
         rate = round(rate)
         rec = one(Point(backend, proto, size, conns, rate=rate,
-                        label=curves.fraction_label(rate / own), role=role[0]))
+                        label=curves.fraction_label(rate / own), role=role))
         runs = []
         if rec:
             m = run_metrics(rec)
             m["valid"], m["reasons"] = curves.run_validity(rec, m)
             runs.append(m)
-        return curves.Sample(rate, runs, role[0])
+        return curves.Sample(rate, runs, role)
 
-    samples = [measure(own * f) for f in CURVE_FRACTIONS]
-    role[0] = "knee"
-    for _ in range(KNEE_REFINEMENTS):
-        rate = curves.knee_probe(samples)
-        if rate is None:
-            break
-        samples.append(measure(rate))
-    role[0] = "slo"
-    caps: dict[str, float | None] = {}
-    for slo in slos:
-        curves.search_capacity(samples, slo, measure, max_steps=SLO_STEPS)
-        caps[slo.text] = curves.capacity(samples, slo, own)["rps"]
+    samples = curves.trace(measure, [own * f for f in CURVE_FRACTIONS], KNEE_REFINEMENTS, slos,
+                           max_steps=SLO_STEPS)
+    caps = {slo.text: curves.capacity(samples, slo, own)["rps"] for slo in slos}
     return CurveResult(own, curves.find_knee(samples)["rps"], caps, noisy[0])
 
 
