@@ -193,7 +193,7 @@ class PointRun:
         host, pid, settings = self.host, self.server.pid, self.settings
         self._start_counter()
         ctx_before = host.ctx_switches(pid)
-        before = host.proc_stat(pid)
+        before = host.tree_stat(pid)
         shares = load_shares(self.point, settings)
         self._sample_cpus(shares)
         busy_before = self._busy_s()
@@ -203,7 +203,7 @@ class PointRun:
         deadline = started + ahead + settings.warmup + settings.duration + LOAD_SLACK_S
         peak, names = self._wait_loads(deadline, started, before["threads"])
         wall = time.monotonic() - started - ahead
-        after = host.proc_stat(pid)
+        after = host.tree_stat(pid)
         busy = self._busy_s() - busy_before
         ctx_after = host.ctx_switches(pid)
         # Read late: a shard pins itself when its thread starts, which may follow "ready".
