@@ -104,7 +104,7 @@ class PointRun:
                        "placement": placement(self.point, self.settings),
                        "server_ready": self.server.ready_line, "ok": False}
         try:
-            self._measure()
+            self._body()
         finally:
             for load in self.loads:
                 load.kill()
@@ -113,10 +113,24 @@ class PointRun:
                     self.counter.finish()
                 except HarnessError:
                     pass
+            self._release()
             rc, stats = self.server.stop()
         self._server_stats(rc, stats)
+        self._conclude(stats)
         self.record["ok"] = True
         return self.record
+
+    # Hooks of a run with more around the measurement (idle_experiment.IdlePointRun).
+    def _body(self) -> None:
+        """Everything between the server's start and the teardown: here, the measurement."""
+        self._measure()
+
+    def _release(self) -> None:
+        """Whatever _body holds besides the loads and the counter, freed before the server
+        stops."""
+
+    def _conclude(self, stats: dict | None) -> None:
+        """What the run concludes from the server's final counters (may raise HarnessError)."""
 
     def _start_counter(self) -> None:
         """perf on the server's PID (context switches; syscalls in a probe), else strace for a
@@ -265,7 +279,8 @@ class PointRun:
             self.record["cpus"]["hosts"] = {h.name: sorted(c) for h, c in self.sampled.values()}
 
     def _server_stats(self, rc: int, stats: dict | None) -> None:
-        server = self.record["server"]
+        # A run that measured nothing (idle connections it could not hold) still reports them.
+        server = self.record.setdefault("server", {"pid": self.server.pid})
         server["exit_status"] = rc
         server["stats"] = stats
         if stats:
