@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <utility>
 
@@ -148,6 +149,13 @@ HostSample SampleHost(const std::string& root, const std::vector<pid_t>& pids) {
     }
   }
   for (pid_t pid : WithDescendants(root, pids)) {
+    // The process's total first: a thread that exits between the two readings is then in it
+    // and, vanished, not among the threads (counted once, by CpuNoiseBetween).
+    if (std::optional<std::string> stat =
+            ReadProcFile(root, absl::StrCat("/proc/", pid, "/stat"))) {
+      TaskTicks whole;
+      if (ParseTaskStat(*stat, &whole).ok()) s.process_ticks[pid] = whole.ticks;
+    }
     std::vector<TaskTicks> tasks = ReadProcessTasks(root, pid);
     s.tasks.insert(s.tasks.end(), tasks.begin(), tasks.end());
   }
@@ -162,12 +170,33 @@ std::vector<CpuNoise> CpuNoiseBetween(const HostSample& before, const HostSample
   std::map<int, std::uint64_t> own;
   // Threads that ran and may move: the CPUs they may run on (empty: unknown, any CPU).
   std::vector<const std::vector<int>*> movable;
+  auto attribute = [&](const TaskTicks& t, std::uint64_t ticks) {
+    own[t.allowed.size() == 1 ? t.allowed[0] : t.last_cpu] += ticks;
+    if (ticks > 0 && t.allowed.size() != 1) movable.push_back(&t.allowed);
+  };
+  std::map<pid_t, std::uint64_t> living;  // per process: its living threads' ticks
+  std::set<std::pair<pid_t, pid_t>> alive;
   for (const TaskTicks& t : after.tasks) {
     const auto it = ticks_before.find({t.pid, t.tid});
     const std::uint64_t ticks = it == ticks_before.end() ? t.ticks : Delta(it->second, t.ticks);
-    const int cpu = t.allowed.size() == 1 ? t.allowed[0] : t.last_cpu;
-    own[cpu] += ticks;
-    if (ticks > 0 && t.allowed.size() != 1) movable.push_back(&t.allowed);
+    attribute(t, ticks);
+    living[t.pid] += ticks;
+    alive.insert({t.pid, t.tid});
+  }
+  // Threads that exited in the interval: their process's growth beyond its living threads',
+  // spread evenly over them (the time they ran before the interval is not in the growth).
+  for (const auto& [pid, total_after] : after.process_ticks) {
+    const auto b = before.process_ticks.find(pid);
+    if (b == before.process_ticks.end()) continue;
+    std::vector<const TaskTicks*> gone;
+    for (const TaskTicks& t : before.tasks) {
+      if (t.pid == pid && !alive.contains({t.pid, t.tid})) gone.push_back(&t);
+    }
+    const std::uint64_t exited = Delta(living[pid], Delta(b->second, total_after));
+    if (gone.empty() || exited == 0) continue;
+    for (std::size_t i = 0; i < gone.size(); ++i) {
+      attribute(*gone[i], exited / gone.size() + (i < exited % gone.size() ? 1 : 0));
+    }
   }
   std::vector<CpuNoise> out;
   for (int cpu : cpus) {

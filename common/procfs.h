@@ -9,7 +9,10 @@
 // goes to the CPU it last ran on (field 39 of its stat) at the interval's end, an approximation
 // that holds for threads that stay put and blurs for threads that migrate; the foreign share of a
 // CPU is clamped at 0 where such a thread's time overshoots it, and a CPU such a thread may run on
-// is marked inexact (CpuNoise::foreign_exact), so that no verdict rests on a guess.
+// is marked inexact (CpuNoise::foreign_exact), so that no verdict rests on a guess. A thread that
+// exits within an interval (upcase-load's workers at the window's end) leaves no stat of its own:
+// what its process's time grew by beyond its living threads' goes to the CPU (or CPUs, as above)
+// of the threads that vanished since the interval began.
 //
 // Units: /proc/stat and /proc/PID/stat count clock ticks (USER_HZ, 100 per second), so a share
 // over one second resolves 1 %; the per-CPU counters are sampled at ticks while a thread's times
@@ -20,6 +23,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -72,6 +76,9 @@ std::vector<pid_t> WithDescendants(const std::string& root, const std::vector<pi
 struct HostSample {
   std::vector<CpuTicks> cpus;
   std::vector<TaskTicks> tasks;
+  // utime + stime of each known process from /proc/PID/stat: its threads living and exited
+  // (a thread's own stat vanishes when it exits; its time stays in the process's).
+  std::map<pid_t, std::uint64_t> process_ticks;
 };
 HostSample SampleHost(const std::string& root, const std::vector<pid_t>& pids);
 

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "gtest/gtest.h"
 
@@ -147,6 +148,30 @@ TEST(CpuNoiseTest, NewThreadsCountWholeAndMissingCpusAreLeftOut) {
   EXPECT_DOUBLE_EQ(n[0].foreign_pct, 5.0);
 }
 
+TEST(CpuNoiseTest, AThreadThatExitedCountsThroughItsProcess) {
+  // Worker 11, pinned to CPU 1, ran 40 more ticks and exited before the second sample (as
+  // upcase-load's workers do at the window's end): only the process's total (/proc/10/stat)
+  // still holds its time. Main thread 10 ran 2. CPU 1's 50 busy ticks are all own.
+  HostSample a = Sample(kStatBefore, {Task(10, 10, 5, 1, {1}), Task(10, 11, 40, 1, {1})});
+  HostSample b = Sample(kStatAfter, {Task(10, 10, 7, 1, {1})});
+  a.process_ticks[10] = 45;
+  b.process_ticks[10] = 95;
+  std::vector<CpuNoise> n = CpuNoiseBetween(a, b, {1});
+  ASSERT_EQ(n.size(), 1u);
+  EXPECT_DOUBLE_EQ(n[0].own_pct, 50.0);
+  EXPECT_DOUBLE_EQ(n[0].foreign_pct, 0.0);
+  EXPECT_TRUE(n[0].foreign_exact);
+  // Two that exited share the growth; an unpinned one makes its CPUs inexact.
+  a.tasks.push_back(Task(10, 12, 0, 0, {0, 1}));
+  n = CpuNoiseBetween(a, b, {0, 1});
+  ASSERT_EQ(n.size(), 2u);
+  EXPECT_DOUBLE_EQ(n[1].own_pct, 2.0 + 24.0);  // main thread + half of 48
+  EXPECT_FALSE(n[0].foreign_exact);
+  // Without the totals (a process gone, or unreadable) nothing is guessed.
+  b.process_ticks.clear();
+  EXPECT_DOUBLE_EQ(CpuNoiseBetween(a, b, {1})[0].own_pct, 2.0);
+}
+
 TEST(CpuNoiseTest, InvoluntarySwitchesOfOneProcess) {
   const HostSample a = Sample(kStatBefore, {Task(10, 10, 0, 0, {}, 5), Task(20, 20, 0, 0, {}, 1)});
   const HostSample b = Sample(kStatAfter, {Task(10, 10, 0, 0, {}, 9), Task(10, 13, 0, 0, {}, 2),
@@ -176,8 +201,10 @@ TEST_F(FakeProcTest, SampleReadsStatAndEveryThread) {
   Write("/proc/10/task/10/stat", kTaskStat);
   Write("/proc/10/task/10/status", "Cpus_allowed_list:\t1\nnonvoluntary_ctxt_switches:\t3\n");
   Write("/proc/10/task/11/stat", "garbage");  // exited half-way: skipped
+  Write("/proc/10/stat", kTaskStat);          // the process's total
   const HostSample s = SampleHost(root_.string(), {10, 12345});
   ASSERT_EQ(s.cpus.size(), 2u);
+  EXPECT_EQ(s.process_ticks, (std::map<pid_t, std::uint64_t>{{10, 47}}));
   ASSERT_EQ(s.tasks.size(), 1u);
   EXPECT_EQ(s.tasks[0].tid, 10);
   EXPECT_EQ(s.tasks[0].ticks, 47u);
