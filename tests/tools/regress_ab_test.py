@@ -20,6 +20,18 @@ from upcase.regress import ab, curve_ab  # noqa: E402
 BIN = pathlib.Path(os.environ.get("UPCASE_BIN", ROOT / "build" / "release" / "bin"))
 
 
+class BaseServerArgsTest(unittest.TestCase):
+    def test_only_the_base_side_gets_them(self):
+        plan = ab.Plan([points.Point("uring", "tcp", 64, 64)], [], False)
+        settings = ab.Settings(rounds=1, server_args=("--idle-timeout=0",),
+                               base_server_args=("--uring-levers=none",))
+        m = ab.Measurement(plan, {"base": pathlib.Path("/b"), "candidate": pathlib.Path("/c")},
+                           {}, settings, None, pathlib.Path("/"), log=lambda _: None)
+        self.assertEqual(m._settings("base", False).server_args,
+                         ("--idle-timeout=0", "--uring-levers=none"))
+        self.assertEqual(m._settings("candidate", True).server_args, ("--idle-timeout=0",))
+
+
 class FakeMeasurement(ab.Measurement):
     """Pairs come from a script instead of servers: script[(item, round)] is a list of
     (client base, client candidate) gauges, one per time the pair is measured."""

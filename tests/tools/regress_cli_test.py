@@ -157,7 +157,8 @@ class CliTest(unittest.TestCase):
     def test_bad_flags_exit_2(self):
         for args in (["--tolerance", "nonsense=0.1"], ["--rounds", "0"], ["--alpha", "2"],
                      ["--curve=udp:64B"], ["--slo=p99:fast"], ["--slo=p42:1ms"],
-                     ["--curve", "--against-baseline"]):
+                     ["--curve", "--against-baseline"],
+                     ["--base-server-arg=--uring-levers=none", "--against-baseline"]):
             r = self.run_regress(*args, metrics=self.steady_metrics())
             self.assertEqual(r.returncode, 2, args)
             # the last line says what is wrong with which flag
@@ -168,7 +169,7 @@ class CliTest(unittest.TestCase):
         r = subprocess.run([str(REGRESS), "--help"], capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 0)
         for word in ("--base", "--against-baseline", "--update-baseline", "Exit status",
-                     "--curve", "--slo"):
+                     "--curve", "--slo", "--base-server-arg"):
             self.assertIn(word, r.stdout)
 
 

@@ -97,6 +97,7 @@ class Settings:
     server_cpu: int | None = 0
     load_cpu: int | None = 1
     server_args: tuple[str, ...] = ()
+    base_server_args: tuple[str, ...] = ()  # after server_args, the base side's runs only
     # upcase-load gets --server-pid/--server-cpus (both sides' upcase-load know them), so
     # host.noisy also watches the server's CPU
     server_placement: bool = False
@@ -233,7 +234,8 @@ class Measurement:
         return RunSettings(
             duration=s.probe_duration if probe else s.duration,
             warmup=s.probe_warmup if probe else s.warmup,
-            server_cpu=s.server_cpu, load_cpu=s.load_cpu, server_args=tuple(s.server_args),
+            server_cpu=s.server_cpu, load_cpu=s.load_cpu,
+            server_args=s.server_args + (s.base_server_args if side == "base" else ()),
             bin_dir=self.bins[side], syscall_names=False,
             server_placement=s.server_placement)
 

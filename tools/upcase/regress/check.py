@@ -199,7 +199,8 @@ def _settings_info(args: argparse.Namespace, backends: list[str], plan: ab.Plan,
         "duration_s": settings.duration, "warmup_s": settings.warmup,
         "probe_duration_s": settings.probe_duration, "probe_warmup_s": settings.probe_warmup,
         "server_cpu": settings.server_cpu, "load_cpu": settings.load_cpu,
-        "server_args": args.server_arg, "load_from": args.load_from,
+        "server_args": args.server_arg,
+        "base_server_args": getattr(args, "base_server_arg", []), "load_from": args.load_from,
         "micro_filter": ab.MICRO_FILTER, "micro_repetitions": ab.MICRO_REPETITIONS,
         "micro_min_time_s": ab.MICRO_MIN_TIME_S, "tools": vars(tools),
         "curve": {"point": args.curve, "slos": [s.record() for s in args.slos],
@@ -237,6 +238,7 @@ def measure_ab(args: argparse.Namespace, out: pathlib.Path, tree: rb.BaseTree, i
     # An upcase-load that prints a fingerprint also takes --server-pid/--server-cpus.
     settings = ab.Settings(rounds=args.rounds, server_cpu=server_cpu, load_cpu=load_cpu,
                            server_args=tuple(args.server_arg),
+                           base_server_args=tuple(getattr(args, "base_server_arg", ())),
                            server_placement=None not in info["env"].values(),
                            curve=curve_point, slos=tuple(getattr(args, "slos", ())))
     info["settings"] = _settings_info(args, backends, plan, settings, tools)
