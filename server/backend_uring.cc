@@ -68,6 +68,7 @@
 #include "server/shutdown.h"
 #include "server/uring_accept.h"
 #include "server/uring_conn.h"
+#include "server/uring_levers.h"
 #include "server/uring_recv.h"
 #include "server/uring_ring.h"
 #include "server/uring_udp.h"
@@ -164,7 +165,7 @@ class Shard : public ReactorShard {
 
   absl::Status Run() override {
     // SINGLE_ISSUER binds the ring to the thread that enables it: this one.
-    if (absl::Status s = ring_.Enable(); !s.ok()) return s;
+    if (absl::Status s = ring_.Enable(levers_ & kLeverRingFd); !s.ok()) return s;
     AddStopPoll();
     if (acceptor_.serving()) acceptor_.Start();
     if (acceptor_.serving() && idle_.enabled()) AddTimeout(Op::kIdleTick, &idle_ts_, idle_.tick());
@@ -638,6 +639,8 @@ class Shard : public ReactorShard {
   // ---- State ----
 
   const RecvPolicy recv_{config_, output_pool_, UseRecvLimit()};
+  // --uring-levers, less what this kernel lacks (uring_levers.h).
+  const unsigned levers_ = UringLeversInEffect(config_.uring_levers, config_.sqpoll);
 
   Ring ring_;
   BufferRing tcp_buffers_;

@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "common/net.h"
 #include "common/sys.h"
+#include "server/uring_levers.h"
 
 namespace upcase {
 namespace {
@@ -159,6 +160,7 @@ absl::Status CheckOpcodes(io_uring* ring) {
 struct KernelSupport {
   absl::Status status;  // ok: the uring backend can run
   bool recv_limit = false;
+  bool ring_fd = false;  // io_uring_register_ring_fd (Linux 5.18)
 };
 
 KernelSupport ProbeKernel() {
@@ -188,6 +190,8 @@ KernelSupport ProbeKernel() {
     absl::StatusOr<RecvProbe> limited = TryMultishotRecv(&ring, 1, 1);
     support.recv_limit = limited.ok() && limited->res == 1 && !limited->more;
   }
+  // A registered ring fd (Linux 5.18): older kernels reject the register opcode (EINVAL).
+  if (status.ok()) support.ring_fd = io_uring_register_ring_fd(&ring) == 1;
   io_uring_queue_exit(&ring);
   return support;
 }
@@ -218,6 +222,12 @@ absl::Status UringAvailable() { return Kernel().status; }
 bool UseRecvLimit() {
   const char* env = std::getenv("UPCASE_URING_RECV_LIMIT");
   return Kernel().recv_limit && (env == nullptr || std::string_view(env) != "off");
+}
+
+unsigned UringLeversSupported(bool /*sqpoll*/) {
+  unsigned levers = 0;
+  if (Kernel().ring_fd) levers |= kLeverRingFd;
+  return levers;
 }
 
 void DieOnRingError(const absl::Status& status) {
@@ -268,17 +278,18 @@ absl::Status Ring::Create(const RingOptions& options) {
   return SetupError(-ret);
 }
 
-absl::Status Ring::Enable() {
+absl::Status Ring::Enable(bool register_fd) {
   // liburing 2.3 declares io_uring_enable_rings() but its shared library does not export it (the
   // symbol is missing from its version map), so make the register call directly.
   if (::syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) <
       0) {
     return ErrnoError("io_uring_register(ENABLE_RINGS)", errno);
   }
-  if (io_uring_register_ring_fd(&ring_) < 0) {
-    // Linux < 5.18, or the per-thread table is full. An optimization only: every enter then
-    // looks the ring fd up in the file table, as without registration.
-  }
+  // Lever ring-fd: io_uring_enter() then names the ring by its index in this thread's table of
+  // registered rings (liburing passes IORING_ENTER_REGISTERED_RING), which skips the
+  // fdget/fdput of the ring's file on every call. A refusal (the per-thread table is full) is
+  // not an error: every enter then looks the ring fd up, as without the lever.
+  registered_fd_ = register_fd && io_uring_register_ring_fd(&ring_) == 1;
   return absl::OkStatus();
 }
 

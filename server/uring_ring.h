@@ -62,6 +62,10 @@ absl::Status UringAvailable();
 // and so that tests cover both on a new kernel).
 bool UseRecvLimit();
 
+// The levers (uring_levers.h) this kernel supports: each probed once per process, with the recv
+// limit. `sqpoll`: the ring has a kernel thread submitting for it (--sqpoll).
+unsigned UringLeversSupported(bool sqpoll);
+
 // Linux 6.17 takes a total-bytes limit for a multishot recv in sqe->optlen, the 32 bits that
 // liburing 2.3's io_uring_sqe still calls file_index. The kernel ends the recv (no
 // IORING_CQE_F_MORE) with the completion that reaches the limit, which may carry up to a buffer
@@ -100,9 +104,11 @@ class Ring {
   ~Ring() { Close(); }
 
   absl::Status Create(const RingOptions& options);
-  // On the submitting thread: enables the ring, and registers its fd with this thread, which
-  // spares the kernel a file table lookup in every io_uring_enter().
-  absl::Status Enable();
+  // On the submitting thread: enables the ring and, with `register_fd` (the ring-fd lever),
+  // registers its fd with this thread, which spares the kernel a file table lookup in every
+  // io_uring_enter(). False in registered_fd() when the kernel refused it (its table is full).
+  absl::Status Enable(bool register_fd);
+  bool registered_fd() const { return registered_fd_; }
   void Close();  // io_uring_queue_exit; also cancels whatever is still in flight
 
   io_uring* get() { return &ring_; }
@@ -173,6 +179,7 @@ class Ring {
   io_uring ring_{};
   bool open_ = false;
   bool sqpoll_ = false;
+  bool registered_fd_ = false;
   std::uint64_t in_flight_ = 0;
   std::uint64_t cancel_all_data_ = 0;
 };

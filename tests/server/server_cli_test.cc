@@ -60,6 +60,9 @@ TEST(ServerCliTest, BadInputGivesOneLineAndNonZeroExit) {
   ExpectOneLineError(RunServer({"--frobnicate", "0"}), "unknown flag '--frobnicate'");
   ExpectOneLineError(RunServer({"--bind=999.1.1.1", "0"}), "invalid address '999.1.1.1'");
   ExpectOneLineError(RunServer({"--shards=-1", "0"}), "--shards='-1'");
+  const Outcome levers = RunServer({"--uring-levers=default,-bogus", "0"});
+  ExpectOneLineError(levers, "unknown lever 'bogus'");
+  EXPECT_EQ(levers.exit_code, 2);
 }
 
 // Every size and duration flag is bounded at start with one line and exit status 2, instead of

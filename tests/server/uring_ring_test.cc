@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "common/net.h"
 #include "gtest/gtest.h"
+#include "server/uring_levers.h"
 
 namespace upcase {
 namespace {
@@ -70,6 +71,8 @@ TEST(UringProbeTest, AnswersForThisKernel) {
   const bool limit_off = env != nullptr && std::string(env) == "off";
   const bool has_limit = major > 6 || (major == 6 && minor >= 17);
   EXPECT_EQ(UseRecvLimit(), has_limit && !limit_off) << major << "." << minor;
+  // Every kernel that runs the backend (6.0) registers ring fds (5.18).
+  EXPECT_EQ((UringLeversSupported(false) & kLeverRingFd) != 0, new_enough);
 }
 
 class RingTest : public ::testing::Test {
@@ -77,8 +80,9 @@ class RingTest : public ::testing::Test {
   void SetUp() override {
     if (!UringAvailable().ok()) GTEST_SKIP() << UringAvailable();
     ASSERT_TRUE(ring_.Create({8, 64, false, 0}).ok());
-    absl::Status s = ring_.Enable();
+    absl::Status s = ring_.Enable(/*register_fd=*/true);
     ASSERT_TRUE(s.ok()) << s;
+    EXPECT_TRUE(ring_.registered_fd());  // so these tests enter through the registered index
   }
 
   // Submits and reaps until nothing is in flight; returns the completions seen.

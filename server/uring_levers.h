@@ -1,0 +1,45 @@
+// The uring backend's optional io_uring features ("levers"), chosen with --uring-levers: each one
+// removes a cost from the request path, and each can be turned off to measure what it buys
+// (docs/upcase-server.md). The running kernel may lack one; UringLeversInEffect says which of
+// those asked for the backend actually uses after probing, and --stats-json records it.
+//
+// This file does not need liburing: the command line parses lever names on any build.
+#ifndef UPCASE_SERVER_URING_LEVERS_H_
+#define UPCASE_SERVER_URING_LEVERS_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace upcase {
+
+// A set of levers, one bit each.
+enum UringLever : unsigned {
+  // io_uring_register_ring_fd: io_uring_enter names the ring by its index in the thread's
+  // registered-ring table, which skips the fdget/fdput of the ring's file on every call.
+  kLeverRingFd = 1u << 0,
+};
+
+inline constexpr unsigned kAllUringLevers = kLeverRingFd;
+// What --uring-levers=default (and no flag) asks for.
+inline constexpr unsigned kDefaultUringLevers = kLeverRingFd;
+
+// "default", "all", "none", or comma-separated lever names, each optionally prefixed by '-' to
+// take it out of the set so far (which starts empty, or from default/all/none when the list
+// begins with one of them): e.g. "default,-ring-fd". InvalidArgument names the bad item.
+absl::StatusOr<unsigned> ParseUringLevers(absl::string_view list);
+
+// The levers of `set` by name, comma-separated, in declaration order; "none" for the empty set.
+std::string UringLeverNames(unsigned set);
+
+// Every lever name, comma-separated (for --help).
+std::string AllUringLeverNames();
+
+// Which of `requested` the uring backend uses on this kernel (0 without liburing or io_uring):
+// a lever the kernel lacks is left out, as is one that cannot work with `sqpoll`.
+unsigned UringLeversInEffect(unsigned requested, bool sqpoll);
+
+}  // namespace upcase
+
+#endif  // UPCASE_SERVER_URING_LEVERS_H_
