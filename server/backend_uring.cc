@@ -51,6 +51,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -221,17 +222,29 @@ class Shard : public ReactorShard {
   // EAGAIN, and HandleSend moves the rest into `out` (see Conn).
   void AddDirectSend(Conn& c) {
     io_uring_sqe* sqe = ring_.GetSqe();
-    constexpr int kFlags = MSG_NOSIGNAL | MSG_DONTWAIT;
+    // Lever skip-success: removes the completion of a send the socket takes in full (see
+    // ConfirmSkippedSends). MSG_WAITALL makes a short send a failure, which still posts one.
+    // Only while a multishot recv is armed: any later event on the connection completes it,
+    // so the shard never sleeps waiting for a completion that is skipped.
+    const bool skip = (levers_ & kLeverSkipSuccess) && c.life == Life::kServing &&
+                      c.recv == RecvState::kMultishot;
+    const int flags = MSG_NOSIGNAL | MSG_DONTWAIT | (skip ? MSG_WAITALL : 0);
     if (c.held.size() == 1) {
       const char* first = tcp_buffers_.Buffer(c.held.front().bid) + c.held_sent;
-      io_uring_prep_send(sqe, c.fd, first, c.held_bytes, kFlags);
+      io_uring_prep_send(sqe, c.fd, first, c.held_bytes, flags);
     } else {
       c.GatherHeld(tcp_buffers_);
-      io_uring_prep_sendmsg(sqe, c.fd, &c.msg, kFlags);
+      io_uring_prep_sendmsg(sqe, c.fd, &c.msg, flags);
     }
     io_uring_sqe_set_data64(sqe, Encode(Op::kSend, c.gen, c.index));
     c.direct_len = c.held_bytes;
     c.send = SendState::kDirect;
+    ++c.send_seq;
+    c.send_skips_success = skip;
+    if (skip) {
+      sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+      skipped_sends_.push_back({c.index, c.gen, c.send_seq});
+    }
     ++c.ops;
   }
 
@@ -297,7 +310,7 @@ class Shard : public ReactorShard {
           absl::InternalError(absl::StrCat("completion for a stale connection slot ", tag.index)));
     }
     if (tag.op == Op::kRecv) HandleRecv(cqe, *c);
-    if (tag.op == Op::kSend) HandleSend(cqe, *c);
+    if (tag.op == Op::kSend) HandleSend(cqe.res, *c);
     if (tag.op == Op::kConnCancel) HandleConnCancel(cqe, *c);
     Touch(*c);
   }
@@ -339,7 +352,7 @@ class Shard : public ReactorShard {
   // between the two counts. (The older setup modes without it run that work at other moments,
   // and a byte may then still slip between them.)
   void TakeStopSnapshot() {
-    if (IO_URING_READ_ONCE(*ring_.get()->sq.kflags) & IORING_SQ_CQ_OVERFLOW) return;  // next batch
+    if (ring_.CqOverflowed()) return;  // next batch
     snapshot_pending_ = false;
     conns_.ForEach([this](Conn& c) {
       if (c.life != Life::kServing) return;
@@ -466,29 +479,56 @@ class Shard : public ReactorShard {
     tcp_buffers_.Return(bid);  // at once: the buffer serves every connection of the shard
   }
 
-  void HandleSend(const io_uring_cqe& cqe, Conn& c) {
+  // `res`: the completion's, or for a skipped one (ConfirmSkippedSends) all it was asked to send.
+  void HandleSend(int res, Conn& c) {
     --c.ops;
     const SendState was = c.send;
     c.send = SendState::kNone;
-    if (was == SendState::kDirect) return HandleDirectSend(cqe, c);
-    if (cqe.res >= 0) {
-      const auto n = static_cast<std::size_t>(cqe.res);
+    c.send_skips_success = false;
+    if (was == SendState::kDirect) return HandleDirectSend(res, c);
+    if (res >= 0) {
+      const auto n = static_cast<std::size_t>(res);
       stats_.bytes_out += n;
       c.last_progress = idle_.now();
       c.out.Consume(n);  // a short send leaves the rest for the next one
       return;
     }
-    HandleSendError(-cqe.res, c);
+    HandleSendError(-res, c);
   }
 
-  void HandleDirectSend(const io_uring_cqe& cqe, Conn& c) {
-    const std::size_t sent = cqe.res > 0 ? static_cast<std::size_t>(cqe.res) : 0;
+  void HandleDirectSend(int res, Conn& c) {
+    const std::size_t sent = res > 0 ? static_cast<std::size_t>(res) : 0;
     stats_.bytes_out += sent;
     if (sent > 0) c.last_progress = idle_.now();
     c.DirectSent(sent, tcp_buffers_);  // buffers sent in full go back to the ring
-    if (cqe.res < 0 && cqe.res != -EAGAIN) return HandleSendError(-cqe.res, c);
+    if (res < 0 && res != -EAGAIN) return HandleSendError(-res, c);
     // A short send: the socket is full. The rest waits in `out`, and the buffers go back.
     if (sent < c.direct_len) c.SpillHeld(tcp_buffers_);
+  }
+
+  // Lever skip-success: a direct send submitted with IOSQE_CQE_SKIP_SUCCESS posts a completion
+  // only when it fails or comes up short. With MSG_DONTWAIT the kernel runs it inside the
+  // io_uring_enter() that submits it and posts that completion before returning. So once the
+  // completions of that enter are handled, a skipped send whose completion did not come was
+  // taken in full -- unless completions still wait in the kernel (CQ overflow) or the enter
+  // did not take every entry: then the next batch decides. `submitted`: the entries of
+  // skipped_sends_ queued before the last enter (newer ones have not reached the kernel yet).
+  void ConfirmSkippedSends(std::size_t submitted) {
+    if (submitted == 0 || ring_.CqOverflowed()) return;
+    for (std::size_t i = 0; i < submitted; ++i) {
+      const SkippedSend& s = skipped_sends_[i];
+      Conn* c = conns_.Find(s.index, s.gen);
+      // Gone, or its completion came (a short send): handled already.
+      if (c == nullptr || c->send != SendState::kDirect || !c->send_skips_success ||
+          c->send_seq != s.seq) {
+        continue;
+      }
+      ring_.CompletedWithoutCqe();
+      HandleSend(static_cast<int>(c->direct_len), *c);
+      Touch(*c);
+    }
+    skipped_sends_.erase(skipped_sends_.begin(),
+                         skipped_sends_.begin() + static_cast<std::ptrdiff_t>(submitted));
   }
 
   void HandleSendError(int err, Conn& c) {
@@ -601,7 +641,10 @@ class Shard : public ReactorShard {
   }
 
   void Reap() {
+    // Skipped sends queued before the enter that just returned, if it submitted everything.
+    const std::size_t submitted = ring_.AllSubmitted() ? skipped_sends_.size() : 0;
     ring_.ForEachCompletion([this](const io_uring_cqe& cqe) { Handle(cqe); });
+    ConfirmSkippedSends(submitted);
     if (snapshot_pending_) TakeStopSnapshot();
     for (const std::uint32_t index : touched_) {
       Conn& c = conns_[index];
@@ -653,6 +696,13 @@ class Shard : public ReactorShard {
 
   ConnSlots conns_{&output_pool_};
   std::vector<std::uint32_t> touched_;  // slots with completions in this batch, see Touch
+  // Lever skip-success: direct sends whose success posts no completion, oldest first.
+  struct SkippedSend {
+    std::uint32_t index;
+    std::uint32_t gen;
+    std::uint32_t seq;  // Conn::send_seq when it was queued
+  };
+  std::vector<SkippedSend> skipped_sends_;
 
   bool linger_armed_ = false;      // a kLinger timeout is in the kernel
   bool stopping_ = false;          // Stop() was seen

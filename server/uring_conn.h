@@ -69,12 +69,14 @@ struct Conn {
   RecvState recv = RecvState::kNone;
   SendState send = SendState::kNone;
   Life life = Life::kServing;
-  bool touched = false;          // in Shard::touched_: handled after this batch
-  OutputQueue out;               // size() <= --conn-buffer (the exception: uring_recv.h)
-  std::vector<Held> held;        // direct path only: non-empty only while `out` is empty
-  std::size_t held_sent = 0;     // bytes of held.front() already sent
-  std::size_t held_bytes = 0;    // bytes in `held` not sent yet
-  std::size_t direct_len = 0;    // bytes the direct send in flight covers (more may arrive)
+  bool touched = false;             // in Shard::touched_: handled after this batch
+  OutputQueue out;                  // size() <= --conn-buffer (the exception: uring_recv.h)
+  std::vector<Held> held;           // direct path only: non-empty only while `out` is empty
+  std::size_t held_sent = 0;        // bytes of held.front() already sent
+  std::size_t held_bytes = 0;       // bytes in `held` not sent yet
+  std::size_t direct_len = 0;       // bytes the direct send in flight covers (more may arrive)
+  std::uint32_t send_seq = 0;       // counts direct sends: which one a SkippedSend entry means
+  bool send_skips_success = false;  // the direct send in flight posts a completion only if short
   std::vector<iovec> iov;        // a direct send of several buffers; stable while it is in flight
   msghdr msg{};                  // ... pointing at `iov`
   std::uint64_t read_total = 0;  // bytes received on this connection

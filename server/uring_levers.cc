@@ -21,6 +21,7 @@ struct LeverName {
 };
 constexpr LeverName kLevers[] = {
     {kLeverRingFd, "ring-fd"},
+    {kLeverSkipSuccess, "skip-success"},
 };
 
 }  // namespace

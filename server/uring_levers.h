@@ -19,11 +19,15 @@ enum UringLever : unsigned {
   // io_uring_register_ring_fd: io_uring_enter names the ring by its index in the thread's
   // registered-ring table, which skips the fdget/fdput of the ring's file on every call.
   kLeverRingFd = 1u << 0,
+  // IOSQE_CQE_SKIP_SUCCESS on the direct sends a connection with an armed multishot recv makes:
+  // a send the socket takes in full posts no completion, so the kernel fills one CQE less per
+  // reply and the shard handles one less (backend_uring.cc, AddDirectSend). Not with --sqpoll.
+  kLeverSkipSuccess = 1u << 1,
 };
 
-inline constexpr unsigned kAllUringLevers = kLeverRingFd;
+inline constexpr unsigned kAllUringLevers = kLeverRingFd | kLeverSkipSuccess;
 // What --uring-levers=default (and no flag) asks for.
-inline constexpr unsigned kDefaultUringLevers = kLeverRingFd;
+inline constexpr unsigned kDefaultUringLevers = kLeverRingFd | kLeverSkipSuccess;
 
 // "default", "all", "none", or comma-separated lever names, each optionally prefixed by '-' to
 // take it out of the set so far (which starts empty, or from default/all/none when the list

@@ -160,7 +160,8 @@ absl::Status CheckOpcodes(io_uring* ring) {
 struct KernelSupport {
   absl::Status status;  // ok: the uring backend can run
   bool recv_limit = false;
-  bool ring_fd = false;  // io_uring_register_ring_fd (Linux 5.18)
+  bool ring_fd = false;       // io_uring_register_ring_fd (Linux 5.18)
+  bool skip_success = false;  // IOSQE_CQE_SKIP_SUCCESS (Linux 5.17)
 };
 
 KernelSupport ProbeKernel() {
@@ -192,6 +193,7 @@ KernelSupport ProbeKernel() {
   }
   // A registered ring fd (Linux 5.18): older kernels reject the register opcode (EINVAL).
   if (status.ok()) support.ring_fd = io_uring_register_ring_fd(&ring) == 1;
+  support.skip_success = ring.features & IORING_FEAT_CQE_SKIP;
   io_uring_queue_exit(&ring);
   return support;
 }
@@ -224,9 +226,12 @@ bool UseRecvLimit() {
   return Kernel().recv_limit && (env == nullptr || std::string_view(env) != "off");
 }
 
-unsigned UringLeversSupported(bool /*sqpoll*/) {
+unsigned UringLeversSupported(bool sqpoll) {
   unsigned levers = 0;
   if (Kernel().ring_fd) levers |= kLeverRingFd;
+  // A skipped send is known to have succeeded once the io_uring_enter() that submitted it has
+  // returned without its completion; with SQPOLL a kernel thread submits it at some other time.
+  if (Kernel().skip_success && !sqpoll) levers |= kLeverSkipSuccess;
   return levers;
 }
 

@@ -125,6 +125,15 @@ class Ring {
     return sqe;
   }
 
+  // A request submitted with IOSQE_CQE_SKIP_SUCCESS that succeeded (so posted no completion) is
+  // no longer in flight: the caller knows it by other means.
+  void CompletedWithoutCqe() { --in_flight_; }
+  // Whether every entry queued so far has been submitted to the kernel.
+  bool AllSubmitted() { return io_uring_sq_ready(&ring_) == 0; }
+  // Whether completions wait in the kernel because the CQ was full (they reach it in the next
+  // io_uring_enter).
+  bool CqOverflowed() const { return IO_URING_READ_ONCE(*ring_.sq.kflags) & IORING_SQ_CQ_OVERFLOW; }
+
   // A timeout request that completes with `data` after `d`. `ts` holds the time the kernel reads,
   // and must stay until the completion.
   void AddTimeout(__kernel_timespec* ts, absl::Duration d, std::uint64_t data);

@@ -75,6 +75,8 @@ class UringLeversTest : public ::testing::TestWithParam<const char*> {
     const unsigned asked = ParseUringLevers(GetParam()).value_or(0);
     const unsigned expected = UringLeversInEffect(asked, /*sqpoll=*/false);
     EXPECT_EQ(stats.value("uring_levers", std::string("(missing)")), UringLeverNames(expected));
+    // Every test reads all its replies: each byte in went out, skipped completions included.
+    EXPECT_EQ(stats["total"].value("bytes_out", -1), stats["total"].value("bytes_in", -2));
     if (asked == 0) {
       EXPECT_EQ(stats.value("uring_levers", std::string()), "none");
     }

@@ -177,5 +177,47 @@ TEST_F(RingTest, BufferRingHandsOutGivenBuffersAndTakesThemBack) {
   ring_.Close();  // before the buffer ring's memory goes
 }
 
+// What lever skip-success (backend_uring.cc, ConfirmSkippedSends) relies on: a MSG_DONTWAIT |
+// MSG_WAITALL send with IOSQE_CQE_SKIP_SUCCESS runs inside the io_uring_enter() that submits it,
+// posts nothing when the socket takes it all, and posts its completion before that enter returns
+// when it comes up short (the bytes taken) or finds the socket full (-EAGAIN).
+TEST_F(RingTest, SkippedSendPostsACompletionOnlyWhenShort) {
+  if (!(UringLeversSupported(false) & kLeverSkipSuccess)) GTEST_SKIP() << "no CQE_SKIP_SUCCESS";
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  Fd a(pair[0]), b(pair[1]);
+  const std::string big(4 << 20, 'x');  // more than a socket buffer takes
+  // Submits one skipped send of `n` bytes and a NOP, in one enter that waits for one completion;
+  // returns the send's completions (none when it succeeded).
+  auto send = [&](std::size_t n) {
+    io_uring_sqe* sqe = ring_.GetSqe();
+    io_uring_prep_send(sqe, a.get(), big.data(), n, MSG_NOSIGNAL | MSG_DONTWAIT | MSG_WAITALL);
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_sqe_set_data64(sqe, 1);
+    io_uring_sqe* nop_sqe = ring_.GetSqe();
+    io_uring_prep_nop(nop_sqe);
+    io_uring_sqe_set_data64(nop_sqe, 2);
+    EXPECT_TRUE(ring_.SubmitAndWait().ok());
+    EXPECT_TRUE(ring_.AllSubmitted());
+    std::vector<int> results;
+    bool nop = false;
+    ring_.ForEachCompletion([&](const io_uring_cqe& cqe) {
+      if (cqe.user_data == 1) results.push_back(cqe.res);
+      if (cqe.user_data == 2) nop = true;
+    });
+    EXPECT_TRUE(nop);
+    if (results.empty()) ring_.CompletedWithoutCqe();
+    return results;
+  };
+  EXPECT_EQ(send(100), std::vector<int>{}) << "taken in full: no completion";
+  EXPECT_EQ(ring_.in_flight(), 0u);
+  const std::vector<int> short_send = send(big.size());
+  ASSERT_EQ(short_send.size(), 1u) << "a short send completes";
+  EXPECT_GT(short_send[0], 0);
+  EXPECT_LT(short_send[0], static_cast<int>(big.size()));
+  EXPECT_EQ(send(big.size()), std::vector<int>{-EAGAIN}) << "a full socket: EAGAIN";
+  EXPECT_EQ(ring_.in_flight(), 0u);
+}
+
 }  // namespace
 }  // namespace upcase
