@@ -42,6 +42,10 @@
 // probing) is in uring_ring.h. Kernel needs: Linux >= 6.0 (multishot recv and recvmsg, provided
 // buffer rings, cancel by fd); 6.1 for DEFER_TASKRUN; 6.17 for the recv byte limit, used when
 // present. BackendInfo::available() probes it all at run time and says what is missing.
+// Optional features, each of which removes one cost, are levers --uring-levers turns on or off to
+// measure them (uring_levers.h): a registered ring fd (Ring::Enable), sends that post no
+// completion when they succeed (AddDirectSend, ConfirmSkippedSends), and wait batching
+// (SubmitAndWait). Each is marked "Lever <name>" where it acts.
 // Try it: upcase-server --backend=uring --shards=2 5050, then `nc 127.0.0.1 5050` and
 // `nc -u 127.0.0.1 5050`; `strace -c -f` on the server shows almost nothing but io_uring_enter.
 #include <liburing.h>
@@ -96,6 +100,9 @@ constexpr std::uint32_t kRecvBuffers = 1024;  // a power of two, as the buffer r
 constexpr std::uint32_t kRecvBuffersInitial = 128;
 constexpr std::uint16_t kTcpBufferGroup = 0;
 constexpr std::uint16_t kUdpBufferGroup = 1;
+
+// Lever min-wait: the most completions a shard waits for before handling them.
+constexpr std::size_t kMinWaitBatch = 32;
 
 // At exit, how long to wait for the kernel to confirm that every cancelled request is gone.
 constexpr absl::Duration kTeardownTimeout = absl::Seconds(1);
@@ -659,11 +666,21 @@ class Shard : public ReactorShard {
   absl::Status Loop() {
     while (!Finished()) {
       // Submits everything the last round produced and sleeps until the next completion.
-      if (absl::Status s = ring_.SubmitAndWait(); !s.ok()) return s;
+      if (absl::Status s = SubmitAndWait(); !s.ok()) return s;
       Reap();
       if (!acceptor_.error().ok()) return acceptor_.error();
     }
     return absl::OkStatus();
+  }
+
+  // Lever min-wait: with more than one connection, waits for one completion per connection (up
+  // to kMinWaitBatch) but no longer than --uring-min-wait once the first has arrived. Removes
+  // wake-ups (and loop iterations) below saturation, where each would handle one completion.
+  absl::Status SubmitAndWait() {
+    const unsigned batch =
+        static_cast<unsigned>(std::min<std::size_t>(conns_.live(), kMinWaitBatch));
+    if (!(levers_ & kLeverMinWait) || batch < 2) return ring_.SubmitAndWait();
+    return ring_.SubmitAndWaitBatch(batch, config_.uring_min_wait);
   }
 
   // Cancels whatever is still in flight (the grace timer; everything, after an error) and waits

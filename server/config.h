@@ -49,6 +49,7 @@ struct ServerConfig {
   absl::Duration grace = kDefaultGrace;         // how long shutdown may spend delivering output
   bool sqpoll = false;                          // io_uring only: kernel-side submission polling
   unsigned uring_levers = kDefaultUringLevers;  // io_uring only: optional features asked for
+  absl::Duration uring_min_wait = absl::Microseconds(50);  // lever min-wait: how long at most
   bool udp_reflection_guard = true;  // refuse reflections of our own replies (udp_guard.h)
   std::size_t udp_rcvbuf = kDefaultUdpRcvbuf;  // each UDP socket's SO_RCVBUF; 0: the kernel's
 };

@@ -22,6 +22,7 @@ struct LeverName {
 constexpr LeverName kLevers[] = {
     {kLeverRingFd, "ring-fd"},
     {kLeverSkipSuccess, "skip-success"},
+    {kLeverMinWait, "min-wait"},
 };
 
 }  // namespace

@@ -23,9 +23,13 @@ enum UringLever : unsigned {
   // a send the socket takes in full posts no completion, so the kernel fills one CQE less per
   // reply and the shard handles one less (backend_uring.cc, AddDirectSend). Not with --sqpoll.
   kLeverSkipSuccess = 1u << 1,
+  // Wait batching (Linux 6.12's min_wait): once a completion has arrived, the shard sleeps on
+  // until more have (one per connection, up to a batch) or --uring-min-wait has passed, so
+  // below saturation one wake-up handles several completions. Trades latency for wake-ups.
+  kLeverMinWait = 1u << 2,
 };
 
-inline constexpr unsigned kAllUringLevers = kLeverRingFd | kLeverSkipSuccess;
+inline constexpr unsigned kAllUringLevers = kLeverRingFd | kLeverSkipSuccess | kLeverMinWait;
 // What --uring-levers=default (and no flag) asks for.
 inline constexpr unsigned kDefaultUringLevers = kLeverRingFd | kLeverSkipSuccess;
 

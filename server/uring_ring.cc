@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -162,7 +163,23 @@ struct KernelSupport {
   bool recv_limit = false;
   bool ring_fd = false;       // io_uring_register_ring_fd (Linux 5.18)
   bool skip_success = false;  // IOSQE_CQE_SKIP_SUCCESS (Linux 5.17)
+  bool min_wait = false;      // io_uring_getevents_arg.min_wait_usec (Linux 6.12)
 };
+
+// Linux 6.12 reads a minimum wait from the 32 bits of io_uring_getevents_arg that liburing 2.3
+// still calls pad (and that older kernels require to be 0).
+void SetMinWaitUsec(io_uring_getevents_arg* arg, std::uint32_t usec) { arg->pad = usec; }
+
+// An io_uring_enter() with an io_uring_getevents_arg (IORING_ENTER_EXT_ARG), which liburing 2.3
+// cannot pass a minimum wait in. `ring_fd`/`registered`: the ring's fd or its registered index.
+int EnterWithArg(int ring_fd, bool registered, unsigned to_submit, unsigned wait_nr,
+                 const io_uring_getevents_arg& arg) {
+  unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+  if (registered) flags |= IORING_ENTER_REGISTERED_RING;
+  const long ret =
+      ::syscall(__NR_io_uring_enter, ring_fd, to_submit, wait_nr, flags, &arg, sizeof arg);
+  return ret < 0 ? -errno : static_cast<int>(ret);
+}
 
 KernelSupport ProbeKernel() {
   KernelSupport support;
@@ -194,6 +211,13 @@ KernelSupport ProbeKernel() {
   // A registered ring fd (Linux 5.18): older kernels reject the register opcode (EINVAL).
   if (status.ok()) support.ring_fd = io_uring_register_ring_fd(&ring) == 1;
   support.skip_success = ring.features & IORING_FEAT_CQE_SKIP;
+  // A minimum wait (Linux 6.12): older kernels reject a non-zero pad (EINVAL). Waiting for 0
+  // completions returns at once.
+  if (status.ok()) {
+    io_uring_getevents_arg arg{};
+    SetMinWaitUsec(&arg, 1);
+    support.min_wait = EnterWithArg(ring.ring_fd, false, 0, 0, arg) == 0;
+  }
   io_uring_queue_exit(&ring);
   return support;
 }
@@ -232,6 +256,8 @@ unsigned UringLeversSupported(bool sqpoll) {
   // A skipped send is known to have succeeded once the io_uring_enter() that submitted it has
   // returned without its completion; with SQPOLL a kernel thread submits it at some other time.
   if (Kernel().skip_success && !sqpoll) levers |= kLeverSkipSuccess;
+  // SubmitAndWaitBatch does not wake a sleeping SQPOLL thread (IORING_ENTER_SQ_WAKEUP).
+  if (Kernel().min_wait && !sqpoll) levers |= kLeverMinWait;
   return levers;
 }
 
@@ -325,6 +351,31 @@ absl::Status Ring::SubmitAndWait() {
   const int ret = io_uring_submit_and_wait(&ring_, 1);
   if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {
     return ErrnoError("io_uring_submit_and_wait", -ret);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Ring::SubmitAndWaitBatch(unsigned wait_nr, absl::Duration min_wait) {
+  // What liburing's submit does before its io_uring_enter(): publish the queued entries (the SQ
+  // array maps slot i to entry i, set up by liburing at init). Not for SQPOLL rings, whose
+  // kernel thread may need a wake-up (UringLeversSupported leaves the lever out for them).
+  io_uring_sq& sq = ring_.sq;
+  if (sq.sqe_head != sq.sqe_tail) {
+    sq.sqe_head = sq.sqe_tail;
+    io_uring_smp_store_release(sq.ktail, sq.sqe_tail);
+  }
+  const unsigned to_submit = sq.sqe_tail - IO_URING_READ_ONCE(*sq.khead);
+  // Without an overall timeout the kernel ends the wait at min_wait even with no completion at
+  // all; with one, it then sleeps on for the first completion, as SubmitAndWait does.
+  __kernel_timespec overall{24 * 3600, 0};
+  io_uring_getevents_arg arg{};
+  arg.sigmask_sz = _NSIG / 8;
+  arg.ts = reinterpret_cast<std::uint64_t>(&overall);
+  SetMinWaitUsec(&arg, static_cast<std::uint32_t>(absl::ToInt64Microseconds(min_wait)));
+  const int ret = EnterWithArg(registered_fd_ ? ring_.enter_ring_fd : ring_.ring_fd, registered_fd_,
+                               to_submit, wait_nr, arg);
+  if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {
+    return ErrnoError("io_uring_enter", -ret);
   }
   return absl::OkStatus();
 }

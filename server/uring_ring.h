@@ -147,6 +147,10 @@ class Ring {
   // Submits everything queued and sleeps until at least one completion: one io_uring_enter().
   // Interruptions (EINTR, EAGAIN, EBUSY, ETIME) are not errors.
   absl::Status SubmitAndWait();
+  // Lever min-wait (Linux 6.12): the same io_uring_enter(), but once a completion has arrived it
+  // sleeps on until `wait_nr` have, or `min_wait` has passed since the call. Fewer wake-ups and
+  // larger batches below saturation, for up to `min_wait` more latency.
+  absl::Status SubmitAndWaitBatch(unsigned wait_nr, absl::Duration min_wait);
 
   // Calls handle(cqe) for every completion that has arrived, then marks them seen.
   template <typename F>

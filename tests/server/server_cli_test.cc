@@ -63,6 +63,8 @@ TEST(ServerCliTest, BadInputGivesOneLineAndNonZeroExit) {
   const Outcome levers = RunServer({"--uring-levers=default,-bogus", "0"});
   ExpectOneLineError(levers, "unknown lever 'bogus'");
   EXPECT_EQ(levers.exit_code, 2);
+  ExpectOneLineError(RunServer({"--uring-min-wait=1s", "0"}), "--uring-min-wait=1s: at most 10ms");
+  ExpectOneLineError(RunServer({"--uring-min-wait=0", "0"}), "--uring-min-wait=0: at least 1us");
 }
 
 // Every size and duration flag is bounded at start with one line and exit status 2, instead of

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/net.h"
+#include "common/sys.h"
 #include "gtest/gtest.h"
 #include "server/uring_levers.h"
 
@@ -216,6 +217,32 @@ TEST_F(RingTest, SkippedSendPostsACompletionOnlyWhenShort) {
   EXPECT_GT(short_send[0], 0);
   EXPECT_LT(short_send[0], static_cast<int>(big.size()));
   EXPECT_EQ(send(big.size()), std::vector<int>{-EAGAIN}) << "a full socket: EAGAIN";
+  EXPECT_EQ(ring_.in_flight(), 0u);
+}
+
+// Lever min-wait: fewer completions than asked for end the wait only after the minimum wait, and
+// no completion at all does not end it (the overall timeout SubmitAndWaitBatch sets keeps the
+// kernel waiting for the first one).
+TEST_F(RingTest, BatchWaitHoldsForTheMinimumWaitButNotWithoutACompletion) {
+  if (!(UringLeversSupported(false) & kLeverMinWait)) GTEST_SKIP() << "no min_wait (Linux 6.12)";
+  auto completions = [&] {
+    int n = 0;
+    ring_.ForEachCompletion([&](const io_uring_cqe&) { ++n; });
+    return n;
+  };
+  // One NOP, four asked for: the enter returns with it, but not before the minimum wait.
+  io_uring_prep_nop(ring_.GetSqe());
+  std::int64_t start = MonotonicNanos();
+  ASSERT_TRUE(ring_.SubmitAndWaitBatch(4, absl::Milliseconds(5)).ok());
+  EXPECT_GE(MonotonicNanos() - start, 5'000'000) << "returned before the minimum wait";
+  EXPECT_EQ(completions(), 1);
+  // Nothing completes within the minimum wait: the enter waits on for the timeout request.
+  __kernel_timespec ts{};
+  ring_.AddTimeout(&ts, absl::Milliseconds(30), 7);
+  start = MonotonicNanos();
+  ASSERT_TRUE(ring_.SubmitAndWaitBatch(4, absl::Milliseconds(1)).ok());
+  EXPECT_GE(MonotonicNanos() - start, 30'000'000) << "returned without a completion";
+  EXPECT_EQ(completions(), 1);
   EXPECT_EQ(ring_.in_flight(), 0u);
 }
 
