@@ -101,6 +101,9 @@ constexpr std::uint32_t kRecvBuffersInitial = 128;
 constexpr std::uint16_t kTcpBufferGroup = 0;
 constexpr std::uint16_t kUdpBufferGroup = 1;
 
+// Lever fixed-files: the most slots in a shard's registered file table (one per connection).
+constexpr std::size_t kMaxFixedFiles = 1 << 16;
+
 // Lever min-wait: the most completions a shard waits for before handling them.
 constexpr std::size_t kMinWaitBatch = 32;
 
@@ -157,6 +160,11 @@ class Shard : public ReactorShard {
     if (absl::Status s = ring_.Create(options); !s.ok()) return s;
     ring_.set_cancel_all_data(Encode(Op::kCancel));
     if (absl::Status s = acceptor_.Init(std::move(listener)); !s.ok()) return s;
+    if (acceptor_.serving() && (levers_ & kLeverFixedFiles)) {
+      // One slot per connection this shard may serve at once; none if the kernel refuses it.
+      files_ = static_cast<unsigned>(std::min<std::size_t>(max_conns_, kMaxFixedFiles));
+      if (io_uring_register_files_sparse(ring_.get(), files_) != 0) files_ = 0;
+    }
     if (acceptor_.serving()) {
       absl::Status s = tcp_buffers_.Init(ring_.get(), kTcpBufferGroup, kRecvBuffers,
                                          recv_.buffer_size(), kRecvBuffersInitial);
@@ -196,6 +204,14 @@ class Shard : public ReactorShard {
     ring_.AddTimeout(ts, d, Encode(op));
   }
 
+  // Lever fixed-files: the request names the connection's socket by its slot in the registered
+  // file table, which skips the fget/fput of the socket's file when the kernel takes it up.
+  static void SetFile(io_uring_sqe* sqe, const Conn& c) {
+    if (!c.fixed) return;
+    sqe->fd = static_cast<int>(c.index);
+    sqe->flags |= IOSQE_FIXED_FILE;
+  }
+
   // Receives into the shard's provided buffers, never more than the output queue may still take
   // (RecvPolicy): a multishot recv ends by itself at the room left where the kernel can do that.
   void AddRecv(Conn& c, bool multishot) {
@@ -208,6 +224,7 @@ class Shard : public ReactorShard {
     } else {
       io_uring_prep_recv(sqe, c.fd, nullptr, recv_.SingleSize(c.Unsent(), conns_.live()), 0);
     }
+    SetFile(sqe, c);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = kTcpBufferGroup;
     io_uring_sqe_set_data64(sqe, Encode(Op::kRecv, c.gen, c.index));
@@ -219,6 +236,7 @@ class Shard : public ReactorShard {
   void AddSend(Conn& c) {
     io_uring_sqe* sqe = ring_.GetSqe();
     io_uring_prep_send(sqe, c.fd, c.out.front(), c.out.front_size(), MSG_NOSIGNAL);
+    SetFile(sqe, c);
     io_uring_sqe_set_data64(sqe, Encode(Op::kSend, c.gen, c.index));
     c.send = SendState::kFromQueue;
     ++c.ops;
@@ -243,6 +261,7 @@ class Shard : public ReactorShard {
       c.GatherHeld(tcp_buffers_);
       io_uring_prep_sendmsg(sqe, c.fd, &c.msg, flags);
     }
+    SetFile(sqe, c);
     io_uring_sqe_set_data64(sqe, Encode(Op::kSend, c.gen, c.index));
     c.direct_len = c.held_bytes;
     c.send = SendState::kDirect;
@@ -263,7 +282,13 @@ class Shard : public ReactorShard {
 
   void AddCancelAll(Conn& c) {
     io_uring_sqe* sqe = ring_.GetSqe();
-    io_uring_prep_cancel_fd(sqe, c.fd, IORING_ASYNC_CANCEL_ALL);
+    // Requests that name the socket by its table slot are found by that slot.
+    if (c.fixed) {
+      io_uring_prep_cancel_fd(sqe, static_cast<int>(c.index),
+                              IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED);
+    } else {
+      io_uring_prep_cancel_fd(sqe, c.fd, IORING_ASYNC_CANCEL_ALL);
+    }
     io_uring_sqe_set_data64(sqe, Encode(Op::kConnCancel, c.gen, c.index));
     c.life = Life::kCancelled;
     ++c.ops;
@@ -428,6 +453,8 @@ class Shard : public ReactorShard {
       return;
     }
     Conn& c = conns_.Add(fd);
+    // Lever fixed-files: the socket into the table, at the connection's slot.
+    c.fixed = c.index < files_ && io_uring_register_files_update(ring_.get(), c.index, &fd, 1) == 1;
     c.peer = peer;
     c.last_progress = idle_.now();
     ++stats_.accepted;
@@ -635,6 +662,15 @@ class Shard : public ReactorShard {
 
   void Release(Conn& c) {
     per_address_.Release(c.peer);
+    if (c.fixed) {
+      // Out of the table before the close, or the table's reference would keep the socket open.
+      // No request of the connection is in flight (ops == 0), and the slot is free for the
+      // next connection only after this.
+      int none = -1;
+      if (io_uring_register_files_update(ring_.get(), c.index, &none, 1) != 1) {
+        DieOnRingError(absl::InternalError("io_uring_register_files_update failed at release"));
+      }
+    }
     AddClose(c.fd);
     c.Reset(tcp_buffers_);
     conns_.Remove(c, Tag::kGenMask);
@@ -711,6 +747,7 @@ class Shard : public ReactorShard {
                 {Encode(Op::kUdpRecv), Encode(Op::kUdpSend), Encode(Op::kCancel)},
                 config_.udp_reflection_guard};
 
+  unsigned files_ = 0;  // lever fixed-files: slots in the registered file table (0: none)
   ConnSlots conns_{&output_pool_};
   std::vector<std::uint32_t> touched_;  // slots with completions in this batch, see Touch
   // Lever skip-success: direct sends whose success posts no completion, oldest first.

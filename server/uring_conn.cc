@@ -28,6 +28,7 @@ void Conn::Reset(BufferRing& buffers) {
   recv = RecvState::kNone;
   send = SendState::kNone;
   send_skips_success = false;
+  fixed = false;
   life = Life::kServing;
   read_total = 0;
   read_limit = UINT64_MAX;

@@ -63,6 +63,9 @@ struct Conn {
   explicit Conn(OutputPool* pool) : out(pool) {}
 
   int fd = -1;  // -1: the slot is free
+  // Lever fixed-files: fd is also in the shard's registered file table, at `index`, and the
+  // connection's requests name it there (Shard::SetFile).
+  bool fixed = false;
   std::uint32_t index = 0;
   std::uint32_t gen = 0;
   std::uint32_t ops = 0;  // submitted requests whose final completion has not arrived

@@ -23,6 +23,7 @@ constexpr LeverName kLevers[] = {
     {kLeverRingFd, "ring-fd"},
     {kLeverSkipSuccess, "skip-success"},
     {kLeverMinWait, "min-wait"},
+    {kLeverFixedFiles, "fixed-files"},
 };
 
 }  // namespace

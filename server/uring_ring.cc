@@ -164,6 +164,7 @@ struct KernelSupport {
   bool ring_fd = false;       // io_uring_register_ring_fd (Linux 5.18)
   bool skip_success = false;  // IOSQE_CQE_SKIP_SUCCESS (Linux 5.17)
   bool min_wait = false;      // io_uring_getevents_arg.min_wait_usec (Linux 6.12)
+  bool fixed_files = false;   // a sparse registered file table (Linux 5.19)
 };
 
 // Linux 6.12 reads a minimum wait from the 32 bits of io_uring_getevents_arg that liburing 2.3
@@ -211,6 +212,7 @@ KernelSupport ProbeKernel() {
   // A registered ring fd (Linux 5.18): older kernels reject the register opcode (EINVAL).
   if (status.ok()) support.ring_fd = io_uring_register_ring_fd(&ring) == 1;
   support.skip_success = ring.features & IORING_FEAT_CQE_SKIP;
+  if (status.ok()) support.fixed_files = io_uring_register_files_sparse(&ring, 1) == 0;
   // A minimum wait (Linux 6.12): older kernels reject a non-zero pad (EINVAL). Waiting for 0
   // completions returns at once.
   if (status.ok()) {
@@ -258,6 +260,7 @@ unsigned UringLeversSupported(bool sqpoll) {
   if (Kernel().skip_success && !sqpoll) levers |= kLeverSkipSuccess;
   // SubmitAndWaitBatch does not wake a sleeping SQPOLL thread (IORING_ENTER_SQ_WAKEUP).
   if (Kernel().min_wait && !sqpoll) levers |= kLeverMinWait;
+  if (Kernel().fixed_files) levers |= kLeverFixedFiles;
   return levers;
 }
 

@@ -220,6 +220,36 @@ TEST_F(RingTest, SkippedSendPostsACompletionOnlyWhenShort) {
   EXPECT_EQ(ring_.in_flight(), 0u);
 }
 
+// Lever fixed-files: a shard registers its file table in Init, on a ring not enabled yet (and not
+// by the thread that will submit), then moves sockets in and out of it by slot.
+TEST(RingFilesTest, ADisabledRingTakesAFileTableThatSocketsMoveInAndOutOf) {
+  if (!(UringLeversSupported(false) & kLeverFixedFiles)) GTEST_SKIP() << "no sparse file table";
+  Ring ring;
+  ASSERT_TRUE(ring.Create({8, 16, false, 0}).ok());
+  ASSERT_EQ(io_uring_register_files_sparse(ring.get(), 4), 0);
+  ASSERT_TRUE(ring.Enable(/*register_fd=*/true).ok());
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  Fd a(pair[0]), b(pair[1]);
+  ASSERT_EQ(io_uring_register_files_update(ring.get(), 2, &pair[0], 1), 1);
+  // A send naming slot 2 reaches the socket.
+  io_uring_sqe* sqe = ring.GetSqe();
+  io_uring_prep_send(sqe, 2, "hi", 2, MSG_NOSIGNAL);
+  sqe->flags |= IOSQE_FIXED_FILE;
+  io_uring_sqe_set_data64(sqe, 1);
+  ASSERT_TRUE(ring.SubmitAndWait().ok());
+  int res = 0;
+  ring.ForEachCompletion([&](const io_uring_cqe& cqe) { res = cqe.res; });
+  EXPECT_EQ(res, 2);
+  char got[2] = {};
+  EXPECT_EQ(::read(b.get(), got, 2), 2);
+  // Out of the table and closed, the socket is gone: the peer reads EOF.
+  int none = -1;
+  ASSERT_EQ(io_uring_register_files_update(ring.get(), 2, &none, 1), 1);
+  a.reset();
+  EXPECT_EQ(::read(b.get(), got, 2), 0);
+}
+
 // Lever min-wait: fewer completions than asked for end the wait only after the minimum wait, and
 // no completion at all does not end it (the overall timeout SubmitAndWaitBatch sets keeps the
 // kernel waiting for the first one).
