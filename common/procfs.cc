@@ -111,6 +111,35 @@ std::vector<TaskTicks> ReadProcessTasks(const std::string& root, pid_t pid) {
   return tasks;
 }
 
+std::vector<pid_t> WithDescendants(const std::string& root, const std::vector<pid_t>& pids) {
+  std::map<pid_t, std::vector<pid_t>> children;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(root + "/proc", ec)) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(entry.path().filename().string(), &pid)) continue;
+    std::optional<std::string> stat = ReadProcFile(root, absl::StrCat("/proc/", pid, "/stat"));
+    if (!stat.has_value()) continue;  // exited meanwhile
+    const std::size_t close = stat->rfind(')');
+    if (close == std::string::npos) continue;
+    // After the command: state, then the parent's PID (field 4).
+    std::vector<absl::string_view> f =
+        absl::StrSplit(absl::string_view(*stat).substr(close + 1), ' ', absl::SkipEmpty());
+    pid_t parent = 0;
+    if (f.size() > 1 && absl::SimpleAtoi(f[1], &parent)) children[parent].push_back(pid);
+  }
+  std::vector<pid_t> out;
+  std::vector<pid_t> todo(pids.rbegin(), pids.rend());
+  while (!todo.empty()) {
+    const pid_t pid = todo.back();
+    todo.pop_back();
+    if (std::find(out.begin(), out.end(), pid) != out.end()) continue;
+    out.push_back(pid);
+    const auto it = children.find(pid);
+    if (it != children.end()) todo.insert(todo.end(), it->second.rbegin(), it->second.rend());
+  }
+  return out;
+}
+
 HostSample SampleHost(const std::string& root, const std::vector<pid_t>& pids) {
   HostSample s;
   if (std::optional<std::string> stat = ReadProcFile(root, "/proc/stat")) {
@@ -118,7 +147,7 @@ HostSample SampleHost(const std::string& root, const std::vector<pid_t>& pids) {
       s.cpus = *std::move(cpus);
     }
   }
-  for (pid_t pid : pids) {
+  for (pid_t pid : WithDescendants(root, pids)) {
     std::vector<TaskTicks> tasks = ReadProcessTasks(root, pid);
     s.tasks.insert(s.tasks.end(), tasks.begin(), tasks.end());
   }

@@ -61,7 +61,14 @@ void ParseTaskStatus(absl::string_view text, TaskTicks* task);
 // process gives none).
 std::vector<TaskTicks> ReadProcessTasks(const std::string& root, pid_t pid);
 
-// The host's CPU times and the threads of the known processes at one moment.
+// pids, each followed by its descendants (children by the parent PID in /proc/N/stat, theirs,
+// and so on; each PID once): the fork backend serves every connection in a child process, whose
+// CPU time is the server's own. A descendant that exits within an interval takes that interval's
+// time with it (reaped, it moves to its parent's cutime, which no thread's stat shows).
+std::vector<pid_t> WithDescendants(const std::string& root, const std::vector<pid_t>& pids);
+
+// The host's CPU times and the threads of the known processes and their descendants at one
+// moment.
 struct HostSample {
   std::vector<CpuTicks> cpus;
   std::vector<TaskTicks> tasks;

@@ -2,8 +2,11 @@
 // the readers on a fake /proc tree.
 #include "common/procfs.h"
 
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -180,6 +183,40 @@ TEST_F(FakeProcTest, SampleReadsStatAndEveryThread) {
   EXPECT_EQ(s.tasks[0].ticks, 47u);
   EXPECT_EQ(s.tasks[0].allowed, std::vector<int>{1});
   EXPECT_EQ(s.tasks[0].involuntary, 3u);
+}
+
+TEST_F(FakeProcTest, DescendantsAreOwnProcesses) {
+  // 10 forked 20 and 30; 20 forked 40; 50 is another process's child.
+  Write("/proc/10/stat", "10 (upcase-server) S 1 10 10 0");
+  Write("/proc/20/stat", "20 (upcase (a) b) S 10 10 10 0");
+  Write("/proc/30/stat", "30 (x) S 10 10 10 0");
+  Write("/proc/40/stat", "40 (x) S 20 10 10 0");
+  Write("/proc/50/stat", "50 (x) S 1 50 50 0");
+  Write("/proc/self/stat", "garbage");
+  std::vector<pid_t> tree = WithDescendants(root_.string(), {10});
+  std::sort(tree.begin(), tree.end());
+  EXPECT_EQ(tree, (std::vector<pid_t>{10, 20, 30, 40}));
+  EXPECT_EQ(WithDescendants(root_.string(), {50, 50}), std::vector<pid_t>{50});
+
+  Write("/proc/40/task/40/stat", kTaskStat);
+  Write("/proc/40/task/40/status", "Cpus_allowed_list:\t0\n");
+  const HostSample s = SampleHost(root_.string(), {10});
+  ASSERT_EQ(s.tasks.size(), 1u);
+  EXPECT_EQ(s.tasks[0].pid, 40);
+  EXPECT_EQ(s.tasks[0].ticks, 47u);
+}
+
+TEST(ProcfsLiveTest, AForkedChildIsADescendant) {
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  const std::vector<pid_t> tree = WithDescendants("", {::getpid()});
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  EXPECT_NE(std::find(tree.begin(), tree.end(), child), tree.end());
 }
 
 TEST_F(FakeProcTest, MissingFilesGiveNothing) {

@@ -2,15 +2,18 @@
 the least-squares fit of CPU per request against idle connections and its 95 % t-interval
 (against numpy's polyfit and the textbook formula on synthetic points: a slope that is there, a
 flat line, too few points), Student's t quantiles, the experiment's flags, the /proc parsers it
-uses (an accept queue, sockstat), and summary.json / report.md from recorded runs (a backend that
-grows, one that is flat, one that cannot hold N). No server or load generator runs.
+uses (an accept queue, sockstat, a process tree's CPU: a fork server's living children), and
+summary.json / report.md from recorded runs (a backend that grows, one that is flat, one that
+cannot hold N). No server or load generator runs.
 
     /usr/bin/python3 tests/tools/idle_test.py
 """
 import argparse
 import math
+import os
 import pathlib
 import random
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -126,6 +129,36 @@ class Proc(unittest.TestCase):
         s = procfs.parse_sockstat("sockets: used 13\nTCP: inuse 2 orphan 0 tw 238 alloc 4 "
                                   "mem 17\nUDP: inuse 0 mem 73\n")
         self.assertEqual((s["tcp_inuse"], s["tcp_mem"], s["tcp_alloc"]), (2, 17, 4))
+
+    # /proc/N/stat lines: pid (comm) state ppid ... utime stime cutime cstime ... num_threads
+    @staticmethod
+    def stat(pid: int, ppid: int, utime: int, stime: int, cutime: int = 0,
+             threads: int = 1) -> str:
+        fields = ["S", str(ppid)] + ["0"] * 9 + [str(utime), str(stime), str(cutime), "0"]
+        fields += ["20", "0", str(threads)] + ["0"] * 30
+        return f"{pid} (upcase server) " + " ".join(fields)
+
+    def test_tree_stat_adds_living_children(self):
+        # 10 is the fork server (1 s of its own, 0.5 s of reaped children), 20 and 30 its
+        # living children, 40 a grandchild, 50 another process's child.
+        stats = [self.stat(10, 1, 60, 40, cutime=50, threads=2), self.stat(20, 10, 100, 200),
+                 self.stat(30, 10, 10, 0), self.stat(40, 20, 0, 5), self.stat(50, 1, 999, 999),
+                 "garbage", self.stat(10, 1, 999, 999)]  # a second reading of 10 is ignored
+        got = procfs.parse_tree_stat(stats, 10)
+        tick = 1 / procfs.CLK_TCK
+        self.assertAlmostEqual(got["utime_s"], (60 + 50 + 100 + 10) * tick)
+        self.assertAlmostEqual(got["stime_s"], (40 + 200 + 5) * tick)
+        self.assertEqual((got["processes"], got["threads"]), (4, 2))
+        with self.assertRaises(ValueError):
+            procfs.parse_tree_stat(stats, 99)
+
+    def test_tree_stat_of_this_process_sees_a_child(self):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            self.assertGreaterEqual(procfs.tree_stat(os.getpid())["processes"], 2)
+        finally:
+            child.kill()
+            child.wait()
 
 
 def record(backend: str, n: int, cpu_us: float, held: bool = True, probe: bool = False) -> dict:

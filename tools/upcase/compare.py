@@ -398,7 +398,7 @@ def write_report(out: pathlib.Path, runner: Runner, status: int) -> int:
     if not any((out / "runs").glob("*.json")):
         raise ToolExit("no run finished; nothing to report", 1)
     summary = report.build(out)
-    plots = [n for n in (*report.PLOTS, report.CURVE_PLOT, report.SCALING_PLOT)
+    plots = [n for n in (*report.PLOTS, report.CURVE_PLOT, report.SCALING_PLOT, report.IDLE_PLOT)
              if (out / n).exists()]
     print(f"\ntools/compare: {out}/report.md, {', '.join(plots)}, summary.json, runs/")
     if summary["failed_runs"] or runner.dead:

@@ -51,6 +51,9 @@ class LocalHost:
     def proc_stat(self, pid: int) -> dict:
         return procfs.proc_stat(pid)
 
+    def tree_stat(self, pid: int) -> dict:
+        return procfs.tree_stat(pid)
+
     def ctx_switches(self, pid: int) -> dict:
         return procfs.proc_ctx_switches(pid)
 
@@ -305,6 +308,10 @@ class SshHost:
 
     def proc_stat(self, pid: int) -> dict:
         return procfs.parse_proc_stat(self.sh(f"cat /proc/{pid}/stat"))
+
+    def tree_stat(self, pid: int) -> dict:
+        text = self.sh(f"cat /proc/{pid}/stat; cat /proc/[0-9]*/stat 2>/dev/null", check=False)[1]
+        return procfs.parse_tree_stat(text.splitlines(), pid)
 
     def _task_files(self, pid: int, name: str) -> list[str]:
         # One record per thread, separated by a line no /proc file holds.

@@ -27,13 +27,13 @@ import sys
 import time
 from typing import Any
 
-from . import compare, procfs, report
+from . import compare, procfs
 from .counters import PROBE_SYSCALLS
 from .errors import HarnessError, ToolExit
 from .plan import parse_list
 from .points import Point, RunSettings
 from .processes import Children, LineReader
-from .runner import PointRun, Runner, placement
+from .runner import PointRun, Runner
 from .units import fmt_count, parse_seconds
 
 ACTIVE_CONNS = 64
@@ -192,51 +192,36 @@ def kernel_memory() -> dict:
 class IdlePointRun(PointRun):
     """PointRun with N idle connections held around the measurement (record["idle"])."""
 
-    def run(self) -> dict:
+    holder: Holder | None = None
+    load_error: str | None = None
+
+    def _body(self) -> None:
         point = self.point
         assert isinstance(point, IdlePoint)
-        self.server.start()
-        self.record = {"point": point.record(),
-                       "settings": {"duration_s": self.settings.duration,
-                                    "warmup_s": self.settings.warmup,
-                                    "arrival": self.settings.arrival},
-                       "placement": placement(point, self.settings),
-                       "server_ready": self.server.ready_line, "ok": False}
         idle: dict = {"requested": point.idle, "kernel_before": kernel_memory()}
         self.record["idle"] = idle
-        holder = None
-        load_error = None
+        if point.idle:
+            self.holder = self._hold(idle)
+        if idle.get("reason") is not None:
+            return  # could not hold them: reported, not measured
+        idle["kernel_held"] = kernel_memory()
+        idle["server_memory_held"] = procfs.tree_memory(self.server.pid)
+        if point.probe:
+            self._probe_budget(idle)
         try:
-            if point.idle:
-                holder = self._hold(idle)
-            if idle.get("reason") is None:
-                idle["kernel_held"] = kernel_memory()
-                idle["server_memory_held"] = procfs.tree_memory(self.server.pid)
-                if point.probe:
-                    self._probe_budget(idle)
-                try:
-                    self._measure()
-                except HarnessError as e:
-                    load_error = str(e)
-                idle["server_memory_end"] = procfs.tree_memory(self.server.pid)
-                if holder:
-                    idle["closed_end"] = holder.check()
-        finally:
-            for load in self.loads:
-                load.kill()
-            if self.counter:
-                try:
-                    self.counter.finish()
-                except HarnessError:
-                    pass
-            if holder:
-                holder.close()
-            rc, stats = self.server.stop()
-        self.record.setdefault("server", {"pid": self.server.pid})
-        self._server_stats(rc, stats)
-        self._classify(idle, stats, load_error)
-        self.record["ok"] = True
-        return self.record
+            self._measure()
+        except HarnessError as e:
+            self.load_error = str(e)
+        idle["server_memory_end"] = procfs.tree_memory(self.server.pid)
+        if self.holder:
+            idle["closed_end"] = self.holder.check()
+
+    def _release(self) -> None:
+        if self.holder:
+            self.holder.close()
+
+    def _conclude(self, stats: dict | None) -> None:
+        self._classify(self.record["idle"], stats, self.load_error)
 
     def _probe_budget(self, idle: dict) -> None:
         """perf opens a descriptor per counted event and thread of the server: with many
@@ -478,13 +463,4 @@ def run_plan(out: pathlib.Path, plan: list[tuple[IdlePoint, int, bool]], setting
         for b, why in runner.dead.items():
             meta["notes"].append(f"backend {b} skipped: {why}")
         (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    if not any((out / "runs").glob("*.json")):
-        raise ToolExit("no run finished; nothing to report", 1)
-    summary = report.build(out)
-    print(f"\ntools/compare: {out}/report.md, {report.IDLE_PLOT}, summary.json, runs/")
-    if summary["failed_runs"] or runner.dead:
-        print(f"tools/compare: {len(summary['failed_runs'])} run(s) failed, "
-              f"{len(runner.dead)} backend(s) did not start; see the report's notes",
-              file=sys.stderr)
-        status = status or 1
-    return status
+    return compare.write_report(out, runner, status)

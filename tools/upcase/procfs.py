@@ -110,9 +110,50 @@ def proc_stat(pid: int) -> dict:
         return parse_proc_stat(f.read())
 
 
+def parse_tree_stat(stats: Iterable[str], pid: int) -> dict:
+    """proc_stat of pid with its living descendants added, from the /proc/N/stat texts of every
+    process (pid's must come first): the fork backend serves each connection in a child, whose
+    CPU time is the server's own and reaches the parent's cutime/cstime only once reaped.
+    `processes` counts pid and its descendants; `threads` is pid's own."""
+    parent: dict[int, list[int]] = {}
+    by_pid: dict[int, str] = {}
+    for raw in stats:
+        try:
+            n, ppid = int(raw.split(" ", 1)[0]), int(raw[raw.rindex(")") + 2:].split()[1])
+        except (ValueError, IndexError):
+            continue  # not a stat line (a process that exited while read)
+        if n in by_pid:
+            continue  # read twice: the first reading counts
+        by_pid[n] = raw
+        parent.setdefault(ppid, []).append(n)
+    if pid not in by_pid:
+        raise ValueError(f"no /proc/{pid}/stat")
+    out = dict(parse_proc_stat(by_pid[pid]), processes=0)
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        out["processes"] += 1
+        todo += parent.get(p, [])
+        if p != pid:
+            child = parse_proc_stat(by_pid[p])
+            out["utime_s"] += child["utime_s"]
+            out["stime_s"] += child["stime_s"]
+    return out
+
+
+def tree_stat(pid: int) -> dict:
+    """parse_tree_stat of this machine's pid (its own stat read first, so that a child reaped
+    meanwhile is missed rather than counted twice)."""
+    texts = [_read(f"/proc/{pid}/stat")]
+    for d in pathlib.Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != pid:
+            texts.append(_read(f"/proc/{d.name}/stat"))
+    return parse_tree_stat([t for t in texts if t], pid)
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, all its threads, in seconds."""
-    s = proc_stat(pid)
+    """utime + stime of a process and its descendants, all their threads, in seconds."""
+    s = tree_stat(pid)
     return s["utime_s"] + s["stime_s"]
 
 

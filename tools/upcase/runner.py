@@ -104,7 +104,7 @@ class PointRun:
                        "placement": placement(self.point, self.settings),
                        "server_ready": self.server.ready_line, "ok": False}
         try:
-            self._measure()
+            self._body()
         finally:
             for load in self.loads:
                 load.kill()
@@ -113,10 +113,24 @@ class PointRun:
                     self.counter.finish()
                 except HarnessError:
                     pass
+            self._release()
             rc, stats = self.server.stop()
         self._server_stats(rc, stats)
+        self._conclude(stats)
         self.record["ok"] = True
         return self.record
+
+    # Hooks of a run with more around the measurement (idle_experiment.IdlePointRun).
+    def _body(self) -> None:
+        """Everything between the server's start and the teardown: here, the measurement."""
+        self._measure()
+
+    def _release(self) -> None:
+        """Whatever _body holds besides the loads and the counter, freed before the server
+        stops."""
+
+    def _conclude(self, stats: dict | None) -> None:
+        """What the run concludes from the server's final counters (may raise HarnessError)."""
 
     def _start_counter(self) -> None:
         """perf on the server's PID (context switches; syscalls in a probe), else strace for a
@@ -193,7 +207,7 @@ class PointRun:
         host, pid, settings = self.host, self.server.pid, self.settings
         self._start_counter()
         ctx_before = host.ctx_switches(pid)
-        before = host.proc_stat(pid)
+        before = host.tree_stat(pid)
         shares = load_shares(self.point, settings)
         self._sample_cpus(shares)
         busy_before = self._busy_s()
@@ -203,7 +217,7 @@ class PointRun:
         deadline = started + ahead + settings.warmup + settings.duration + LOAD_SLACK_S
         peak, names = self._wait_loads(deadline, started, before["threads"])
         wall = time.monotonic() - started - ahead
-        after = host.proc_stat(pid)
+        after = host.tree_stat(pid)
         busy = self._busy_s() - busy_before
         ctx_after = host.ctx_switches(pid)
         # Read late: a shard pins itself when its thread starts, which may follow "ready".
@@ -265,7 +279,8 @@ class PointRun:
             self.record["cpus"]["hosts"] = {h.name: sorted(c) for h, c in self.sampled.values()}
 
     def _server_stats(self, rc: int, stats: dict | None) -> None:
-        server = self.record["server"]
+        # A run that measured nothing (idle connections it could not hold) still reports them.
+        server = self.record.setdefault("server", {"pid": self.server.pid})
         server["exit_status"] = rc
         server["stats"] = stats
         if stats:
