@@ -42,6 +42,10 @@
 // probing) is in uring_ring.h. Kernel needs: Linux >= 6.0 (multishot recv and recvmsg, provided
 // buffer rings, cancel by fd); 6.1 for DEFER_TASKRUN; 6.17 for the recv byte limit, used when
 // present. BackendInfo::available() probes it all at run time and says what is missing.
+// Optional features, each of which removes one cost, are levers --uring-levers turns on or off to
+// measure them (uring_levers.h): a registered ring fd (Ring::Enable), sends that post no
+// completion when they succeed (AddDirectSend, ConfirmSkippedSends), and wait batching
+// (SubmitAndWait). Each is marked "Lever <name>" where it acts.
 // Try it: upcase-server --backend=uring --shards=2 5050, then `nc 127.0.0.1 5050` and
 // `nc -u 127.0.0.1 5050`; `strace -c -f` on the server shows almost nothing but io_uring_enter.
 #include <liburing.h>
@@ -51,6 +55,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -68,6 +73,7 @@
 #include "server/shutdown.h"
 #include "server/uring_accept.h"
 #include "server/uring_conn.h"
+#include "server/uring_levers.h"
 #include "server/uring_recv.h"
 #include "server/uring_ring.h"
 #include "server/uring_udp.h"
@@ -94,6 +100,12 @@ constexpr std::uint32_t kRecvBuffers = 1024;  // a power of two, as the buffer r
 constexpr std::uint32_t kRecvBuffersInitial = 128;
 constexpr std::uint16_t kTcpBufferGroup = 0;
 constexpr std::uint16_t kUdpBufferGroup = 1;
+
+// Lever fixed-files: the most slots in a shard's registered file table (one per connection).
+constexpr std::size_t kMaxFixedFiles = 1 << 16;
+
+// Lever min-wait: the most completions a shard waits for before handling them.
+constexpr std::size_t kMinWaitBatch = 32;
 
 // At exit, how long to wait for the kernel to confirm that every cancelled request is gone.
 constexpr absl::Duration kTeardownTimeout = absl::Seconds(1);
@@ -148,6 +160,11 @@ class Shard : public ReactorShard {
     if (absl::Status s = ring_.Create(options); !s.ok()) return s;
     ring_.set_cancel_all_data(Encode(Op::kCancel));
     if (absl::Status s = acceptor_.Init(std::move(listener)); !s.ok()) return s;
+    if (acceptor_.serving() && (levers_ & kLeverFixedFiles)) {
+      // One slot per connection this shard may serve at once; none if the kernel refuses it.
+      files_ = static_cast<unsigned>(std::min<std::size_t>(max_conns_, kMaxFixedFiles));
+      if (io_uring_register_files_sparse(ring_.get(), files_) != 0) files_ = 0;
+    }
     if (acceptor_.serving()) {
       absl::Status s = tcp_buffers_.Init(ring_.get(), kTcpBufferGroup, kRecvBuffers,
                                          recv_.buffer_size(), kRecvBuffersInitial);
@@ -164,7 +181,7 @@ class Shard : public ReactorShard {
 
   absl::Status Run() override {
     // SINGLE_ISSUER binds the ring to the thread that enables it: this one.
-    if (absl::Status s = ring_.Enable(); !s.ok()) return s;
+    if (absl::Status s = ring_.Enable(levers_ & kLeverRingFd); !s.ok()) return s;
     AddStopPoll();
     if (acceptor_.serving()) acceptor_.Start();
     if (acceptor_.serving() && idle_.enabled()) AddTimeout(Op::kIdleTick, &idle_ts_, idle_.tick());
@@ -187,6 +204,14 @@ class Shard : public ReactorShard {
     ring_.AddTimeout(ts, d, Encode(op));
   }
 
+  // Lever fixed-files: the request names the connection's socket by its slot in the registered
+  // file table, which skips the fget/fput of the socket's file when the kernel takes it up.
+  static void SetFile(io_uring_sqe* sqe, const Conn& c) {
+    if (!c.fixed) return;
+    sqe->fd = static_cast<int>(c.index);
+    sqe->flags |= IOSQE_FIXED_FILE;
+  }
+
   // Receives into the shard's provided buffers, never more than the output queue may still take
   // (RecvPolicy): a multishot recv ends by itself at the room left where the kernel can do that.
   void AddRecv(Conn& c, bool multishot) {
@@ -199,6 +224,7 @@ class Shard : public ReactorShard {
     } else {
       io_uring_prep_recv(sqe, c.fd, nullptr, recv_.SingleSize(c.Unsent(), conns_.live()), 0);
     }
+    SetFile(sqe, c);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = kTcpBufferGroup;
     io_uring_sqe_set_data64(sqe, Encode(Op::kRecv, c.gen, c.index));
@@ -210,6 +236,7 @@ class Shard : public ReactorShard {
   void AddSend(Conn& c) {
     io_uring_sqe* sqe = ring_.GetSqe();
     io_uring_prep_send(sqe, c.fd, c.out.front(), c.out.front_size(), MSG_NOSIGNAL);
+    SetFile(sqe, c);
     io_uring_sqe_set_data64(sqe, Encode(Op::kSend, c.gen, c.index));
     c.send = SendState::kFromQueue;
     ++c.ops;
@@ -220,17 +247,30 @@ class Shard : public ReactorShard {
   // EAGAIN, and HandleSend moves the rest into `out` (see Conn).
   void AddDirectSend(Conn& c) {
     io_uring_sqe* sqe = ring_.GetSqe();
-    constexpr int kFlags = MSG_NOSIGNAL | MSG_DONTWAIT;
+    // Lever skip-success: removes the completion of a send the socket takes in full (see
+    // ConfirmSkippedSends). MSG_WAITALL makes a short send a failure, which still posts one.
+    // Only while a multishot recv is armed: any later event on the connection completes it,
+    // so the shard never sleeps waiting for a completion that is skipped.
+    const bool skip = (levers_ & kLeverSkipSuccess) && c.life == Life::kServing &&
+                      c.recv == RecvState::kMultishot;
+    const int flags = MSG_NOSIGNAL | MSG_DONTWAIT | (skip ? MSG_WAITALL : 0);
     if (c.held.size() == 1) {
       const char* first = tcp_buffers_.Buffer(c.held.front().bid) + c.held_sent;
-      io_uring_prep_send(sqe, c.fd, first, c.held_bytes, kFlags);
+      io_uring_prep_send(sqe, c.fd, first, c.held_bytes, flags);
     } else {
       c.GatherHeld(tcp_buffers_);
-      io_uring_prep_sendmsg(sqe, c.fd, &c.msg, kFlags);
+      io_uring_prep_sendmsg(sqe, c.fd, &c.msg, flags);
     }
+    SetFile(sqe, c);
     io_uring_sqe_set_data64(sqe, Encode(Op::kSend, c.gen, c.index));
     c.direct_len = c.held_bytes;
     c.send = SendState::kDirect;
+    ++c.send_seq;
+    c.send_skips_success = skip;
+    if (skip) {
+      sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+      skipped_sends_.push_back({c.index, c.gen, c.send_seq});
+    }
     ++c.ops;
   }
 
@@ -242,7 +282,13 @@ class Shard : public ReactorShard {
 
   void AddCancelAll(Conn& c) {
     io_uring_sqe* sqe = ring_.GetSqe();
-    io_uring_prep_cancel_fd(sqe, c.fd, IORING_ASYNC_CANCEL_ALL);
+    // Requests that name the socket by its table slot are found by that slot.
+    if (c.fixed) {
+      io_uring_prep_cancel_fd(sqe, static_cast<int>(c.index),
+                              IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED);
+    } else {
+      io_uring_prep_cancel_fd(sqe, c.fd, IORING_ASYNC_CANCEL_ALL);
+    }
     io_uring_sqe_set_data64(sqe, Encode(Op::kConnCancel, c.gen, c.index));
     c.life = Life::kCancelled;
     ++c.ops;
@@ -296,7 +342,7 @@ class Shard : public ReactorShard {
           absl::InternalError(absl::StrCat("completion for a stale connection slot ", tag.index)));
     }
     if (tag.op == Op::kRecv) HandleRecv(cqe, *c);
-    if (tag.op == Op::kSend) HandleSend(cqe, *c);
+    if (tag.op == Op::kSend) HandleSend(cqe.res, *c);
     if (tag.op == Op::kConnCancel) HandleConnCancel(cqe, *c);
     Touch(*c);
   }
@@ -338,7 +384,7 @@ class Shard : public ReactorShard {
   // between the two counts. (The older setup modes without it run that work at other moments,
   // and a byte may then still slip between them.)
   void TakeStopSnapshot() {
-    if (IO_URING_READ_ONCE(*ring_.get()->sq.kflags) & IORING_SQ_CQ_OVERFLOW) return;  // next batch
+    if (ring_.CqOverflowed()) return;  // next batch
     snapshot_pending_ = false;
     conns_.ForEach([this](Conn& c) {
       if (c.life != Life::kServing) return;
@@ -407,6 +453,8 @@ class Shard : public ReactorShard {
       return;
     }
     Conn& c = conns_.Add(fd);
+    // Lever fixed-files: the socket into the table, at the connection's slot.
+    c.fixed = c.index < files_ && io_uring_register_files_update(ring_.get(), c.index, &fd, 1) == 1;
     c.peer = peer;
     c.last_progress = idle_.now();
     ++stats_.accepted;
@@ -465,29 +513,56 @@ class Shard : public ReactorShard {
     tcp_buffers_.Return(bid);  // at once: the buffer serves every connection of the shard
   }
 
-  void HandleSend(const io_uring_cqe& cqe, Conn& c) {
+  // `res`: the completion's, or for a skipped one (ConfirmSkippedSends) all it was asked to send.
+  void HandleSend(int res, Conn& c) {
     --c.ops;
     const SendState was = c.send;
     c.send = SendState::kNone;
-    if (was == SendState::kDirect) return HandleDirectSend(cqe, c);
-    if (cqe.res >= 0) {
-      const auto n = static_cast<std::size_t>(cqe.res);
+    c.send_skips_success = false;
+    if (was == SendState::kDirect) return HandleDirectSend(res, c);
+    if (res >= 0) {
+      const auto n = static_cast<std::size_t>(res);
       stats_.bytes_out += n;
       c.last_progress = idle_.now();
       c.out.Consume(n);  // a short send leaves the rest for the next one
       return;
     }
-    HandleSendError(-cqe.res, c);
+    HandleSendError(-res, c);
   }
 
-  void HandleDirectSend(const io_uring_cqe& cqe, Conn& c) {
-    const std::size_t sent = cqe.res > 0 ? static_cast<std::size_t>(cqe.res) : 0;
+  void HandleDirectSend(int res, Conn& c) {
+    const std::size_t sent = res > 0 ? static_cast<std::size_t>(res) : 0;
     stats_.bytes_out += sent;
     if (sent > 0) c.last_progress = idle_.now();
     c.DirectSent(sent, tcp_buffers_);  // buffers sent in full go back to the ring
-    if (cqe.res < 0 && cqe.res != -EAGAIN) return HandleSendError(-cqe.res, c);
+    if (res < 0 && res != -EAGAIN) return HandleSendError(-res, c);
     // A short send: the socket is full. The rest waits in `out`, and the buffers go back.
     if (sent < c.direct_len) c.SpillHeld(tcp_buffers_);
+  }
+
+  // Lever skip-success: a direct send submitted with IOSQE_CQE_SKIP_SUCCESS posts a completion
+  // only when it fails or comes up short. With MSG_DONTWAIT the kernel runs it inside the
+  // io_uring_enter() that submits it and posts that completion before returning. So once the
+  // completions of that enter are handled, a skipped send whose completion did not come was
+  // taken in full -- unless completions still wait in the kernel (CQ overflow) or the enter
+  // did not take every entry: then the next batch decides. `submitted`: the entries of
+  // skipped_sends_ queued before the last enter (newer ones have not reached the kernel yet).
+  void ConfirmSkippedSends(std::size_t submitted) {
+    if (submitted == 0 || ring_.CqOverflowed()) return;
+    for (std::size_t i = 0; i < submitted; ++i) {
+      const SkippedSend& s = skipped_sends_[i];
+      Conn* c = conns_.Find(s.index, s.gen);
+      // Gone, or its completion came (a short send): handled already.
+      if (c == nullptr || c->send != SendState::kDirect || !c->send_skips_success ||
+          c->send_seq != s.seq) {
+        continue;
+      }
+      ring_.CompletedWithoutCqe();
+      HandleSend(static_cast<int>(c->direct_len), *c);
+      Touch(*c);
+    }
+    skipped_sends_.erase(skipped_sends_.begin(),
+                         skipped_sends_.begin() + static_cast<std::ptrdiff_t>(submitted));
   }
 
   void HandleSendError(int err, Conn& c) {
@@ -587,6 +662,15 @@ class Shard : public ReactorShard {
 
   void Release(Conn& c) {
     per_address_.Release(c.peer);
+    if (c.fixed) {
+      // Out of the table before the close, or the table's reference would keep the socket open.
+      // No request of the connection is in flight (ops == 0), and the slot is free for the
+      // next connection only after this.
+      int none = -1;
+      if (io_uring_register_files_update(ring_.get(), c.index, &none, 1) != 1) {
+        DieOnRingError(absl::InternalError("io_uring_register_files_update failed at release"));
+      }
+    }
     AddClose(c.fd);
     c.Reset(tcp_buffers_);
     conns_.Remove(c, Tag::kGenMask);
@@ -600,7 +684,10 @@ class Shard : public ReactorShard {
   }
 
   void Reap() {
+    // Skipped sends queued before the enter that just returned, if it submitted everything.
+    const std::size_t submitted = ring_.AllSubmitted() ? skipped_sends_.size() : 0;
     ring_.ForEachCompletion([this](const io_uring_cqe& cqe) { Handle(cqe); });
+    ConfirmSkippedSends(submitted);
     if (snapshot_pending_) TakeStopSnapshot();
     for (const std::uint32_t index : touched_) {
       Conn& c = conns_[index];
@@ -615,11 +702,21 @@ class Shard : public ReactorShard {
   absl::Status Loop() {
     while (!Finished()) {
       // Submits everything the last round produced and sleeps until the next completion.
-      if (absl::Status s = ring_.SubmitAndWait(); !s.ok()) return s;
+      if (absl::Status s = SubmitAndWait(); !s.ok()) return s;
       Reap();
       if (!acceptor_.error().ok()) return acceptor_.error();
     }
     return absl::OkStatus();
+  }
+
+  // Lever min-wait: with more than one connection, waits for one completion per connection (up
+  // to kMinWaitBatch) but no longer than --uring-min-wait once the first has arrived. Removes
+  // wake-ups (and loop iterations) below saturation, where each would handle one completion.
+  absl::Status SubmitAndWait() {
+    const unsigned batch =
+        static_cast<unsigned>(std::min<std::size_t>(conns_.live(), kMinWaitBatch));
+    if (!(levers_ & kLeverMinWait) || batch < 2) return ring_.SubmitAndWait();
+    return ring_.SubmitAndWaitBatch(batch, config_.uring_min_wait);
   }
 
   // Cancels whatever is still in flight (the grace timer; everything, after an error) and waits
@@ -638,6 +735,8 @@ class Shard : public ReactorShard {
   // ---- State ----
 
   const RecvPolicy recv_{config_, output_pool_, UseRecvLimit()};
+  // --uring-levers, less what this kernel lacks (uring_levers.h).
+  const unsigned levers_ = UringLeversInEffect(config_.uring_levers, config_.sqpoll);
 
   Ring ring_;
   BufferRing tcp_buffers_;
@@ -648,8 +747,16 @@ class Shard : public ReactorShard {
                 {Encode(Op::kUdpRecv), Encode(Op::kUdpSend), Encode(Op::kCancel)},
                 config_.udp_reflection_guard};
 
+  unsigned files_ = 0;  // lever fixed-files: slots in the registered file table (0: none)
   ConnSlots conns_{&output_pool_};
   std::vector<std::uint32_t> touched_;  // slots with completions in this batch, see Touch
+  // Lever skip-success: direct sends whose success posts no completion, oldest first.
+  struct SkippedSend {
+    std::uint32_t index;
+    std::uint32_t gen;
+    std::uint32_t seq;  // Conn::send_seq when it was queued
+  };
+  std::vector<SkippedSend> skipped_sends_;
 
   bool linger_armed_ = false;      // a kLinger timeout is in the kernel
   bool stopping_ = false;          // Stop() was seen

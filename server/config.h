@@ -11,6 +11,7 @@
 #include "common/net.h"
 #include "server/limits.h"
 #include "server/udp_guard.h"
+#include "server/uring_levers.h"
 
 namespace upcase {
 
@@ -45,9 +46,11 @@ struct ServerConfig {
   // epoll/uring: unsent output a shard holds for all its connections before it stops reading
   // the ones holding the most (OutputPool); 0: no budget. main.cc sets the default from RAM.
   std::size_t output_budget = 0;
-  absl::Duration grace = kDefaultGrace;  // how long shutdown may spend delivering output
-  bool sqpoll = false;                   // io_uring only: kernel-side submission polling
-  bool udp_reflection_guard = true;      // refuse reflections of our own replies (udp_guard.h)
+  absl::Duration grace = kDefaultGrace;         // how long shutdown may spend delivering output
+  bool sqpoll = false;                          // io_uring only: kernel-side submission polling
+  unsigned uring_levers = kDefaultUringLevers;  // io_uring only: optional features asked for
+  absl::Duration uring_min_wait = absl::Microseconds(50);  // lever min-wait: how long at most
+  bool udp_reflection_guard = true;  // refuse reflections of our own replies (udp_guard.h)
   std::size_t udp_rcvbuf = kDefaultUdpRcvbuf;  // each UDP socket's SO_RCVBUF; 0: the kernel's
 };
 

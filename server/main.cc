@@ -29,6 +29,7 @@
 #include "server/hiccups.h"
 #include "server/limits.h"
 #include "server/sharded_backend.h"
+#include "server/uring_levers.h"
 
 namespace upcase {
 namespace {
@@ -50,6 +51,7 @@ constexpr std::uint64_t kMinUdpRcvbuf = 1024;  // the kernel raises it to its ow
 constexpr std::uint64_t kMaxUdpRcvbuf = std::uint64_t{1} << 30;
 constexpr absl::Duration kMaxGrace = absl::Hours(1);
 constexpr absl::Duration kMaxIdleTimeout = absl::Hours(24);
+constexpr absl::Duration kMaxUringMinWait = absl::Milliseconds(10);
 // The value of --max-conns-per-ip and --output-budget that asks for the default.
 constexpr char kAuto[] = "auto";
 
@@ -86,6 +88,8 @@ struct Options {
   std::string stats_json;
   absl::Duration grace = kDefaultGrace;
   bool sqpoll = false;
+  std::string uring_levers = "default";
+  absl::Duration uring_min_wait = absl::Microseconds(50);
   bool hiccups = false;
   bool udp_reflection_guard = true;
   std::uint64_t udp_rcvbuf = kDefaultUdpRcvbuf;
@@ -166,6 +170,17 @@ std::vector<std::string> ParseFlags(int argc, char** argv, Options& o) {
               "net.core.rmem_max; 0 = the kernel's default; the size obtained is in --stats-json "
               "(udp_rcvbuf)");
   flags.Bool("sqpoll", &o.sqpoll, "uring: let a kernel thread poll the submission queue");
+  flags.String("uring-levers", &o.uring_levers,
+               absl::StrCat("uring: optional io_uring features, to measure each: default, all, "
+                            "none, or a comma-separated list of ",
+                            AllUringLeverNames(),
+                            ", each -NAME to drop it (e.g. default,-ring-fd); default = ",
+                            UringLeverNames(kDefaultUringLevers),
+                            "; those in effect on this kernel are in --stats-json "
+                            "(uring_levers)"));
+  flags.Duration("uring-min-wait", &o.uring_min_wait,
+                 "uring, lever min-wait: once a completion has arrived, how long a shard may wait "
+                 "for more before handling them (1us..10ms)");
   flags.Bool("hiccups", &o.hiccups,
              "run a hiccup recorder on each CPU the server uses (a thread sleeping 1 ms, recording "
              "how late it wakes: the host's stalls); reported at exit and in --stats-json "
@@ -197,6 +212,15 @@ ServerConfig BuildConfig(const Options& o, const std::vector<std::string>& args)
   config.conn_buffer = o.conn_buffer;
   config.grace = o.grace;
   config.sqpoll = o.sqpoll;
+  absl::StatusOr<unsigned> levers = ParseUringLevers(o.uring_levers);
+  if (!levers.ok()) CommandLineError(levers.status().message());
+  config.uring_levers = *levers;
+  CheckDuration("uring-min-wait", o.uring_min_wait, kMaxUringMinWait);
+  if (o.uring_min_wait < absl::Microseconds(1)) {
+    CommandLineError(absl::StrCat("--uring-min-wait=", absl::FormatDuration(o.uring_min_wait),
+                                  ": at least 1us"));
+  }
+  config.uring_min_wait = o.uring_min_wait;
   config.shards = o.shards > 0 ? static_cast<int>(o.shards) : static_cast<int>(ShardCpus().size());
   config.idle_timeout = o.idle_timeout;
   config.udp_reflection_guard = o.udp_reflection_guard;
@@ -366,6 +390,9 @@ int Main(int argc, char** argv) {
     nlohmann::json j = StatsToJson(config.backend, stats);
     if (endpoints->udp) j["udp_rcvbuf"] = endpoints->udp_rcvbuf;
     if (options.hiccups) j["hiccup_us"] = hiccups.ToJson();
+    if (config.backend == "uring") {
+      j["uring_levers"] = UringLeverNames(UringLeversInEffect(config.uring_levers, config.sqpoll));
+    }
     out << j.dump(2) << "\n";
     if (!out) {
       DieIfError(kProgram, absl::UnavailableError(

@@ -27,6 +27,8 @@ void Conn::SpillHeld(BufferRing& buffers) {
 void Conn::Reset(BufferRing& buffers) {
   recv = RecvState::kNone;
   send = SendState::kNone;
+  send_skips_success = false;
+  fixed = false;
   life = Life::kServing;
   read_total = 0;
   read_limit = UINT64_MAX;

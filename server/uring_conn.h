@@ -63,18 +63,23 @@ struct Conn {
   explicit Conn(OutputPool* pool) : out(pool) {}
 
   int fd = -1;  // -1: the slot is free
+  // Lever fixed-files: fd is also in the shard's registered file table, at `index`, and the
+  // connection's requests name it there (Shard::SetFile).
+  bool fixed = false;
   std::uint32_t index = 0;
   std::uint32_t gen = 0;
   std::uint32_t ops = 0;  // submitted requests whose final completion has not arrived
   RecvState recv = RecvState::kNone;
   SendState send = SendState::kNone;
   Life life = Life::kServing;
-  bool touched = false;          // in Shard::touched_: handled after this batch
-  OutputQueue out;               // size() <= --conn-buffer (the exception: uring_recv.h)
-  std::vector<Held> held;        // direct path only: non-empty only while `out` is empty
-  std::size_t held_sent = 0;     // bytes of held.front() already sent
-  std::size_t held_bytes = 0;    // bytes in `held` not sent yet
-  std::size_t direct_len = 0;    // bytes the direct send in flight covers (more may arrive)
+  bool touched = false;             // in Shard::touched_: handled after this batch
+  OutputQueue out;                  // size() <= --conn-buffer (the exception: uring_recv.h)
+  std::vector<Held> held;           // direct path only: non-empty only while `out` is empty
+  std::size_t held_sent = 0;        // bytes of held.front() already sent
+  std::size_t held_bytes = 0;       // bytes in `held` not sent yet
+  std::size_t direct_len = 0;       // bytes the direct send in flight covers (more may arrive)
+  std::uint32_t send_seq = 0;       // counts direct sends: which one a SkippedSend entry means
+  bool send_skips_success = false;  // the direct send in flight posts a completion only if short
   std::vector<iovec> iov;        // a direct send of several buffers; stable while it is in flight
   msghdr msg{};                  // ... pointing at `iov`
   std::uint64_t read_total = 0;  // bytes received on this connection

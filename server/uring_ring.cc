@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -22,6 +23,7 @@
 #include "absl/strings/str_join.h"
 #include "common/net.h"
 #include "common/sys.h"
+#include "server/uring_levers.h"
 
 namespace upcase {
 namespace {
@@ -159,7 +161,26 @@ absl::Status CheckOpcodes(io_uring* ring) {
 struct KernelSupport {
   absl::Status status;  // ok: the uring backend can run
   bool recv_limit = false;
+  bool ring_fd = false;       // io_uring_register_ring_fd (Linux 5.18)
+  bool skip_success = false;  // IOSQE_CQE_SKIP_SUCCESS (Linux 5.17)
+  bool min_wait = false;      // io_uring_getevents_arg.min_wait_usec (Linux 6.12)
+  bool fixed_files = false;   // a sparse registered file table (Linux 5.19)
 };
+
+// Linux 6.12 reads a minimum wait from the 32 bits of io_uring_getevents_arg that liburing 2.3
+// still calls pad (and that older kernels require to be 0).
+void SetMinWaitUsec(io_uring_getevents_arg* arg, std::uint32_t usec) { arg->pad = usec; }
+
+// An io_uring_enter() with an io_uring_getevents_arg (IORING_ENTER_EXT_ARG), which liburing 2.3
+// cannot pass a minimum wait in. `ring_fd`/`registered`: the ring's fd or its registered index.
+int EnterWithArg(int ring_fd, bool registered, unsigned to_submit, unsigned wait_nr,
+                 const io_uring_getevents_arg& arg) {
+  unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+  if (registered) flags |= IORING_ENTER_REGISTERED_RING;
+  const long ret =
+      ::syscall(__NR_io_uring_enter, ring_fd, to_submit, wait_nr, flags, &arg, sizeof arg);
+  return ret < 0 ? -errno : static_cast<int>(ret);
+}
 
 KernelSupport ProbeKernel() {
   KernelSupport support;
@@ -187,6 +208,17 @@ KernelSupport ProbeKernel() {
   if (status.ok()) {
     absl::StatusOr<RecvProbe> limited = TryMultishotRecv(&ring, 1, 1);
     support.recv_limit = limited.ok() && limited->res == 1 && !limited->more;
+  }
+  // A registered ring fd (Linux 5.18): older kernels reject the register opcode (EINVAL).
+  if (status.ok()) support.ring_fd = io_uring_register_ring_fd(&ring) == 1;
+  support.skip_success = ring.features & IORING_FEAT_CQE_SKIP;
+  if (status.ok()) support.fixed_files = io_uring_register_files_sparse(&ring, 1) == 0;
+  // A minimum wait (Linux 6.12): older kernels reject a non-zero pad (EINVAL). Waiting for 0
+  // completions returns at once.
+  if (status.ok()) {
+    io_uring_getevents_arg arg{};
+    SetMinWaitUsec(&arg, 1);
+    support.min_wait = EnterWithArg(ring.ring_fd, false, 0, 0, arg) == 0;
   }
   io_uring_queue_exit(&ring);
   return support;
@@ -218,6 +250,18 @@ absl::Status UringAvailable() { return Kernel().status; }
 bool UseRecvLimit() {
   const char* env = std::getenv("UPCASE_URING_RECV_LIMIT");
   return Kernel().recv_limit && (env == nullptr || std::string_view(env) != "off");
+}
+
+unsigned UringLeversSupported(bool sqpoll) {
+  unsigned levers = 0;
+  if (Kernel().ring_fd) levers |= kLeverRingFd;
+  // A skipped send is known to have succeeded once the io_uring_enter() that submitted it has
+  // returned without its completion; with SQPOLL a kernel thread submits it at some other time.
+  if (Kernel().skip_success && !sqpoll) levers |= kLeverSkipSuccess;
+  // SubmitAndWaitBatch does not wake a sleeping SQPOLL thread (IORING_ENTER_SQ_WAKEUP).
+  if (Kernel().min_wait && !sqpoll) levers |= kLeverMinWait;
+  if (Kernel().fixed_files) levers |= kLeverFixedFiles;
+  return levers;
 }
 
 void DieOnRingError(const absl::Status& status) {
@@ -268,17 +312,18 @@ absl::Status Ring::Create(const RingOptions& options) {
   return SetupError(-ret);
 }
 
-absl::Status Ring::Enable() {
+absl::Status Ring::Enable(bool register_fd) {
   // liburing 2.3 declares io_uring_enable_rings() but its shared library does not export it (the
   // symbol is missing from its version map), so make the register call directly.
   if (::syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) <
       0) {
     return ErrnoError("io_uring_register(ENABLE_RINGS)", errno);
   }
-  if (io_uring_register_ring_fd(&ring_) < 0) {
-    // Linux < 5.18, or the per-thread table is full. An optimization only: every enter then
-    // looks the ring fd up in the file table, as without registration.
-  }
+  // Lever ring-fd: io_uring_enter() then names the ring by its index in this thread's table of
+  // registered rings (liburing passes IORING_ENTER_REGISTERED_RING), which skips the
+  // fdget/fdput of the ring's file on every call. A refusal (the per-thread table is full) is
+  // not an error: every enter then looks the ring fd up, as without the lever.
+  registered_fd_ = register_fd && io_uring_register_ring_fd(&ring_) == 1;
   return absl::OkStatus();
 }
 
@@ -309,6 +354,31 @@ absl::Status Ring::SubmitAndWait() {
   const int ret = io_uring_submit_and_wait(&ring_, 1);
   if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {
     return ErrnoError("io_uring_submit_and_wait", -ret);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Ring::SubmitAndWaitBatch(unsigned wait_nr, absl::Duration min_wait) {
+  // What liburing's submit does before its io_uring_enter(): publish the queued entries (the SQ
+  // array maps slot i to entry i, set up by liburing at init). Not for SQPOLL rings, whose
+  // kernel thread may need a wake-up (UringLeversSupported leaves the lever out for them).
+  io_uring_sq& sq = ring_.sq;
+  if (sq.sqe_head != sq.sqe_tail) {
+    sq.sqe_head = sq.sqe_tail;
+    io_uring_smp_store_release(sq.ktail, sq.sqe_tail);
+  }
+  const unsigned to_submit = sq.sqe_tail - IO_URING_READ_ONCE(*sq.khead);
+  // Without an overall timeout the kernel ends the wait at min_wait even with no completion at
+  // all; with one, it then sleeps on for the first completion, as SubmitAndWait does.
+  __kernel_timespec overall{24 * 3600, 0};
+  io_uring_getevents_arg arg{};
+  arg.sigmask_sz = _NSIG / 8;
+  arg.ts = reinterpret_cast<std::uint64_t>(&overall);
+  SetMinWaitUsec(&arg, static_cast<std::uint32_t>(absl::ToInt64Microseconds(min_wait)));
+  const int ret = EnterWithArg(registered_fd_ ? ring_.enter_ring_fd : ring_.ring_fd, registered_fd_,
+                               to_submit, wait_nr, arg);
+  if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {
+    return ErrnoError("io_uring_enter", -ret);
   }
   return absl::OkStatus();
 }

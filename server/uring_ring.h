@@ -62,6 +62,10 @@ absl::Status UringAvailable();
 // and so that tests cover both on a new kernel).
 bool UseRecvLimit();
 
+// The levers (uring_levers.h) this kernel supports: each probed once per process, with the recv
+// limit. `sqpoll`: the ring has a kernel thread submitting for it (--sqpoll).
+unsigned UringLeversSupported(bool sqpoll);
+
 // Linux 6.17 takes a total-bytes limit for a multishot recv in sqe->optlen, the 32 bits that
 // liburing 2.3's io_uring_sqe still calls file_index. The kernel ends the recv (no
 // IORING_CQE_F_MORE) with the completion that reaches the limit, which may carry up to a buffer
@@ -100,9 +104,11 @@ class Ring {
   ~Ring() { Close(); }
 
   absl::Status Create(const RingOptions& options);
-  // On the submitting thread: enables the ring, and registers its fd with this thread, which
-  // spares the kernel a file table lookup in every io_uring_enter().
-  absl::Status Enable();
+  // On the submitting thread: enables the ring and, with `register_fd` (the ring-fd lever),
+  // registers its fd with this thread, which spares the kernel a file table lookup in every
+  // io_uring_enter(). False in registered_fd() when the kernel refused it (its table is full).
+  absl::Status Enable(bool register_fd);
+  bool registered_fd() const { return registered_fd_; }
   void Close();  // io_uring_queue_exit; also cancels whatever is still in flight
 
   io_uring* get() { return &ring_; }
@@ -119,6 +125,15 @@ class Ring {
     return sqe;
   }
 
+  // A request submitted with IOSQE_CQE_SKIP_SUCCESS that succeeded (so posted no completion) is
+  // no longer in flight: the caller knows it by other means.
+  void CompletedWithoutCqe() { --in_flight_; }
+  // Whether every entry queued so far has been submitted to the kernel.
+  bool AllSubmitted() { return io_uring_sq_ready(&ring_) == 0; }
+  // Whether completions wait in the kernel because the CQ was full (they reach it in the next
+  // io_uring_enter).
+  bool CqOverflowed() const { return IO_URING_READ_ONCE(*ring_.sq.kflags) & IORING_SQ_CQ_OVERFLOW; }
+
   // A timeout request that completes with `data` after `d`. `ts` holds the time the kernel reads,
   // and must stay until the completion.
   void AddTimeout(__kernel_timespec* ts, absl::Duration d, std::uint64_t data);
@@ -132,6 +147,10 @@ class Ring {
   // Submits everything queued and sleeps until at least one completion: one io_uring_enter().
   // Interruptions (EINTR, EAGAIN, EBUSY, ETIME) are not errors.
   absl::Status SubmitAndWait();
+  // Lever min-wait (Linux 6.12): the same io_uring_enter(), but once a completion has arrived it
+  // sleeps on until `wait_nr` have, or `min_wait` has passed since the call. Fewer wake-ups and
+  // larger batches below saturation, for up to `min_wait` more latency.
+  absl::Status SubmitAndWaitBatch(unsigned wait_nr, absl::Duration min_wait);
 
   // Calls handle(cqe) for every completion that has arrived, then marks them seen.
   template <typename F>
@@ -173,6 +192,7 @@ class Ring {
   io_uring ring_{};
   bool open_ = false;
   bool sqpoll_ = false;
+  bool registered_fd_ = false;
   std::uint64_t in_flight_ = 0;
   std::uint64_t cancel_all_data_ = 0;
 };

@@ -60,6 +60,11 @@ TEST(ServerCliTest, BadInputGivesOneLineAndNonZeroExit) {
   ExpectOneLineError(RunServer({"--frobnicate", "0"}), "unknown flag '--frobnicate'");
   ExpectOneLineError(RunServer({"--bind=999.1.1.1", "0"}), "invalid address '999.1.1.1'");
   ExpectOneLineError(RunServer({"--shards=-1", "0"}), "--shards='-1'");
+  const Outcome levers = RunServer({"--uring-levers=default,-bogus", "0"});
+  ExpectOneLineError(levers, "unknown lever 'bogus'");
+  EXPECT_EQ(levers.exit_code, 2);
+  ExpectOneLineError(RunServer({"--uring-min-wait=1s", "0"}), "--uring-min-wait=1s: at most 10ms");
+  ExpectOneLineError(RunServer({"--uring-min-wait=0", "0"}), "--uring-min-wait=0: at least 1us");
 }
 
 // Every size and duration flag is bounded at start with one line and exit status 2, instead of

@@ -15,7 +15,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/net.h"
+#include "common/sys.h"
 #include "gtest/gtest.h"
+#include "server/uring_levers.h"
 
 namespace upcase {
 namespace {
@@ -70,6 +72,8 @@ TEST(UringProbeTest, AnswersForThisKernel) {
   const bool limit_off = env != nullptr && std::string(env) == "off";
   const bool has_limit = major > 6 || (major == 6 && minor >= 17);
   EXPECT_EQ(UseRecvLimit(), has_limit && !limit_off) << major << "." << minor;
+  // Every kernel that runs the backend (6.0) registers ring fds (5.18).
+  EXPECT_EQ((UringLeversSupported(false) & kLeverRingFd) != 0, new_enough);
 }
 
 class RingTest : public ::testing::Test {
@@ -77,8 +81,9 @@ class RingTest : public ::testing::Test {
   void SetUp() override {
     if (!UringAvailable().ok()) GTEST_SKIP() << UringAvailable();
     ASSERT_TRUE(ring_.Create({8, 64, false, 0}).ok());
-    absl::Status s = ring_.Enable();
+    absl::Status s = ring_.Enable(/*register_fd=*/true);
     ASSERT_TRUE(s.ok()) << s;
+    EXPECT_TRUE(ring_.registered_fd());  // so these tests enter through the registered index
   }
 
   // Submits and reaps until nothing is in flight; returns the completions seen.
@@ -171,6 +176,104 @@ TEST_F(RingTest, BufferRingHandsOutGivenBuffersAndTakesThemBack) {
   buffers.Commit();
   EXPECT_EQ(recv_one("third", "third"), 1);
   ring_.Close();  // before the buffer ring's memory goes
+}
+
+// What lever skip-success (backend_uring.cc, ConfirmSkippedSends) relies on: a MSG_DONTWAIT |
+// MSG_WAITALL send with IOSQE_CQE_SKIP_SUCCESS runs inside the io_uring_enter() that submits it,
+// posts nothing when the socket takes it all, and posts its completion before that enter returns
+// when it comes up short (the bytes taken) or finds the socket full (-EAGAIN).
+TEST_F(RingTest, SkippedSendPostsACompletionOnlyWhenShort) {
+  if (!(UringLeversSupported(false) & kLeverSkipSuccess)) GTEST_SKIP() << "no CQE_SKIP_SUCCESS";
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  Fd a(pair[0]), b(pair[1]);
+  const std::string big(4 << 20, 'x');  // more than a socket buffer takes
+  // Submits one skipped send of `n` bytes and a NOP, in one enter that waits for one completion;
+  // returns the send's completions (none when it succeeded).
+  auto send = [&](std::size_t n) {
+    io_uring_sqe* sqe = ring_.GetSqe();
+    io_uring_prep_send(sqe, a.get(), big.data(), n, MSG_NOSIGNAL | MSG_DONTWAIT | MSG_WAITALL);
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_sqe_set_data64(sqe, 1);
+    io_uring_sqe* nop_sqe = ring_.GetSqe();
+    io_uring_prep_nop(nop_sqe);
+    io_uring_sqe_set_data64(nop_sqe, 2);
+    EXPECT_TRUE(ring_.SubmitAndWait().ok());
+    EXPECT_TRUE(ring_.AllSubmitted());
+    std::vector<int> results;
+    bool nop = false;
+    ring_.ForEachCompletion([&](const io_uring_cqe& cqe) {
+      if (cqe.user_data == 1) results.push_back(cqe.res);
+      if (cqe.user_data == 2) nop = true;
+    });
+    EXPECT_TRUE(nop);
+    if (results.empty()) ring_.CompletedWithoutCqe();
+    return results;
+  };
+  EXPECT_EQ(send(100), std::vector<int>{}) << "taken in full: no completion";
+  EXPECT_EQ(ring_.in_flight(), 0u);
+  const std::vector<int> short_send = send(big.size());
+  ASSERT_EQ(short_send.size(), 1u) << "a short send completes";
+  EXPECT_GT(short_send[0], 0);
+  EXPECT_LT(short_send[0], static_cast<int>(big.size()));
+  EXPECT_EQ(send(big.size()), std::vector<int>{-EAGAIN}) << "a full socket: EAGAIN";
+  EXPECT_EQ(ring_.in_flight(), 0u);
+}
+
+// Lever fixed-files: a shard registers its file table in Init, on a ring not enabled yet (and not
+// by the thread that will submit), then moves sockets in and out of it by slot.
+TEST(RingFilesTest, ADisabledRingTakesAFileTableThatSocketsMoveInAndOutOf) {
+  if (!(UringLeversSupported(false) & kLeverFixedFiles)) GTEST_SKIP() << "no sparse file table";
+  Ring ring;
+  ASSERT_TRUE(ring.Create({8, 16, false, 0}).ok());
+  ASSERT_EQ(io_uring_register_files_sparse(ring.get(), 4), 0);
+  ASSERT_TRUE(ring.Enable(/*register_fd=*/true).ok());
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  Fd a(pair[0]), b(pair[1]);
+  ASSERT_EQ(io_uring_register_files_update(ring.get(), 2, &pair[0], 1), 1);
+  // A send naming slot 2 reaches the socket.
+  io_uring_sqe* sqe = ring.GetSqe();
+  io_uring_prep_send(sqe, 2, "hi", 2, MSG_NOSIGNAL);
+  sqe->flags |= IOSQE_FIXED_FILE;
+  io_uring_sqe_set_data64(sqe, 1);
+  ASSERT_TRUE(ring.SubmitAndWait().ok());
+  int res = 0;
+  ring.ForEachCompletion([&](const io_uring_cqe& cqe) { res = cqe.res; });
+  EXPECT_EQ(res, 2);
+  char got[2] = {};
+  EXPECT_EQ(::read(b.get(), got, 2), 2);
+  // Out of the table and closed, the socket is gone: the peer reads EOF.
+  int none = -1;
+  ASSERT_EQ(io_uring_register_files_update(ring.get(), 2, &none, 1), 1);
+  a.reset();
+  EXPECT_EQ(::read(b.get(), got, 2), 0);
+}
+
+// Lever min-wait: fewer completions than asked for end the wait only after the minimum wait, and
+// no completion at all does not end it (the overall timeout SubmitAndWaitBatch sets keeps the
+// kernel waiting for the first one).
+TEST_F(RingTest, BatchWaitHoldsForTheMinimumWaitButNotWithoutACompletion) {
+  if (!(UringLeversSupported(false) & kLeverMinWait)) GTEST_SKIP() << "no min_wait (Linux 6.12)";
+  auto completions = [&] {
+    int n = 0;
+    ring_.ForEachCompletion([&](const io_uring_cqe&) { ++n; });
+    return n;
+  };
+  // One NOP, four asked for: the enter returns with it, but not before the minimum wait.
+  io_uring_prep_nop(ring_.GetSqe());
+  std::int64_t start = MonotonicNanos();
+  ASSERT_TRUE(ring_.SubmitAndWaitBatch(4, absl::Milliseconds(5)).ok());
+  EXPECT_GE(MonotonicNanos() - start, 5'000'000) << "returned before the minimum wait";
+  EXPECT_EQ(completions(), 1);
+  // Nothing completes within the minimum wait: the enter waits on for the timeout request.
+  __kernel_timespec ts{};
+  ring_.AddTimeout(&ts, absl::Milliseconds(30), 7);
+  start = MonotonicNanos();
+  ASSERT_TRUE(ring_.SubmitAndWaitBatch(4, absl::Milliseconds(1)).ok());
+  EXPECT_GE(MonotonicNanos() - start, 30'000'000) << "returned without a completion";
+  EXPECT_EQ(completions(), 1);
+  EXPECT_EQ(ring_.in_flight(), 0u);
 }
 
 }  // namespace
