@@ -1,5 +1,7 @@
 #include "common/procfs.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -22,8 +24,27 @@ constexpr int kUtimeField = 14 - 3;
 constexpr int kStimeField = 15 - 3;
 constexpr int kProcessorField = 39 - 3;
 
-double Percent(std::uint64_t part, std::uint64_t whole) {
-  return whole == 0 ? 0.0 : 100.0 * static_cast<double>(part) / static_cast<double>(whole);
+double Percent(double part, std::uint64_t whole) {
+  return whole == 0 ? 0.0 : 100.0 * part / static_cast<double>(whole);
+}
+
+// Clock ticks per second (USER_HZ), the unit of /proc/stat and /proc/PID/stat.
+double TicksPerSecond() {
+  static const double hz = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  return hz;
+}
+
+// A thread's CPU time between two samples, in clock ticks (fractional): from its schedstat
+// runtime (ns) when both samples have it, else from utime + stime. `before` null: the thread is
+// new, all its time counts.
+double TaskDelta(const TaskTicks* before, const TaskTicks& after) {
+  if (after.runtime_ns.has_value() && (before == nullptr || before->runtime_ns.has_value())) {
+    const std::uint64_t from = before == nullptr ? 0 : *before->runtime_ns;
+    return static_cast<double>(*after.runtime_ns >= from ? *after.runtime_ns - from : 0) * 1e-9 *
+           TicksPerSecond();
+  }
+  const std::uint64_t from = before == nullptr ? 0 : before->ticks;
+  return static_cast<double>(after.ticks >= from ? after.ticks - from : 0);
 }
 
 // b - a for counters that only grow; 0 when a counter went back (a CPU that went offline and
@@ -107,6 +128,11 @@ std::vector<TaskTicks> ReadProcessTasks(const std::string& root, pid_t pid) {
     if (std::optional<std::string> status = ReadProcFile(root, base + "/status")) {
       ParseTaskStatus(*status, &t);
     }
+    if (std::optional<std::string> sched = ReadProcFile(root, base + "/schedstat")) {
+      std::uint64_t ns = 0;
+      const std::vector<absl::string_view> f = absl::StrSplit(*sched, ' ');
+      if (absl::SimpleAtoi(f[0], &ns)) t.runtime_ns = ns;
+    }
     tasks.push_back(std::move(t));
   }
   return tasks;
@@ -165,20 +191,20 @@ HostSample SampleHost(const std::string& root, const std::vector<pid_t>& pids) {
 std::vector<CpuNoise> CpuNoiseBetween(const HostSample& before, const HostSample& after,
                                       const std::vector<int>& cpus) {
   // The known threads' ticks in the interval, by the CPU they are attributed to.
-  std::map<std::pair<pid_t, pid_t>, std::uint64_t> ticks_before;
-  for (const TaskTicks& t : before.tasks) ticks_before[{t.pid, t.tid}] = t.ticks;
-  std::map<int, std::uint64_t> own;
+  std::map<std::pair<pid_t, pid_t>, const TaskTicks*> was;
+  for (const TaskTicks& t : before.tasks) was[{t.pid, t.tid}] = &t;
+  std::map<int, double> own;
   // Threads that ran and may move: the CPUs they may run on (empty: unknown, any CPU).
   std::vector<const std::vector<int>*> movable;
-  auto attribute = [&](const TaskTicks& t, std::uint64_t ticks) {
+  auto attribute = [&](const TaskTicks& t, double ticks) {
     own[t.allowed.size() == 1 ? t.allowed[0] : t.last_cpu] += ticks;
     if (ticks > 0 && t.allowed.size() != 1) movable.push_back(&t.allowed);
   };
-  std::map<pid_t, std::uint64_t> living;  // per process: its living threads' ticks
+  std::map<pid_t, double> living;  // per process: its living threads' ticks
   std::set<std::pair<pid_t, pid_t>> alive;
   for (const TaskTicks& t : after.tasks) {
-    const auto it = ticks_before.find({t.pid, t.tid});
-    const std::uint64_t ticks = it == ticks_before.end() ? t.ticks : Delta(it->second, t.ticks);
+    const auto it = was.find({t.pid, t.tid});
+    const double ticks = TaskDelta(it == was.end() ? nullptr : it->second, t);
     attribute(t, ticks);
     living[t.pid] += ticks;
     alive.insert({t.pid, t.tid});
@@ -192,11 +218,9 @@ std::vector<CpuNoise> CpuNoiseBetween(const HostSample& before, const HostSample
     for (const TaskTicks& t : before.tasks) {
       if (t.pid == pid && !alive.contains({t.pid, t.tid})) gone.push_back(&t);
     }
-    const std::uint64_t exited = Delta(living[pid], Delta(b->second, total_after));
-    if (gone.empty() || exited == 0) continue;
-    for (std::size_t i = 0; i < gone.size(); ++i) {
-      attribute(*gone[i], exited / gone.size() + (i < exited % gone.size() ? 1 : 0));
-    }
+    const double exited = static_cast<double>(Delta(b->second, total_after)) - living[pid];
+    if (gone.empty() || exited <= 0) continue;
+    for (const TaskTicks* t : gone) attribute(*t, exited / static_cast<double>(gone.size()));
   }
   std::vector<CpuNoise> out;
   for (int cpu : cpus) {
@@ -209,10 +233,11 @@ std::vector<CpuNoise> CpuNoiseBetween(const HostSample& before, const HostSample
     CpuNoise n;
     n.cpu = cpu;
     n.ticks = Delta(a->total(), b->total());
-    const std::uint64_t busy = Delta(a->busy(), b->busy());
-    const std::uint64_t mine = std::min(own[cpu], busy);
-    n.steal_pct = Percent(Delta(a->steal, b->steal), n.ticks);
-    n.irq_pct = Percent(Delta(a->irq, b->irq) + Delta(a->softirq, b->softirq), n.ticks);
+    const auto busy = static_cast<double>(Delta(a->busy(), b->busy()));
+    const double mine = std::min(own[cpu], busy);
+    n.steal_pct = Percent(static_cast<double>(Delta(a->steal, b->steal)), n.ticks);
+    n.irq_pct = Percent(static_cast<double>(Delta(a->irq, b->irq) + Delta(a->softirq, b->softirq)),
+                        n.ticks);
     n.own_pct = Percent(mine, n.ticks);
     n.foreign_pct = Percent(busy - mine, n.ticks);
     n.foreign_exact =

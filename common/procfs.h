@@ -14,6 +14,9 @@
 // what its process's time grew by beyond its living threads' goes to the CPU (or CPUs, as above)
 // of the threads that vanished since the interval began.
 //
+// A thread's time comes from its schedstat runtime (ns) where the kernel has it, else from its
+// utime + stime in whole ticks.
+//
 // Units: /proc/stat and /proc/PID/stat count clock ticks (USER_HZ, 100 per second), so a share
 // over one second resolves 1 %; the per-CPU counters are sampled at ticks while a thread's times
 // are derived from its exact runtime, so short intervals disagree by a tick or two.
@@ -51,7 +54,11 @@ absl::StatusOr<std::vector<CpuTicks>> ParseProcStat(absl::string_view text);
 struct TaskTicks {
   pid_t pid = 0;
   pid_t tid = 0;
-  std::uint64_t ticks = 0;        // utime + stime
+  std::uint64_t ticks = 0;  // utime + stime
+  // Time on a CPU from /proc/PID/task/TID/schedstat (its first field), in ns: exact, where
+  // utime + stime is whole clock ticks, so a thread that runs a few µs at a time (a thread per
+  // connection) reads 0 ticks for its first 10 ms, in every interval. Absent: not readable.
+  std::optional<std::uint64_t> runtime_ns;
   int last_cpu = -1;              // the CPU it last ran on
   std::vector<int> allowed;       // Cpus_allowed_list (empty when unknown)
   std::uint64_t involuntary = 0;  // nonvoluntary_ctxt_switches

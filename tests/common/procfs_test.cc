@@ -148,6 +148,25 @@ TEST(CpuNoiseTest, NewThreadsCountWholeAndMissingCpusAreLeftOut) {
   EXPECT_DOUBLE_EQ(n[0].foreign_pct, 5.0);
 }
 
+TEST(CpuNoiseTest, SchedstatRuntimeCountsWhereTicksRoundToZero) {
+  // A thread per connection: 100 threads pinned to CPU 1 each ran 5 ms in the interval, less
+  // than a tick each, so utime + stime stays 0 for all; their schedstat runtime says 50 ticks.
+  HostSample a = Sample(kStatBefore, {});
+  HostSample b = Sample(kStatAfter, {});
+  for (pid_t tid = 100; tid < 200; ++tid) {
+    TaskTicks t0 = Task(10, tid, 0, 1, {1});
+    TaskTicks t1 = t0;
+    t0.runtime_ns = 1'000'000;
+    t1.runtime_ns = 6'000'000;
+    a.tasks.push_back(t0);
+    b.tasks.push_back(t1);
+  }
+  std::vector<CpuNoise> n = CpuNoiseBetween(a, b, {1});
+  ASSERT_EQ(n.size(), 1u);
+  EXPECT_NEAR(n[0].own_pct, 50.0, 1e-9);
+  EXPECT_NEAR(n[0].foreign_pct, 0.0, 1e-9);
+}
+
 TEST(CpuNoiseTest, AThreadThatExitedCountsThroughItsProcess) {
   // Worker 11, pinned to CPU 1, ran 40 more ticks and exited before the second sample (as
   // upcase-load's workers do at the window's end): only the process's total (/proc/10/stat)
@@ -210,6 +229,9 @@ TEST_F(FakeProcTest, SampleReadsStatAndEveryThread) {
   EXPECT_EQ(s.tasks[0].ticks, 47u);
   EXPECT_EQ(s.tasks[0].allowed, std::vector<int>{1});
   EXPECT_EQ(s.tasks[0].involuntary, 3u);
+  EXPECT_FALSE(s.tasks[0].runtime_ns.has_value());  // no schedstat in this tree
+  Write("/proc/10/task/10/schedstat", "123456789 555 7\n");
+  EXPECT_EQ(SampleHost(root_.string(), {10}).tasks[0].runtime_ns, 123456789u);
 }
 
 TEST_F(FakeProcTest, DescendantsAreOwnProcesses) {
@@ -259,6 +281,7 @@ TEST(ProcfsLiveTest, ThisProcessIsSeen) {
   ASSERT_FALSE(s.tasks.empty());
   EXPECT_EQ(s.tasks[0].pid, ::getpid());
   EXPECT_FALSE(s.tasks[0].allowed.empty());
+  EXPECT_TRUE(s.tasks[0].runtime_ns.has_value());  // this kernel has schedstat
 }
 
 }  // namespace

@@ -151,6 +151,13 @@ class Proc(unittest.TestCase):
         self.assertEqual((got["processes"], got["threads"]), (4, 2))
         with self.assertRaises(ValueError):
             procfs.parse_tree_stat(stats, 99)
+        # Single-threaded children's schedstat runtime replaces their whole ticks (30's 10
+        # ticks are 0.25 s by schedstat); the server's own time stays its stat's, and 40,
+        # without schedstat, keeps its ticks.
+        runtime = {20: 3.0, 30: 0.25, 10: 99.0}
+        exact = procfs.parse_tree_stat(stats, 10, runtime.get)
+        self.assertAlmostEqual(exact["utime_s"] + exact["stime_s"],
+                               (60 + 40 + 50) * tick + 3.0 + 0.25 + 5 * tick)
 
     def test_tree_stat_of_this_process_sees_a_child(self):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

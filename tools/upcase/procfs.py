@@ -110,11 +110,15 @@ def proc_stat(pid: int) -> dict:
         return parse_proc_stat(f.read())
 
 
-def parse_tree_stat(stats: Iterable[str], pid: int) -> dict:
+def parse_tree_stat(stats: Iterable[str], pid: int,
+                    runtime_s: Callable[[int], float | None] = lambda _: None) -> dict:
     """proc_stat of pid with its living descendants added, from the /proc/N/stat texts of every
     process (pid's must come first): the fork backend serves each connection in a child, whose
     CPU time is the server's own and reaches the parent's cutime/cstime only once reaped.
-    `processes` counts pid and its descendants; `threads` is pid's own."""
+    A single-threaded descendant's time is runtime_s(its pid) where that knows it (schedstat,
+    in ns): utime + stime are whole clock ticks, so a child that ran 9 ms reads 0, and 64 such
+    children hide a CPU-second in ten seconds. `processes` counts pid and its descendants;
+    `threads` is pid's own."""
     parent: dict[int, list[int]] = {}
     by_pid: dict[int, str] = {}
     for raw in stats:
@@ -136,9 +140,21 @@ def parse_tree_stat(stats: Iterable[str], pid: int) -> dict:
         todo += parent.get(p, [])
         if p != pid:
             child = parse_proc_stat(by_pid[p])
-            out["utime_s"] += child["utime_s"]
-            out["stime_s"] += child["stime_s"]
+            exact = runtime_s(p) if child["threads"] == 1 else None
+            if exact is not None:  # schedstat does not split user from system: all "system"
+                out["stime_s"] += max(exact, child["utime_s"] + child["stime_s"])
+            else:
+                out["utime_s"] += child["utime_s"]
+                out["stime_s"] += child["stime_s"]
     return out
+
+
+def schedstat_runtime_s(pid: int) -> float | None:
+    """The time on a CPU of pid's main thread from /proc/PID/schedstat (ns); None when absent."""
+    try:
+        return int(_read(f"/proc/{pid}/schedstat").split()[0]) / 1e9
+    except (ValueError, IndexError):
+        return None
 
 
 def tree_stat(pid: int) -> dict:
@@ -148,7 +164,7 @@ def tree_stat(pid: int) -> dict:
     for d in pathlib.Path("/proc").iterdir():
         if d.name.isdigit() and int(d.name) != pid:
             texts.append(_read(f"/proc/{d.name}/stat"))
-    return parse_tree_stat([t for t in texts if t], pid)
+    return parse_tree_stat([t for t in texts if t], pid, schedstat_runtime_s)
 
 
 def cpu_seconds(pid: int) -> float:
