@@ -110,6 +110,39 @@ def proc_stat(pid: int) -> dict:
         return parse_proc_stat(f.read())
 
 
+def parse_process_tree(stats: Iterable[str], pid: int) -> tuple[dict[int, str], list[int]]:
+    """(each process's stat text by PID, pid and its descendants) from the /proc/N/stat texts of
+    every process; a PID read twice keeps its first reading; ValueError without pid's."""
+    parent: dict[int, list[int]] = {}
+    by_pid: dict[int, str] = {}
+    for raw in stats:
+        try:
+            n, ppid = int(raw.split(" ", 1)[0]), int(raw[raw.rindex(")") + 2:].split()[1])
+        except (ValueError, IndexError):
+            continue  # not a stat line (a process that exited while read)
+        if n in by_pid:
+            continue
+        by_pid[n] = raw
+        parent.setdefault(ppid, []).append(n)
+    if pid not in by_pid:
+        raise ValueError(f"no /proc/{pid}/stat")
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += parent.get(p, [])
+    return by_pid, tree
+
+
+def _all_stats(first: int) -> list[str]:
+    """Every process's /proc/N/stat text on this machine, `first`'s read first."""
+    texts = [_read(f"/proc/{first}/stat")]
+    for d in pathlib.Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != first:
+            texts.append(_read(f"/proc/{d.name}/stat"))
+    return [t for t in texts if t]
+
+
 def parse_tree_stat(stats: Iterable[str], pid: int,
                     runtime_s: Callable[[int], float | None] = lambda _: None) -> dict:
     """proc_stat of pid with its living descendants added, from the /proc/N/stat texts of every
@@ -119,25 +152,10 @@ def parse_tree_stat(stats: Iterable[str], pid: int,
     in ns): utime + stime are whole clock ticks, so a child that ran 9 ms reads 0, and 64 such
     children hide a CPU-second in ten seconds. `processes` counts pid and its descendants;
     `threads` is pid's own."""
-    parent: dict[int, list[int]] = {}
-    by_pid: dict[int, str] = {}
-    for raw in stats:
-        try:
-            n, ppid = int(raw.split(" ", 1)[0]), int(raw[raw.rindex(")") + 2:].split()[1])
-        except (ValueError, IndexError):
-            continue  # not a stat line (a process that exited while read)
-        if n in by_pid:
-            continue  # read twice: the first reading counts
-        by_pid[n] = raw
-        parent.setdefault(ppid, []).append(n)
-    if pid not in by_pid:
-        raise ValueError(f"no /proc/{pid}/stat")
+    by_pid, tree = parse_process_tree(stats, pid)
     out = dict(parse_proc_stat(by_pid[pid]), processes=0)
-    todo = [pid]
-    while todo:
-        p = todo.pop()
+    for p in tree:
         out["processes"] += 1
-        todo += parent.get(p, [])
         if p != pid:
             child = parse_proc_stat(by_pid[p])
             exact = runtime_s(p) if child["threads"] == 1 else None
@@ -160,11 +178,7 @@ def schedstat_runtime_s(pid: int) -> float | None:
 def tree_stat(pid: int) -> dict:
     """parse_tree_stat of this machine's pid (its own stat read first, so that a child reaped
     meanwhile is missed rather than counted twice)."""
-    texts = [_read(f"/proc/{pid}/stat")]
-    for d in pathlib.Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != pid:
-            texts.append(_read(f"/proc/{d.name}/stat"))
-    return parse_tree_stat([t for t in texts if t], pid, schedstat_runtime_s)
+    return parse_tree_stat(_all_stats(pid), pid, schedstat_runtime_s)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -383,20 +397,11 @@ def listen_queue(port: int) -> int | None:
 
 
 def process_tree(pid: int) -> list[int]:
-    """pid and its descendants (by the parent PID of every /proc/N/stat)."""
-    parent: dict[int, list[int]] = {}
-    for d in pathlib.Path("/proc").iterdir():
-        if d.name.isdigit():
-            stat = _read(f"/proc/{d.name}/stat")
-            if stat:
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                parent.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += parent.get(p, [])
-    return out
+    """pid and its descendants (by the parent PID of every /proc/N/stat); [pid] when gone."""
+    try:
+        return parse_process_tree(_all_stats(pid), pid)[1]
+    except ValueError:
+        return [pid]
 
 
 def tree_memory(pid: int) -> dict[str, int]:
